@@ -1,0 +1,1 @@
+"""TinyGPT: compact character-level GPTs, trained with Lightning and configured with Hydra."""

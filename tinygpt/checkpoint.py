@@ -1,0 +1,76 @@
+"""Reading TinyGPT checkpoints safely: weights, tokenizer and config, with no code executed.
+
+A checkpoint is a Lightning checkpoint whose ``"tinygpt"`` entry holds the model config, the
+tokenizer and the resolved run config as plain Python types, so it alone rebuilds the model.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinygpt.errors import CheckpointError
+from tinygpt.model import TinyGPT, TinyGPTConfig
+from tinygpt.tokenizer import CharTokenizer
+
+CHECKPOINT_KEY = "tinygpt"
+MODEL_PREFIX = "model."
+
+
+def checkpoint_entry(
+    config: TinyGPTConfig, tokenizer: CharTokenizer, run_config: dict[str, Any]
+) -> dict[str, Any]:
+    """What a training checkpoint stores under ``"tinygpt"`` besides Lightning's own state."""
+    return {"model_config": asdict(config), "tokenizer": tokenizer.to_dict(), "config": run_config}
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: a pickle that would run code is refused."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects a safe load does not allow ({first_line})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or another format): "
+            f"{type(exc).__name__}"
+        ) from None
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
+        raise CheckpointError(f"{path} is not a TinyGPT checkpoint (no '{CHECKPOINT_KEY}' entry)")
+    return checkpoint
+
+
+def model_config_from(entry: dict[str, Any]) -> TinyGPTConfig:
+    known = {f.name for f in fields(TinyGPTConfig)}
+    return TinyGPTConfig(**{k: v for k, v in entry["model_config"].items() if k in known})
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> TinyGPT:
+    """Rebuild the trained model, in eval mode, with its tokenizer attached as ``.tokenizer``."""
+    checkpoint = load_checkpoint(path)
+    entry = checkpoint[CHECKPOINT_KEY]
+    model = TinyGPT(model_config_from(entry))
+    state = {
+        key.removeprefix(MODEL_PREFIX): value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(MODEL_PREFIX)
+    }
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the stored model config ({exc})") from None
+    model.tokenizer = CharTokenizer.from_dict(entry["tokenizer"])
+    return model.to(device).eval()
