@@ -1,0 +1,49 @@
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinygpt.data import TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_SIZE
+from tinygpt.download import is_verified
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE_CANDIDATES = [
+    ROOT / "data" / "tinyshakespeare.txt",
+    ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
+]
+
+# A few lines repeated: enough characters for short end-to-end runs, learnable in a few steps.
+TINY_TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+) * 40
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text(TINY_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shakespeare_cache(tmp_path_factory) -> Path:
+    """A data cache directory holding the verified TinyShakespeare file, or skip."""
+    for candidate in SHAKESPEARE_CANDIDATES:
+        if is_verified(candidate, TINY_SHAKESPEARE_SIZE, TINY_SHAKESPEARE_SHA256):
+            cache = tmp_path_factory.mktemp("data")
+            shutil.copy(candidate, cache / "tinyshakespeare.txt")
+            return cache
+    pytest.skip("TinyShakespeare is not cached (.ci/run seeds data/ from ../shared/data)")
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,86 @@
+"""Every option of every config group composes, resolves and instantiates."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict, read_write
+
+from tinygpt.config import register_resolvers
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["data", "model", "trainer", "logger", "callbacks", "experiment"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+
+
+def compose_train(overrides: list[str], tmp_path: Path):
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with read_write(cfg), open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]  # as in a task function: the hydra node lives in HydraConfig
+    return cfg
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_instantiates(group, option, tmp_path):
+    cfg = compose_train([f"{group}={option}"], tmp_path)
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert "hydra" not in resolved
+    assert cfg.data.block_size == cfg.model.block_size  # one source of truth
+    model_config = instantiate(cfg.model, vocab_size=65)
+    assert model_config.n_embd % model_config.n_head == 0
+    instantiate(cfg.data)
+    instantiate(cfg.optim)
+    instantiate(cfg.logger)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    if cfg.trainer.accelerator != "gpu" or torch.cuda.is_available():
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+        assert trainer.max_steps == cfg.trainer.max_steps
+
+
+def test_groups_all_have_options():
+    assert {g for g, _ in OPTIONS} == set(GROUPS)
+
+
+def test_standard_names_are_overridable(tmp_path):
+    cfg = compose_train(
+        [
+            "seed=3",
+            "trainer.max_steps=7",
+            "model.block_size=16",
+            "model.n_layer=3",
+            "model.n_embd=48",
+            "model.n_head=6",
+            "data.batch_size=5",
+        ],
+        tmp_path,
+    )
+    assert cfg.data.seed == 3 and cfg.data.block_size == 16 and cfg.data.batch_size == 5
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (3, 48, 6)
+
+
+def test_nanogpt_baby_is_nanogpts_recipe(tmp_path):
+    cfg = compose_train(["experiment=nanogpt_baby"], tmp_path)
+    m, o, t = cfg.model, cfg.optim, cfg.trainer
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (6, 6, 384, 256, 0.2)
+    assert cfg.data.batch_size == 64
+    assert (o.lr, o.min_lr, o.warmup_steps, o.weight_decay, list(o.betas)) == (
+        1e-3,
+        1e-4,
+        100,
+        0.1,
+        [0.9, 0.99],
+    )
+    assert (t.max_steps, t.gradient_clip_val) == (5000, 1.0)
+
+
+def test_cpu_and_gpu_precisions(tmp_path):
+    assert compose_train(["trainer=cpu"], tmp_path).trainer.precision == "32-true"
+    assert compose_train(["trainer=gpu"], tmp_path).trainer.precision == "bf16-mixed"

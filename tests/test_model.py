@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+
+from tinygpt.errors import ConfigError
+from tinygpt.model import TinyGPT, TinyGPTConfig
+
+
+def test_default_config_is_the_seed_size():
+    config = TinyGPTConfig()
+    assert (config.n_embd, config.n_head, config.n_layer, config.block_size) == (64, 4, 2, 32)
+
+
+def test_output_shapes_and_loss():
+    model = TinyGPT(TinyGPTConfig(vocab_size=65))
+    idx = torch.randint(0, 65, (3, 32))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 32, 65)
+    assert loss is None
+    _, loss = model(idx, torch.randint(0, 65, (3, 32)))
+    assert loss.ndim == 0
+
+
+def test_untrained_loss_is_close_to_uniform():
+    model = TinyGPT(TinyGPTConfig(vocab_size=65))
+    idx = torch.randint(0, 65, (16, 32))
+    _, loss = model(idx, torch.randint(0, 65, (16, 32)))
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+def test_embeddings_are_tied():
+    model = TinyGPT(TinyGPTConfig())
+    assert model.lm_head.weight is model.wte.weight
+
+
+def test_overfits_one_batch():
+    model = TinyGPT(TinyGPTConfig(vocab_size=20, block_size=16))
+    idx = torch.randint(0, 20, (4, 16))
+    targets = torch.randint(0, 20, (4, 16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        _, loss = model(idx, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+
+
+def test_attention_weights_match_the_fast_path():
+    model = TinyGPT(TinyGPTConfig(vocab_size=65)).eval()
+    idx = torch.randint(0, 65, (2, 32))
+    logits, _ = model(idx)
+    logits_explicit, weights = model.forward_with_attention(idx)
+    assert torch.allclose(logits, logits_explicit, atol=1e-5)
+    assert len(weights) == 2
+    for layer in weights:
+        assert layer.shape == (2, 4, 32, 32)
+        assert torch.allclose(layer.sum(-1), torch.ones(2, 4, 32), atol=1e-6)
+        assert torch.all(layer.triu(diagonal=1) == 0)  # causal: nothing from the future
+
+
+def test_sequence_longer_than_block_size_is_refused():
+    model = TinyGPT(TinyGPTConfig(block_size=8))
+    with pytest.raises(ValueError, match="longer than block_size 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_layer": 0}, "model.n_layer must be an integer >= 1"),
+        ({"block_size": 0}, "model.block_size must be an integer >= 1"),
+        ({"n_embd": 30, "n_head": 4}, "divisible"),
+        ({"dropout": 1.0}, "model.dropout"),
+        ({"ffn": "sparse"}, "model.ffn"),
+    ],
+)
+def test_bad_config_values_are_named(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TinyGPTConfig(**kwargs)

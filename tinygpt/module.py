@@ -1,0 +1,119 @@
+"""The LightningModule: TinyGPT plus its optimizer, schedule, metrics and checkpoint contents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torchmetrics import MeanMetric
+
+from tinygpt.checkpoint import CHECKPOINT_KEY, checkpoint_entry
+from tinygpt.errors import ConfigError
+from tinygpt.model import TinyGPT, TinyGPTConfig
+from tinygpt.tokenizer import CharTokenizer
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup, then cosine decay to ``min_lr`` at ``trainer.max_steps``."""
+
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = field(default=(0.9, 0.99))
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"optim.min_lr must be in [0, optim.lr], got {self.min_lr!r}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        self.betas = tuple(self.betas)
+
+
+class TinyGPTModule(L.LightningModule):
+    def __init__(
+        self,
+        model_config: TinyGPTConfig,
+        tokenizer: CharTokenizer,
+        optim: OptimConfig | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if model_config.vocab_size != tokenizer.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size ({model_config.vocab_size}) differs from the tokenizer's "
+                f"({tokenizer.vocab_size})"
+            )
+        self.model = TinyGPT(model_config)
+        self.model.tokenizer = tokenizer
+        self.optim = optim or OptimConfig()
+        self.run_config = run_config or {}
+        self.val_loss = MeanMetric()
+
+    def configure_model(self) -> None:
+        if self.model.config.compile:
+            self.model.compile()  # in place: parameter names, hence checkpoints, stay the same
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        inputs, targets = batch
+        _, loss = self.model(inputs, targets)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        inputs, targets = batch
+        _, loss = self.model(inputs, targets)
+        # Weighting each batch by its tokens makes the epoch value the exact mean over the split.
+        self.val_loss.update(loss, weight=targets.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # synchronised across DDP ranks by torchmetrics
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", loss.exp())
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    def configure_optimizers(self):
+        max_steps = self.trainer.max_steps
+        if max_steps is None or max_steps < 1:
+            raise ConfigError("trainer.max_steps must be set to a positive number of steps")
+        params = [p for p in self.parameters() if p.requires_grad]
+        # Weight decay on matrices (linear and embedding weights) only, not biases or norms.
+        groups = [
+            {
+                "params": [p for p in params if p.dim() >= 2],
+                "weight_decay": self.optim.weight_decay,
+            },
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=self.optim.lr,
+            betas=self.optim.betas,
+            fused=self.device.type == "cuda",
+        )
+        warmup = min(self.optim.warmup_steps, max_steps - 1)
+        cosine = CosineAnnealingLR(optimizer, T_max=max_steps - warmup, eta_min=self.optim.min_lr)
+        scheduler = cosine
+        if warmup > 0:
+            ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
+            scheduler = SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = checkpoint_entry(
+            self.model.config, self.model.tokenizer, self.run_config
+        )

@@ -1,0 +1,77 @@
+"""Train TinyGPT: compose the config with Hydra, instantiate, fit, summarise.
+
+python train.py                                  # seed-size dense model on TinyShakespeare
+python train.py -m model.n_layer=2,4 seed=1,2    # a sweep, one run directory per job
+"""
+
+import time
+
+LAUNCHED = time.time()  # before the heavy imports: wall time counts from launch
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from tinygpt.callbacks import TokenThroughput  # noqa: E402
+from tinygpt.cli import user_errors  # noqa: E402
+from tinygpt.config import register_resolvers  # noqa: E402
+from tinygpt.module import TinyGPTModule  # noqa: E402
+
+register_resolvers()
+
+
+def train(cfg: DictConfig) -> float:
+    L.seed_everything(cfg.seed, verbose=False)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    module = TinyGPTModule(
+        model_config=instantiate(cfg.model, vocab_size=datamodule.tokenizer.vocab_size),
+        tokenizer=datamodule.tokenizer,
+        optim=instantiate(cfg.optim),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    checkpoint = trainer.checkpoint_callback
+    throughput = next(c for c in callbacks if isinstance(c, TokenThroughput))
+    final_val = trainer.callback_metrics.get("val/loss")
+    summary = {
+        "best_val_loss": _number(checkpoint.best_model_score if checkpoint else final_val),
+        "final_val_loss": _number(final_val),
+        "steps": trainer.global_step,
+        "tokens_seen": trainer.global_step
+        * trainer.accumulate_grad_batches
+        * trainer.world_size
+        * datamodule.batch_size
+        * datamodule.block_size,
+        "wall_seconds": round(time.time() - LAUNCHED, 2),
+        "train_tokens_per_second": round(throughput.tokens / max(throughput.train_seconds, 1e-9)),
+        "parameters": module.model.num_parameters(),
+    }
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary))
+    return summary["best_val_loss"]
+
+
+def _number(value) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    with user_errors():
+        return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
