@@ -17,9 +17,10 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from tinygpt.callbacks import TokenThroughput  # noqa: E402
-from tinygpt.cli import user_errors  # noqa: E402
+from tinygpt.callbacks import LastCheckpoint, TokenThroughput  # noqa: E402
+from tinygpt.cli import run_hydra_app, user_errors  # noqa: E402
 from tinygpt.config import register_resolvers  # noqa: E402
+from tinygpt.errors import CheckpointError  # noqa: E402
 from tinygpt.module import TinyGPTModule  # noqa: E402
 
 register_resolvers()
@@ -38,8 +39,11 @@ def train(cfg: DictConfig) -> float:
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    for callback in callbacks:
+        if isinstance(callback, LastCheckpoint):
+            callback.resume_hint = f"resume with: {resume_command(run_dir)}"
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
 
     checkpoint = trainer.checkpoint_callback
     throughput = next(c for c in callbacks if isinstance(c, TokenThroughput))
@@ -63,6 +67,28 @@ def train(cfg: DictConfig) -> float:
     return summary["best_val_loss"]
 
 
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """``last`` means this run directory's last.ckpt; anything else is a path."""
+    if ckpt_path != "last":
+        return ckpt_path
+    path = run_dir / "checkpoints" / "last.ckpt"
+    if not path.exists():
+        raise CheckpointError(
+            f"ckpt_path=last: no checkpoint at {path}; add hydra.run.dir=<the run's directory>"
+        )
+    return str(path)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues this run from its last.ckpt."""
+    kept = [
+        o
+        for o in HydraConfig.get().overrides.task
+        if not o.startswith(("ckpt_path=", "hydra.run.dir="))
+    ]
+    return " ".join(["python train.py", *kept, f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+
+
 def _number(value) -> float | None:
     return None if value is None else round(float(value), 6)
 
@@ -74,4 +100,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_app(main)

@@ -7,6 +7,7 @@ tokenizer and the resolved run config as plain Python types, so it alone rebuild
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -36,17 +37,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    # torch.save writes a zip archive; anything else (text, a truncated file) is not ours.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated, or not a PyTorch checkpoint)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"{found.group(1)}, " if found else ""
         raise CheckpointError(
-            f"refusing to load {path}: it holds objects a safe load does not allow ({first_line})"
+            f"refusing to load {path}: it holds objects that could run code ({what}"
+            "outside the weights-only allowlist)"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or another format): "
-            f"{type(exc).__name__}"
+            f"{path} is not a readable checkpoint (truncated or corrupt: {type(exc).__name__})"
         ) from None
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise CheckpointError(f"{path} is not a TinyGPT checkpoint (no '{CHECKPOINT_KEY}' entry)")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from hydra.errors import InstantiationException
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
 
 from tinygpt.errors import TinyGPTError
 
@@ -34,4 +40,26 @@ def user_errors() -> Iterator[None]:
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def run_hydra_app(main: Callable[[], object]) -> None:
+    """Run a ``@hydra.main`` function, turning Hydra's own composition errors into one line.
+
+    Hydra prints a bad override (an unknown key, a missing config option) over several lines; it
+    re-raises instead when HYDRA_FULL_ERROR is set, which lets this function print one line. Bugs
+    inside the run keep their full traceback.
+    """
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as exc:
+        lines = str(exc.args[0] if exc.args else exc).splitlines()
+        # Hydra appends its search path to a missing option; the options before it are enough.
+        lines = [line for line in lines if line.strip()]
+        lines = lines[: next((i for i, ln in enumerate(lines) if "search path" in ln), None)]
+        if exc.__cause__ is not None:
+            lines.append(str(exc.__cause__).splitlines()[0])
+        message = " ".join(" ".join(line.split()) for line in lines)
+        print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT_CODE)

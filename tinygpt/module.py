@@ -11,9 +11,14 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torchmetrics import MeanMetric
 
 from tinygpt.checkpoint import CHECKPOINT_KEY, checkpoint_entry
-from tinygpt.errors import ConfigError
+from tinygpt.data import batch_seed
+from tinygpt.errors import CheckpointError, ConfigError, TinyGPTError
 from tinygpt.model import TinyGPT, TinyGPTConfig
 from tinygpt.tokenizer import CharTokenizer
+
+
+class NonFiniteLossError(TinyGPTError):
+    """Training produced a NaN or infinite loss or weights."""
 
 
 @dataclass
@@ -60,11 +65,28 @@ class TinyGPTModule(L.LightningModule):
         if self.model.config.compile:
             self.model.compile()  # in place: parameter names, hence checkpoints, stay the same
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Dropout noise as a function of (seed, step, rank), like the batches: a resumed run
+        # continues exactly as the uninterrupted one would have.
+        seed = self.run_config.get("seed", 0)
+        torch.manual_seed(batch_seed(seed, self.global_step, self.global_rank))
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         inputs, targets = batch
         _, loss = self.model(inputs, targets)
+        # On CPU the check is free; on an accelerator it would stall the pipeline every step,
+        # so there it runs at logging steps (and before every checkpoint, below).
+        if loss.device.type == "cpu" or self.global_step % self.trainer.log_every_n_steps == 0:
+            self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at step {self.global_step}; stopped, keeping "
+                "the last good checkpoint (try a lower optim.lr)"
+            )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         inputs, targets = batch
@@ -114,6 +136,28 @@ class TinyGPTModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise NonFiniteLossError(
+                f"weights became non-finite by step {self.global_step}; stopped, keeping the last "
+                "good checkpoint (try a lower optim.lr)"
+            )
         checkpoint[CHECKPOINT_KEY] = checkpoint_entry(
             self.model.config, self.model.tokenizer, self.run_config
         )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume from a checkpoint of another vocabulary or model shape."""
+        entry = checkpoint.get(CHECKPOINT_KEY)
+        if entry is None:
+            raise CheckpointError("the checkpoint has no TinyGPT entry; it was not made by TinyGPT")
+        if entry["tokenizer"] != self.model.tokenizer.to_dict():
+            raise CheckpointError(
+                "the checkpoint was trained on another vocabulary than this run's data "
+                f"({len(entry['tokenizer']['chars'])} vs {self.model.tokenizer.vocab_size} chars)"
+            )
+        ours = checkpoint_entry(self.model.config, self.model.tokenizer, {})["model_config"]
+        theirs = entry["model_config"]
+        differing = sorted(k for k in ours if k != "compile" and theirs.get(k) != ours[k])
+        if differing:
+            shown = ", ".join(f"model.{k}={theirs.get(k)!r}" for k in differing)
+            raise CheckpointError(f"the checkpoint's model differs from this run's: {shown}")
