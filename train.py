@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from tinygpt import hydra_ddp  # noqa: E402
 from tinygpt.callbacks import LastCheckpoint, TokenThroughput  # noqa: E402
 from tinygpt.cli import run_hydra_app, user_errors  # noqa: E402
 from tinygpt.config import register_resolvers  # noqa: E402
@@ -24,6 +25,7 @@ from tinygpt.errors import CheckpointError  # noqa: E402
 from tinygpt.module import TinyGPTModule  # noqa: E402
 
 register_resolvers()
+hydra_ddp.install()
 
 
 def train(cfg: DictConfig) -> float:
@@ -43,7 +45,9 @@ def train(cfg: DictConfig) -> float:
         if isinstance(callback, LastCheckpoint):
             callback.resume_hint = f"resume with: {resume_command(run_dir)}"
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
+    with hydra_ddp.job_scope():
+        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     checkpoint = trainer.checkpoint_callback
     throughput = next(c for c in callbacks if isinstance(c, TokenThroughput))

@@ -81,6 +81,12 @@ class TinyGPTModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Lightning validates every val_check_interval steps; asking it to stop after the last
+        # step makes it validate there too, so every run ends with an exact final val/loss.
+        if self.global_step >= self.trainer.max_steps:
+            self.trainer.should_stop = True
+
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -97,13 +103,15 @@ class TinyGPTModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # synchronised across DDP ranks by torchmetrics
         self.val_loss.reset()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/ppl", loss.exp())
+        # Already identical on every rank; sync_dist only silences Lightning's DDP warning.
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", loss.exp(), sync_dist=True)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.global_step % self.trainer.log_every_n_steps == 0:
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+            self.log("train/lr", optimizer.param_groups[0]["lr"])  # all groups share one lr
 
     def configure_optimizers(self):
         max_steps = self.trainer.max_steps
@@ -132,7 +140,7 @@ class TinyGPTModule(L.LightningModule):
             scheduler = SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

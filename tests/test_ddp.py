@@ -1,0 +1,83 @@
+"""DDP with 2 CPU processes (gloo) under Hydra: one run directory, written by rank 0 only."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DDP_RUN = [
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.max_steps=30",
+    "trainer.val_check_interval=15",
+    "trainer.log_every_n_steps=5",
+    "model.block_size=16",
+    "data.batch_size=8",
+]
+
+
+def run_ddp(*args: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    flags = ["-m"] if multirun else []
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *flags, *DDP_RUN, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def outputs_listing() -> set[str]:
+    outputs = ROOT / "outputs"
+    return {str(p) for p in outputs.rglob("*")} if outputs.exists() else set()
+
+
+def assert_written_once(job_dir: Path) -> None:
+    names = sorted(p.name for p in job_dir.iterdir())
+    assert names == [".hydra", "checkpoints", "summary.json", "tb", "train.log"], names
+    assert len(list((job_dir / "tb").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in (job_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_ddp_run_writes_one_run_directory(tiny_text_file, tmp_path):
+    before = outputs_listing()
+    run_dir, probe_dir = tmp_path / "run", tmp_path / "probe"
+    probe_dir.mkdir()
+    result = run_ddp(
+        f"data.path={tiny_text_file}",
+        f"hydra.run.dir={run_dir}",
+        "+callbacks.probe._target_=tests.ddp_probe.FirstBatchProbe",
+        f"+callbacks.probe.out_dir={probe_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert outputs_listing() == before  # no stray run directory from rank 1
+    assert_written_once(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 30
+    assert summary["tokens_seen"] == 30 * 2 * 8 * 16  # both ranks' batches count
+    assert summary["final_val_loss"] < 3.0  # down from about ln(vocab) = 3.2
+    rank0 = json.loads((probe_dir / "rank0.json").read_text())
+    rank1 = json.loads((probe_dir / "rank1.json").read_text())
+    assert rank0["world"] == rank1["world"] == 2
+    assert rank0["batch"] != rank1["batch"]  # ranks draw different batches
+    assert sum(line.startswith("{") for line in result.stdout.splitlines()) == 1  # one summary
+
+
+def test_ddp_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):
+    before = outputs_listing()
+    sweep = tmp_path / "sweep"
+    result = run_ddp(
+        "seed=1,2",
+        "trainer.max_steps=10",
+        f"data.path={tiny_text_file}",
+        f"hydra.sweep.dir={sweep}",
+        multirun=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert outputs_listing() == before
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name.split("_")[0] for p in jobs] == ["0", "1"]  # two jobs, not a sweep per rank
+    for job in jobs:
+        assert_written_once(job)

@@ -1,0 +1,61 @@
+"""DDP under Hydra without duplicate run directories, sweeps or logs.
+
+Lightning starts DDP ranks 1..N-1 by re-running the script with the original command line plus
+``hydra.run.dir=<the run.dir pattern>``. Inside a multirun job that re-runs the whole sweep (the
+command still holds ``-m`` and every swept value) into the wrong directory, and each rank writes
+its own log file. The command built here re-runs only this job: its own overrides, its own output
+directory, and no Hydra output or logging of its own, so only rank 0 writes anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_original_cwd, to_absolute_path
+
+# Lightning's launcher sets these in the launching process for its children; while LOCAL_RANK
+# is set, Lightning believes someone else starts the ranks and would wait for ranks that never come.
+LAUNCHER_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def rank_command(local_rank: int) -> tuple[Sequence[str], str]:
+    """The command and working directory that start DDP rank ``local_rank`` of this job."""
+    hydra_config = HydraConfig.get()
+    command = [sys.executable, to_absolute_path(sys.argv[0]), *hydra_config.overrides.task]
+    # Quoted: a sweep job's directory name holds '=' and ',' from its overrides.
+    output_dir = hydra_config.runtime.output_dir.replace("\\", "\\\\").replace("'", "\\'")
+    command += [
+        f"hydra.run.dir='{output_dir}'",
+        "hydra.output_subdir=null",
+        "hydra/job_logging=disabled",
+        "hydra/hydra_logging=disabled",
+    ]
+    return command, get_original_cwd()
+
+
+def install() -> None:
+    """Make Lightning's DDP launcher start ranks with :func:`rank_command`."""
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    subprocess_script._hydra_subprocess_cmd = rank_command
+
+
+@contextmanager
+def job_scope() -> Iterator[None]:
+    """Let the next job of a multirun, in this same process, start a DDP group of its own."""
+    saved = {name: os.environ.get(name) for name in LAUNCHER_ENV}
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
