@@ -95,6 +95,8 @@ def test_prompt_outside_the_vocabulary_falls_back_to_the_validation_text(tiny_te
     assert resolved == long_prompt[-16:]
 
 
-def test_every_n_validations_must_be_positive():
-    with pytest.raises(ConfigError, match="every_n_validations"):
+def test_bad_arguments_name_the_config_key():
+    with pytest.raises(ConfigError, match="attention_heatmap.every_n_validations"):
         AttentionHeatmapCallback(every_n_validations=0)
+    with pytest.raises(ConfigError, match="attention_heatmap.prompt"):
+        AttentionHeatmapCallback(prompt="")

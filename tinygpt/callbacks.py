@@ -64,7 +64,8 @@ def _tensorboard_writers(trainer: L.Trainer) -> list:
 class RunConfigText(Callback):
     """Logs the run's resolved config as text at the start of training, for TensorBoard's Text tab.
 
-    The config is ``pl_module.run_config``, the dict that checkpoints store too.
+    The config is ``pl_module.run_config``, the dict that checkpoints store too. TensorBoard lists
+    it as ``<tag>/text_summary``: torch's ``SummaryWriter.add_text`` appends the suffix.
     """
 
     def __init__(self, tag: str = "config") -> None:
@@ -92,10 +93,13 @@ class AttentionHeatmapCallback(Callback):
     IMAGE_TAG = "attention/heatmaps"
 
     def __init__(self, prompt: str = "First Citizen:\n", every_n_validations: int = 1) -> None:
-        if every_n_validations < 1:
+        key = "callbacks.attention_heatmap"
+        if not isinstance(every_n_validations, int) or every_n_validations < 1:
             raise ConfigError(
-                f"every_n_validations must be an integer >= 1, got {every_n_validations!r}"
+                f"{key}.every_n_validations must be an integer >= 1, got {every_n_validations!r}"
             )
+        if not prompt:
+            raise ConfigError(f"{key}.prompt must not be empty")
         self.prompt = prompt
         self.every_n_validations = every_n_validations
         self._validations = 0
