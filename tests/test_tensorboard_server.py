@@ -117,6 +117,11 @@ def test_tensorboard_serves_both_runs_of_a_sweep(python, tiny_text_file, tmp_pat
             seed = 1 if "seed=1" in run else 2
             assert f"seed: {seed}" in texts[0]["text"]
 
+            # The run's PNG plots, written at the end of training from the same events.
+            plots = (sweep / run).parent / "plots"
+            assert {"loss.png", "val_ppl.png", "lr.png"} <= {p.name for p in plots.iterdir()}
+            assert all(p.read_bytes().startswith(PNG_MAGIC) for p in plots.iterdir())
+
         # The two seeds trained differently, and TensorBoard shows it.
         losses = [
             get_json(base, "/data/plugin/scalars/scalars", run=r, tag="val/loss") for r in runs
