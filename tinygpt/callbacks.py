@@ -8,9 +8,20 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import OmegaConf
 
+from tinygpt.attention import (
+    attended_distance,
+    attention_entropy,
+    attention_figure,
+    attention_weights,
+    figure_to_array,
+)
 from tinygpt.errors import ConfigError
+from tinygpt.plots import plot_run
 
 
 class TokenThroughput(Callback):
@@ -109,3 +120,115 @@ class LastCheckpoint(Callback):
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
         self._previous_handlers.clear()
+
+
+def _tensorboard_writers(trainer: L.Trainer) -> list:
+    """The SummaryWriters of the trainer's TensorBoard loggers (none without such a logger)."""
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+class RunConfigText(Callback):
+    """Logs the run's resolved config as text at the start of training, for TensorBoard's Text tab.
+
+    The config is ``pl_module.run_config``, the dict that checkpoints store too. TensorBoard lists
+    it as ``<tag>/text_summary``: torch's ``SummaryWriter.add_text`` appends the suffix.
+    """
+
+    def __init__(self, tag: str = "config") -> None:
+        self.tag = tag
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        config = getattr(pl_module, "run_config", None) or {}
+        # Indented by four spaces: a Markdown code block, so the YAML keeps its layout.
+        text = "\n".join("    " + line for line in OmegaConf.to_yaml(config).splitlines())
+        for writer in _tensorboard_writers(trainer):
+            writer.add_text(self.tag, text, global_step=trainer.global_step)
+
+
+class AttentionHeatmapCallback(Callback):
+    """At the end of every ``every_n_validations``-th validation, logs the attention on ``prompt``.
+
+    Logs the grid of heatmaps (layers x heads) as the image ``attention/heatmaps`` to TensorBoard,
+    and through every logger the scalars ``attention/entropy/layer{l}_head{h}`` (nats) and
+    ``attention/distance/layer{l}_head{h}`` (characters). A prompt with characters outside the
+    vocabulary is replaced by the start of the validation text; any prompt is cut to the context.
+    """
+
+    IMAGE_TAG = "attention/heatmaps"
+
+    def __init__(self, prompt: str = "First Citizen:\n", every_n_validations: int = 1) -> None:
+        key = "callbacks.attention_heatmap"
+        if not isinstance(every_n_validations, int) or every_n_validations < 1:
+            raise ConfigError(
+                f"{key}.every_n_validations must be an integer >= 1, got {every_n_validations!r}"
+            )
+        if not prompt:
+            raise ConfigError(f"{key}.prompt must not be empty")
+        self.prompt = prompt
+        self.every_n_validations = every_n_validations
+        self._validations = 0
+
+    def resolve_prompt(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
+        """The prompt to show: the configured one if the vocabulary covers it, else val text."""
+        model = pl_module.model
+        length = min(len(self.prompt), model.config.block_size)
+        tokenizer = model.tokenizer
+        if set(self.prompt) <= set(tokenizer.chars):
+            return self.prompt[-length:]  # the end of a long prompt: the context a model keeps
+        val_data = getattr(trainer.datamodule, "val_data", None)
+        if val_data is None:
+            raise ValueError(
+                f"attention prompt {self.prompt!r} uses characters outside the vocabulary and "
+                "the datamodule has no val_data to fall back on"
+            )
+        return tokenizer.decode(val_data[:length])
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._validations += 1
+        if self._validations % self.every_n_validations or not trainer.is_global_zero:
+            return
+        prompt = self.resolve_prompt(trainer, pl_module)
+        weights = attention_weights(pl_module.model, prompt)
+        step = trainer.global_step
+        metrics = {}
+        for name, values in (
+            ("entropy", attention_entropy(weights)),
+            ("distance", attended_distance(weights)),
+        ):
+            for (layer, head), value in np.ndenumerate(values.numpy()):
+                metrics[f"attention/{name}/layer{layer}_head{head}"] = float(value)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        writers = _tensorboard_writers(trainer)
+        if writers:
+            title = f"Attention at step {step} (H: entropy in nats, d: mean distance back)"
+            image = figure_to_array(attention_figure(weights, prompt, title))
+            for writer in writers:
+                writer.add_image(self.IMAGE_TAG, image, global_step=step, dataformats="HWC")
+
+
+class MetricPlots(Callback):
+    """At the end of training, writes PNG plots of the logged metrics (loss, val ppl, lr, ...).
+
+    The plots are read back from the TensorBoard logger's event files (see ``tinygpt.plots``), so
+    they show exactly what TensorBoard shows. ``dirpath`` defaults to ``<default_root_dir>/plots``.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+        self.written: list[Path] = []
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            return
+        logger = loggers[0]
+        logger.experiment.flush()  # the writer buffers events; the plots must see the last ones
+        out_dir = Path(self.dirpath or Path(trainer.default_root_dir) / "plots")
+        self.written = plot_run(logger.log_dir, out_dir)

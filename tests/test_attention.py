@@ -1,0 +1,99 @@
+"""Attention weights, per-head statistics on hand-made matrices, and the heatmap grid."""
+
+import math
+
+import pytest
+import torch
+
+from tinygpt.attention import (
+    attended_distance,
+    attention_entropy,
+    attention_figure,
+    attention_weights,
+    figure_to_array,
+    save_attention_heatmaps,
+    visible,
+)
+from tinygpt.model import TinyGPT, TinyGPTConfig
+from tinygpt.tokenizer import CharTokenizer
+
+PROMPT = "First Citizen:\nSpeak, speak."
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def uniform_causal(T: int) -> torch.Tensor:
+    """Query i attends equally to keys 0..i."""
+    causal = torch.ones(T, T).tril()
+    return causal / causal.sum(-1, keepdim=True)
+
+
+def make_model() -> TinyGPT:
+    tokenizer = CharTokenizer.from_text(PROMPT)
+    torch.manual_seed(0)
+    model = TinyGPT(TinyGPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=3, n_embd=48))
+    model.tokenizer = tokenizer
+    return model
+
+
+def test_weights_shape_rows_sum_to_one_and_are_causal():
+    model = make_model().train()
+    weights = attention_weights(model, PROMPT)
+    T = len(PROMPT)
+    assert weights.shape == (2, 3, T, T)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, T))
+    assert (weights.triu(diagonal=1) == 0).all()  # no query sees a later key
+    assert model.training  # mode restored
+
+
+def test_uniform_causal_entropy_and_distance():
+    T = 5
+    weights = uniform_causal(T)
+    # Query i spreads over i + 1 keys: entropy log(i + 1), mean distance back i / 2.
+    expected_entropy = sum(math.log(i + 1) for i in range(T)) / T
+    expected_distance = sum(i / 2 for i in range(T)) / T  # = 1.0
+    assert attention_entropy(weights).item() == pytest.approx(expected_entropy)
+    assert attended_distance(weights).item() == pytest.approx(expected_distance)
+    assert expected_distance == 1.0
+
+
+def test_diagonal_and_previous_token_heads():
+    T = 4
+    self_only = torch.eye(T)
+    previous = torch.zeros(T, T)
+    previous[0, 0] = 1.0  # the first query has only itself
+    previous[torch.arange(1, T), torch.arange(0, T - 1)] = 1.0
+    stacked = torch.stack([self_only, previous])  # (2, T, T): statistics per matrix
+    torch.testing.assert_close(attention_entropy(stacked), torch.zeros(2))
+    torch.testing.assert_close(attended_distance(stacked), torch.tensor([0.0, 3 / 4]))
+
+
+def test_half_and_half_entropy_is_log_two():
+    weights = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    assert attention_entropy(weights).item() == pytest.approx(math.log(2) / 2)
+    assert attended_distance(weights).item() == pytest.approx(0.25)
+
+
+def test_visible_labels():
+    assert visible("a b\n\t") == ["a", "␣", "b", "⏎", "⇥"]
+
+
+def test_figure_has_one_heatmap_per_layer_and_head_with_character_labels():
+    weights = attention_weights(make_model(), PROMPT)
+    fig = attention_figure(weights, PROMPT)
+    heatmaps = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert len(heatmaps) == 2 * 3
+    labels = [t.get_text() for t in heatmaps[0].get_xticklabels()]
+    assert labels == visible(PROMPT) and "⏎" in labels
+    assert heatmaps[0].get_title().startswith("L0 H0")
+    image = figure_to_array(fig)
+    assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
+    with pytest.raises(ValueError, match="characters"):
+        attention_figure(weights, PROMPT[:-1])
+
+
+def test_save_attention_heatmaps_writes_a_png(tmp_path):
+    path = tmp_path / "sub" / "attention.png"
+    weights = save_attention_heatmaps(make_model(), PROMPT, path)
+    assert weights.shape[:2] == (2, 3)
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 1024

@@ -1,0 +1,85 @@
+"""Mean negative log-likelihood per character, against direct computations."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinygpt.data import validation_windows
+from tinygpt.likelihood import mean_nll
+from tinygpt.model import TinyGPT, TinyGPTConfig
+from tinygpt.tokenizer import CharTokenizer
+
+TEXT = "to be or not to be, that is the question: whether 'tis nobler in the mind to suffer"
+
+
+def make_model(block_size: int = 16) -> TinyGPT:
+    tokenizer = CharTokenizer.from_text(TEXT)
+    torch.manual_seed(0)
+    model = TinyGPT(TinyGPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size))
+    model.tokenizer = tokenizer
+    return model.eval()
+
+
+def per_position_nll(model: TinyGPT, text: str) -> list[float]:
+    """Character t's NLL given the (up to block_size) characters before it, one at a time."""
+    ids = model.tokenizer.encode(text)
+    block = model.config.block_size
+    out = []
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            context = ids[max(0, t - block) : t]
+            logits, _ = model(context[None])
+            out.append(F.cross_entropy(logits[0, -1], ids[t]).item())
+    return out
+
+
+def test_zero_embeddings_give_uniform_predictions():
+    model = make_model()
+    with torch.no_grad():
+        model.wte.weight.zero_()  # tied head: every logit is 0
+    assert mean_nll(model, TEXT) == pytest.approx(math.log(model.tokenizer.vocab_size), rel=1e-6)
+
+
+def test_short_text_is_one_window():
+    model = make_model(block_size=16)
+    text = TEXT[:12]
+    ids = model.tokenizer.encode(text)
+    with torch.no_grad():
+        _, loss = model(ids[:-1][None], ids[1:][None])
+    assert mean_nll(model, text) == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_stride_one_gives_every_character_the_full_context():
+    model = make_model(block_size=8)
+    expected = per_position_nll(model, TEXT)
+    assert mean_nll(model, TEXT, stride=1) == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+
+
+def test_stride_block_size_is_the_validation_loss_of_non_overlapping_windows():
+    model = make_model(block_size=8)
+    text = TEXT[: 8 * 10 + 1]  # exactly ten windows of 8 targets
+    windows = validation_windows(model.tokenizer.encode(text), block_size=8)
+    inputs, targets = windows.tensors
+    assert len(inputs) == 10
+    with torch.no_grad():
+        _, loss = model(inputs, targets)
+    assert mean_nll(model, text, stride=8) == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_default_stride_is_half_a_window_and_model_mode_is_restored():
+    model = make_model(block_size=8).train()
+    value = mean_nll(model, TEXT)
+    assert model.training
+    assert value == mean_nll(model, TEXT, stride=4)
+
+
+def test_bad_arguments():
+    model = make_model(block_size=8)
+    with pytest.raises(ValueError, match="stride"):
+        mean_nll(model, TEXT, stride=9)
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_nll(model, "t")
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        mean_nll(model, "to QQ")

@@ -1,0 +1,66 @@
+"""Text metrics on hand-made texts whose answers are counted by hand."""
+
+import math
+
+import pytest
+
+from tinygpt.text_metrics import (
+    distinct_n,
+    known_word_share,
+    ngrams,
+    repeated_ngram_share,
+    word_set,
+    words,
+)
+
+
+def test_words_are_runs_of_letters_and_apostrophes_lower_cased():
+    text = "Thou'rt a KING!\nDon't-stop: 3 rings, 'tis ' ' café_au"
+    assert words(text) == ["thou'rt", "a", "king", "don't", "stop", "rings", "'tis", "café", "au"]
+    assert words("") == [] and words("12 -- ' ''") == []
+
+
+def test_ngrams():
+    assert ngrams(["a", "b", "c"], 2) == [("a", "b"), ("b", "c")]
+    assert ngrams(["a", "b"], 3) == []
+    with pytest.raises(ValueError):
+        ngrams(["a"], 0)
+
+
+def test_distinct_n_by_hand():
+    text = "the cat the cat the dog"  # words: the cat the cat the dog
+    assert distinct_n(text, 1) == 3 / 6  # the, cat, dog
+    assert distinct_n(text, 2) == 3 / 5  # the cat, cat the, the dog (of 5 bigrams)
+    assert distinct_n(text, 3) == 3 / 4  # the cat the, cat the cat, cat the dog (of 4)
+    assert distinct_n("a b c d", 2) == 1.0
+
+
+def test_distinct_n_pools_samples_without_crossing_their_boundaries():
+    # Bigrams: (a b) from the first, (b a) from the second; none spans "b | b".
+    assert distinct_n(["a b", "b a"], 2) == 2 / 2
+    assert distinct_n(["a b", "a b"], 2) == 1 / 2  # samples repeating each other count
+    assert distinct_n(["a b", "a b"], 1) == 2 / 4
+
+
+def test_metrics_with_nothing_to_count_are_nan():
+    assert math.isnan(distinct_n("one two", 3))
+    assert math.isnan(distinct_n([], 1))
+    assert math.isnan(repeated_ngram_share("too short here"))
+    assert math.isnan(known_word_share("!!! 42", {"x"}))
+
+
+def test_repeated_ngram_share_by_hand():
+    assert repeated_ngram_share("a b c d e f") == 0.0  # three 4-grams, all unique
+    # Five 4-grams: abcd, bcda, cdab, dabc, abcd -> four unique.
+    assert repeated_ngram_share("a b c d a b c d") == pytest.approx(1 - 4 / 5)
+    # One word looping: seven 4-grams, all "x x x x".
+    assert repeated_ngram_share("x " * 10) == pytest.approx(1 - 1 / 7)
+    assert repeated_ngram_share("a b a b", n=2) == pytest.approx(1 - 2 / 3)
+
+
+def test_known_word_share_counts_every_occurrence():
+    vocabulary = word_set("To be, or not to be: that is the question.")
+    assert vocabulary == {"to", "be", "or", "not", "that", "is", "the", "question"}
+    assert known_word_share("to be or zorp", vocabulary) == 3 / 4
+    assert known_word_share("Zorp zorp TO", vocabulary) == 1 / 3  # case folded, repeats counted
+    assert known_word_share(["to be", "blargh"], vocabulary) == 2 / 3

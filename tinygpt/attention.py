@@ -1,0 +1,120 @@
+"""What the attention heads look at: weights for a prompt, per-head statistics, heatmap grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tinygpt.model import TinyGPT
+
+# Characters that would be invisible or break a tick label, drawn as visible symbols instead.
+VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥", "\r": "␍"}
+
+
+@torch.no_grad()
+def attention_weights(model: TinyGPT, prompt: str) -> torch.Tensor:
+    """Attention of ``model`` on ``prompt``: ``(n_layer, n_head, T, T)``, query x key, on the CPU.
+
+    The model runs in eval mode (no dropout) and its mode is restored afterwards. The prompt must
+    fit the context (``T <= block_size``) and use only characters of the model's tokenizer.
+    """
+    device = next(model.parameters()).device
+    idx = model.tokenizer.encode(prompt)[None].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        _, weights = model.forward_with_attention(idx)
+    finally:
+        model.train(was_training)
+    return torch.stack([w[0] for w in weights]).float().cpu()
+
+
+def attention_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Entropy of each query's attention distribution in nats, averaged over the queries.
+
+    ``weights`` is ``(..., T, T)`` with rows summing to 1; the result is ``(...)``, e.g. one value
+    per layer and head. 0 means every query attends to a single key; uniform causal attention
+    gives the mean of ``log(i + 1)`` over query positions ``i``.
+    """
+    # 0 * log 0 counts as 0: the masked (future) keys contribute nothing.
+    plogp = torch.where(weights > 0, weights * weights.clamp_min(1e-30).log(), 0.0)
+    return -plogp.sum(-1).mean(-1)
+
+
+def attended_distance(weights: torch.Tensor) -> torch.Tensor:
+    """Mean distance back from query ``i`` to the keys it attends, ``sum_j w_ij (i - j)``.
+
+    Averaged over the queries; ``(..., T, T)`` -> ``(...)``. 0 for heads that attend to the current
+    character only, 1 for heads that attend to the previous one.
+    """
+    T = weights.size(-1)
+    positions = torch.arange(T, dtype=weights.dtype, device=weights.device)
+    distance = positions[:, None] - positions[None, :]  # (query, key): i - j
+    return (weights * distance).sum(-1).mean(-1)
+
+
+def visible(text: str) -> list[str]:
+    """One label per character, whitespace drawn visibly (newline as "⏎", space as "␣")."""
+    return [VISIBLE.get(c, c) for c in text]
+
+
+def attention_figure(weights: torch.Tensor, prompt: str, title: str | None = None) -> Figure:
+    """A grid of heatmaps, one row per layer and one column per head, query x key.
+
+    Each cell is titled with its layer, head, mean entropy and mean attended distance; the
+    prompt's characters label both axes. All cells share one colour scale, 0 to 1.
+    """
+    n_layer, n_head, T, _ = weights.shape
+    if len(prompt) != T:
+        raise ValueError(f"the prompt has {len(prompt)} characters but the weights cover {T}")
+    entropy, distance = attention_entropy(weights), attended_distance(weights)
+    labels = visible(prompt)
+    # Inches per heatmap: room for one readable label per character, up to a size where long
+    # prompts label every k-th character instead of making a poster.
+    cell = min(max(2.2, 0.14 * T), 6.0)
+    fits = 0.75 * cell * 72 / T  # the font size, in points, that fits one label per character
+    tick_size = min(max(fits, 6.0), 8.0)
+    every = max(1, round(6.0 / fits))  # label every k-th character when 6 points do not fit
+    ticks = list(range(0, T, every))
+    fig = Figure(figsize=(cell * n_head + 1.0, cell * n_layer + 0.8), dpi=100, layout="constrained")
+    axes = fig.subplots(n_layer, n_head, squeeze=False)
+    for layer in range(n_layer):
+        for head in range(n_head):
+            ax = axes[layer, head]
+            image = ax.imshow(weights[layer, head].numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.set_title(
+                f"L{layer} H{head}  H={entropy[layer, head]:.2f}  d={distance[layer, head]:.1f}",
+                fontsize=8,
+            )
+            ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=tick_size)
+            ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=tick_size)
+            ax.tick_params(length=0, pad=1)
+            if layer == n_layer - 1:
+                ax.set_xlabel("key", fontsize=8)
+            if head == 0:
+                ax.set_ylabel("query", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    fig.suptitle(title or "Attention per layer (rows) and head (columns)", fontsize=10)
+    return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Render a figure to an RGB array ``(H, W, 3)``, e.g. for ``SummaryWriter.add_image``."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_attention_heatmaps(
+    model: TinyGPT, prompt: str, path: str | Path, title: str | None = None
+) -> torch.Tensor:
+    """Write the heatmap grid of ``model`` on ``prompt`` as a PNG; returns the weights."""
+    weights = attention_weights(model, prompt)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    attention_figure(weights, prompt, title).savefig(path, dpi=100)
+    return weights

@@ -1,0 +1,141 @@
+"""PNG plots of a run's metrics, read back from its TensorBoard event files.
+
+TensorBoard's events are the one record of a run's metrics: these plots read them with
+TensorBoard's own reader instead of keeping a second log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+Series = list[tuple[int, float]]
+
+EVENTS_GLOB = "events.out.tfevents.*"
+
+# file name -> (tags drawn as lines, title, y label); a tag also matches the tags under it.
+RUN_PLOTS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "loss.png": (("train/loss", "val/loss"), "Training and validation loss", "nats/char"),
+    "val_ppl.png": (("val/ppl",), "Validation perplexity", "perplexity"),
+    "lr.png": (("train/lr",), "Learning rate", "learning rate"),
+    "grad_norm.png": (("train/grad_norm",), "Gradient norm before clipping", "L2 norm"),
+}
+
+
+def event_dir(run_dir: str | Path) -> Path:
+    """The one directory under ``run_dir`` (itself included) that holds event files."""
+    run_dir = Path(run_dir)
+    dirs = sorted({p.parent for p in run_dir.rglob(EVENTS_GLOB)})
+    if not dirs:
+        raise FileNotFoundError(f"no TensorBoard event files under {run_dir}")
+    if len(dirs) > 1:
+        # Several event directories mean several runs (e.g. a sweep directory): never mix them.
+        names = ", ".join(str(d.relative_to(run_dir)) for d in dirs)
+        raise ValueError(f"{run_dir} holds several runs' events ({names}); pass one run")
+    return dirs[0]
+
+
+def read_scalars(run_dir: str | Path) -> dict[str, Series]:
+    """Every scalar a run logged: ``{tag: [(step, value), ...]}``, sorted by step.
+
+    ``run_dir`` is a run directory (its events in ``tb/``) or the event directory itself. Where
+    a step was logged twice (a resumed run repeats steps after its last checkpoint), the value
+    written last wins.
+    """
+    # size_guidance 0 keeps every event: the default samples scalars down to 10,000 points.
+    accumulator = EventAccumulator(str(event_dir(run_dir)), size_guidance={"scalars": 0})
+    # The reader logs routine file-watching at INFO, which would land in the run's train.log.
+    tb_logger = logging.getLogger("tensorboard")
+    level = tb_logger.level
+    tb_logger.setLevel(logging.WARNING)
+    try:
+        accumulator.Reload()
+    finally:
+        tb_logger.setLevel(level)
+    scalars = {}
+    for tag in accumulator.Tags()["scalars"]:
+        by_step = {event.step: event.value for event in accumulator.Scalars(tag)}
+        scalars[tag] = sorted(by_step.items())
+    return scalars
+
+
+def matching_series(scalars: dict[str, Series], tag: str) -> dict[str, Series]:
+    """The series logged as ``tag`` or under it (``tag/...``), identical repeats dropped.
+
+    A family such as one series per optimizer param group (``train/lr/pg1``, ``train/lr/pg2``,
+    as Lightning's LearningRateMonitor logs them) is drawn as one line ``tag`` when all agree.
+    """
+    found = {t: s for t, s in scalars.items() if s and (t == tag or t.startswith(tag + "/"))}
+    distinct: dict[str, Series] = {}
+    for name, points in found.items():
+        if points not in distinct.values():
+            distinct[name] = points
+    if len(distinct) == 1:
+        return {tag: next(iter(distinct.values()))}
+    return distinct
+
+
+def plot_series(
+    series: dict[str, Series],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+) -> Path:
+    """Line plot of labelled ``(step, value)`` series against the training step, as a PNG."""
+    fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for label, points in series.items():
+        steps, values = zip(*points, strict=True) if points else ((), ())
+        # Markers where points are few (validations), so single points stay visible.
+        ax.plot(steps, values, label=label, marker="o" if len(points) <= 30 else None, ms=3)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write a run's standard plots (``RUN_PLOTS``) to ``out_dir`` (default: ``run_dir/plots``).
+
+    A plot whose tags the run never logged is skipped; returns the files written.
+    """
+    scalars = read_scalars(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    written = []
+    for name, (tags, title, ylabel) in RUN_PLOTS.items():
+        series = {}
+        for tag in tags:
+            series.update(matching_series(scalars, tag))
+        if series:
+            written.append(plot_series(series, out_dir / name, title, ylabel))
+    return written
+
+
+def plot_val_curves(
+    run_dirs: Sequence[str | Path],
+    labels: Sequence[str],
+    path: str | Path,
+    tag: str = "val/loss",
+    title: str | None = None,
+) -> Path:
+    """One PNG overlaying ``tag`` (default ``val/loss``) of several runs, e.g. dense vs MoE."""
+    if len(run_dirs) != len(labels):
+        raise ValueError(f"{len(run_dirs)} run directories but {len(labels)} labels")
+    series = {}
+    for run_dir, label in zip(run_dirs, labels, strict=True):
+        points = read_scalars(run_dir).get(tag)
+        if not points:
+            raise ValueError(f"{run_dir} logged no {tag!r}")
+        # The legend carries each run's best value: the number a comparison is about.
+        series[f"{label} (min {min(v for _, v in points):.3f})"] = points
+    return plot_series(series, path, title or f"{tag} by run", tag)
