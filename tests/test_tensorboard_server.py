@@ -97,7 +97,6 @@ def test_tensorboard_serves_both_runs_of_a_sweep(python, tiny_text_file, tmp_pat
         for run in runs:
             tags = set(scalar_tags[run])
             assert tags >= SCALAR_TAGS, tags
-            # LearningRateMonitor names the lr after the scheduler, one tag per param group.
             assert "train/lr" in tags, tags
             assert HEATMAP_TAG in image_tags[run]
             assert CONFIG_TAG in text_tags[run]
