@@ -117,27 +117,9 @@ class TinyGPTModule(L.LightningModule):
         max_steps = self.trainer.max_steps
         if max_steps is None or max_steps < 1:
             raise ConfigError("trainer.max_steps must be set to a positive number of steps")
-        params = [p for p in self.parameters() if p.requires_grad]
-        # Weight decay on matrices (linear and embedding weights) only, not biases or norms.
-        groups = [
-            {
-                "params": [p for p in params if p.dim() >= 2],
-                "weight_decay": self.optim.weight_decay,
-            },
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(
-            groups,
-            lr=self.optim.lr,
-            betas=self.optim.betas,
-            fused=self.device.type == "cuda",
+        optimizer, scheduler = build_optimizer(
+            self.parameters(), self.optim, max_steps, fused=self.device.type == "cuda"
         )
-        warmup = min(self.optim.warmup_steps, max_steps - 1)
-        cosine = CosineAnnealingLR(optimizer, T_max=max_steps - warmup, eta_min=self.optim.min_lr)
-        scheduler = cosine
-        if warmup > 0:
-            ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
-            scheduler = SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -169,3 +151,22 @@ class TinyGPTModule(L.LightningModule):
         if differing:
             shown = ", ".join(f"model.{k}={theirs.get(k)!r}" for k in differing)
             raise CheckpointError(f"the checkpoint's model differs from this run's: {shown}")
+
+
+def build_optimizer(
+    parameters, optim: OptimConfig, max_steps: int, fused: bool = False
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with weight decay on matrices only, and its per-step warmup + cosine schedule."""
+    params = [p for p in parameters if p.requires_grad]
+    # Weight decay on matrices (linear and embedding weights) only, not biases or norms.
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=fused)
+    warmup = min(optim.warmup_steps, max_steps - 1)
+    cosine = CosineAnnealingLR(optimizer, T_max=max_steps - warmup, eta_min=optim.min_lr)
+    if warmup == 0:
+        return optimizer, cosine
+    ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
+    return optimizer, SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])

@@ -1,0 +1,213 @@
+"""Training throughput: TinyGPT through the Lightning Trainer against a bare PyTorch loop.
+
+    python benchmarks/bench_training.py [--steps 150] [--device cpu|cuda] [--sizes seed,baby]
+
+Both sides train the same model on the same batches with the same optimizer, schedule and
+gradient clipping; the Lightning side runs the project's LightningModule with logging, checkpoints
+and the progress bar off (the framework's own cost), then with the default TensorBoard logging
+on. Steady-state step time is the median over the timed steps after a warm-up. Prints a table and
+writes benchmarks/results/training.json. MFU is reported on CUDA (peak from the device name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+
+import lightning as L
+import torch
+from common import machine_name, print_table, write_json
+
+from tinygpt.data import RandomWindows
+from tinygpt.model import TinyGPTConfig
+from tinygpt.module import OptimConfig, TinyGPTModule, build_optimizer
+from tinygpt.tokenizer import CharTokenizer
+
+SIZES = {
+    "seed": (TinyGPTConfig(vocab_size=65), 64),
+    "baby": (
+        TinyGPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, bias=False),
+        64,
+    ),
+}
+# Dense bf16 tensor-core peaks, FLOP/s, looked up by the device name.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+NANOGPT_SEED_STEP_MS = 16.0  # design card: nanoGPT at the seed's size on this machine kind
+
+
+def flops_per_token(config: TinyGPTConfig, params: int) -> float:
+    """PaLM's estimate (as nanoGPT's estimate_mfu): 6N plus attention's 12 * L * C * T."""
+    return 6 * params + 12 * config.n_layer * config.n_embd * config.block_size
+
+
+def peak_flops(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+
+
+def make_module(config: TinyGPTConfig, steps: int) -> TinyGPTModule:
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("".join(chr(33 + i) for i in range(config.vocab_size)))
+    return TinyGPTModule(config, tokenizer, OptimConfig(warmup_steps=10), {"seed": 0})
+
+
+def bare_loop(config, batch_size, steps, warmup, device) -> list[float]:
+    """What a user would write by hand: the same model, optimizer, schedule and clipping."""
+    module = make_module(config, steps).to(device)
+    fused = device.startswith("cuda")
+    optimizer, scheduler = build_optimizer(module.parameters(), module.optim, steps, fused)
+    stream = iter(RandomWindows(DATA, config.block_size, batch_size, 0, 0, 0))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
+    times = []
+    for step in range(steps):
+        start = time.perf_counter()
+        x, y = (t.to(device, non_blocking=True) for t in next(stream))
+        if amp:
+            with amp:
+                _, loss = module.model(x, y)
+        else:
+            _, loss = module.model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        loss.item()  # as Lightning's progress bar would, and to time the step honestly
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+class StepTimer(L.Callback):
+    """Time from one batch's end to the next: fetching, step, hooks and logging included."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.times, self._last = warmup, [], 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if batch_idx > self.warmup:
+            self.times.append(now - self._last)
+        self._last = now
+
+
+def lightning_loop(config, batch_size, steps, warmup, device, with_logging) -> list[float]:
+    import tempfile
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    module = make_module(config, steps)
+    timer = StepTimer(warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(
+            accelerator="gpu" if device.startswith("cuda") else "cpu",
+            devices=1,
+            precision="bf16-mixed" if device.startswith("cuda") else "32-true",
+            max_steps=steps,
+            max_epochs=-1,
+            gradient_clip_val=1.0,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            logger=TensorBoardLogger(tmp, name="", version="tb") if with_logging else False,
+            log_every_n_steps=50,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
+        )
+        loader = torch.utils.data.DataLoader(
+            RandomWindows(DATA, config.block_size, batch_size, 0, 0, 0), batch_size=None
+        )
+        trainer.fit(module, train_dataloaders=loader)
+    return timer.times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", default="seed,baby")
+    parser.add_argument("--ffn", default="dense,moe")
+    parser.add_argument("--baby-batch", type=int, default=None, help="batch at the baby size")
+    args = parser.parse_args()
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    rows, results = [], []
+    for size in args.sizes.split(","):
+        base, batch_size = SIZES[size]
+        if size == "baby" and args.baby_batch:
+            batch_size = args.baby_batch
+        elif size == "baby" and not args.device.startswith("cuda"):
+            batch_size = 4  # keeps the CPU run short; tokens/s is what is compared
+        for ffn in args.ffn.split(","):
+            config = replace(base, ffn=ffn)
+            params = make_module(config, 1).model.num_parameters()
+            tokens = batch_size * config.block_size
+            timings = {
+                "bare": bare_loop(config, batch_size, args.steps, args.warmup, args.device),
+                "lightning": lightning_loop(
+                    config, batch_size, args.steps, args.warmup, args.device, False
+                ),
+                "lightning+tb": lightning_loop(
+                    config, batch_size, args.steps, args.warmup, args.device, True
+                ),
+            }
+            medians = {k: statistics.median(v) for k, v in timings.items()}
+            peak = peak_flops(args.device)
+            for loop, step_s in medians.items():
+                tps = tokens / step_s
+                mfu = flops_per_token(config, params) * tps / peak if peak else None
+                entry = {
+                    "size": size,
+                    "ffn": ffn,
+                    "loop": loop,
+                    "batch_size": batch_size,
+                    "block_size": config.block_size,
+                    "parameters": params,
+                    "step_ms": round(step_s * 1e3, 3),
+                    "tokens_per_second": round(tps),
+                    "vs_bare": round(medians["bare"] / step_s, 3),
+                    "mfu": None if mfu is None else round(mfu, 4),
+                }
+                results.append(entry)
+                rows.append(
+                    [
+                        size,
+                        ffn,
+                        loop,
+                        batch_size,
+                        f"{entry['step_ms']:.2f}",
+                        entry["tokens_per_second"],
+                        f"{entry['vs_bare']:.3f}",
+                        "-" if mfu is None else f"{100 * mfu:.1f}%",
+                    ]
+                )
+    print(f"device: {machine_name(args.device)}")
+    print_table(
+        ["size", "ffn", "loop", "batch", "step ms", "tokens/s", "speed vs bare", "MFU"], rows
+    )
+    seed_dense = [r for r in results if r["size"] == "seed" and r["ffn"] == "dense"]
+    if seed_dense and not args.device.startswith("cuda"):
+        lightning = next(r for r in seed_dense if r["loop"] == "lightning+tb")
+        ratio = NANOGPT_SEED_STEP_MS / lightning["step_ms"]
+        print(
+            f"seed size, Lightning with logging vs nanoGPT's {NANOGPT_SEED_STEP_MS} ms/step "
+            f"(design card figure, not this run): {ratio:.2f}x"
+        )
+    path = write_json(
+        "training", {"device": machine_name(args.device), "steps": args.steps, "results": results}
+    )
+    print(f"wrote {path}")
+
+
+DATA = torch.randint(0, 65, (200_000,), generator=torch.Generator().manual_seed(0))
+
+if __name__ == "__main__":
+    main()
