@@ -203,10 +203,9 @@ class TinyGPT(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         T = idx.size(1)
         if input_pos is None:
-            if T > self.config.block_size:
-                raise ValueError(
-                    f"sequence of length {T} is longer than block_size {self.config.block_size}"
-                )
+            block_size = self.config.block_size
+            if block_size < T:
+                raise ValueError(f"sequence of length {T} is longer than block_size {block_size}")
             pos = torch.arange(T, device=idx.device)
             cache_mask = None
         else:
