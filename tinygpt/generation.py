@@ -16,15 +16,16 @@ Policies:
   ``"\\n"`` refuses an empty prompt with a ConfigError.
 * KV cache past the context window: the prompt's last ``block_size`` tokens are prefilled,
   then each step feeds one token. When the newest token no longer fits (the cache holds
-  ``block_size`` positions), the cache is refilled with the most recent
+  ``block_size`` positions), the cache is refilled with the most recent ``keep =``
   :func:`refill_length` tokens (``block_size // 2``), newest included, at positions
   ``0 .. keep - 1``, and one-token steps continue. So the model's context varies between
-  ``block_size // 2`` and ``block_size`` tokens, and a refill costs one prefill every
-  ``block_size // 2`` tokens. Cached decoding equals uncached decoding for every token whose
-  context fits in the window (the first ``block_size - prompt_len + 1`` new tokens); after
-  that the uncached path (``use_cache=False``, nanoGPT's crop to the last ``block_size``
-  tokens) sees a longer context and may choose differently. Each cached token past the window
-  equals the uncached model's choice given the context :func:`cache_context_start` names.
+  ``keep`` and ``block_size`` tokens, and one refill (a prefill of ``keep`` tokens) happens
+  every ``block_size - keep + 1`` tokens. Cached decoding equals uncached decoding for every
+  token whose context fits in the window (the first ``block_size - prompt_len + 1`` new
+  tokens); after that the uncached path (``use_cache=False``, nanoGPT's crop to the last
+  ``block_size`` tokens) sees a longer context and may choose differently. Each cached token
+  past the window equals the uncached model's choice given the context that
+  :func:`cache_context_start` names.
 """
 
 from __future__ import annotations
@@ -127,7 +128,11 @@ def _decode(
         for n in range(prompt_len, total):
             guard.add(logits)
             history = seq[:, :n] if penalise else None
-            seq[:, n] = next_token(logits, params, history, generator)
+            try:
+                seq[:, n] = next_token(logits, params, history, generator)
+            except RuntimeError:
+                guard.check()  # multinomial refuses NaN/inf: report the cause, not its symptom
+                raise
             yield n
             if n + 1 == total:
                 break
