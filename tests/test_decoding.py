@@ -13,6 +13,7 @@ from tinygpt.decoding import (
     min_p_filter,
     next_token,
     repetition_penalty,
+    sample,
     top_k_filter,
     top_p_filter,
 )
@@ -214,6 +215,14 @@ def test_sampling_follows_the_filtered_distribution():
     counts = torch.bincount(tokens, minlength=4).double() / tokens.numel()
     assert counts[2:].tolist() == [0.0, 0.0]
     assert counts[0].item() == pytest.approx(0.625, abs=0.015)
+
+
+def test_sample_draws_in_proportion_and_never_a_removed_token():
+    probs = torch.tensor([[0.2, 0.0, 0.8]]).expand(50_000, -1)
+    tokens = sample(probs, make_generator(0))
+    frequencies = torch.bincount(tokens, minlength=3).double() / tokens.numel()
+    assert frequencies[1].item() == 0.0
+    assert frequencies[0].item() == pytest.approx(0.2, abs=0.01)
 
 
 def test_matches_hugging_face_warpers_on_random_logits():

@@ -73,17 +73,17 @@ def cache_context_start(n: int, prompt_len: int, block_size: int) -> int:
 
 
 class _FiniteGuard:
-    """Sums every logit in float64, so one check covers all steps without a per-step sync.
+    """Sums every logit, so one finiteness check covers all steps without a per-step sync.
 
-    A NaN or infinity anywhere makes the sum non-finite; float64 cannot overflow from summing
-    float32 logits at any realistic length.
+    A NaN or infinity anywhere makes the float32 sum non-finite. (So would finite logits
+    summing past 3e38, which no working model produces.)
     """
 
     def __init__(self, device: torch.device) -> None:
-        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.total = torch.zeros((), dtype=torch.float32, device=device)
 
     def add(self, logits: torch.Tensor) -> None:
-        self.total.add_(logits.sum(dtype=torch.float64))
+        self.total.add_(logits.sum(dtype=torch.float32))
 
     def check(self) -> None:
         if not torch.isfinite(self.total):
@@ -109,10 +109,14 @@ def _decode(
 ) -> Iterator[int]:
     """Fill ``seq[:, prompt_len:]`` column by column, yielding each filled column's index.
 
-    Nothing here reads a tensor's value on the host, so steps are not synchronised.
+    Nothing here reads a tensor's value on the host, so steps are not synchronised. The model
+    runs in eval mode and its KV cache is set up here and cleared at the end (also when a
+    stream is abandoned), so one model serves one generation at a time.
     """
     block = model.config.block_size
     total = seq.size(1)
+    if total == prompt_len:
+        return
     penalise = params.repetition_penalty != 1.0
     was_training = model.training
     model.eval()
@@ -128,11 +132,7 @@ def _decode(
         for n in range(prompt_len, total):
             guard.add(logits)
             history = seq[:, :n] if penalise else None
-            try:
-                seq[:, n] = next_token(logits, params, history, generator)
-            except RuntimeError:
-                guard.check()  # multinomial refuses NaN/inf: report the cause, not its symptom
-                raise
+            seq[:, n] = next_token(logits, params, history, generator)
             yield n
             if n + 1 == total:
                 break
@@ -180,7 +180,9 @@ def generate_ids(
     """Prompt ids ``(batch, t)`` followed by ``max_new_tokens`` generated ids per row.
 
     ``params`` defaults to plain sampling at temperature 1; ``generator`` makes it reproducible.
-    Raises NonFiniteLogitsError if the model produced NaN/inf logits at any step.
+    Raises NonFiniteLogitsError if the model produced NaN/inf logits at any step. Uses the
+    model's KV cache (``use_cache=True``), clearing it afterwards, and eval mode, restoring
+    the model's mode afterwards.
     """
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)
