@@ -11,10 +11,12 @@ and nanoGPT's baby Shakespeare model (6 layers, 6 heads, 384 dims, context 256),
 Fair comparison: GPT-2 cannot generate past ``n_positions``, so the head-to-head rows
 generate ``block_size - 1`` new tokens (31 and 255) from the same one-token prompt in every
 implementation. A last row per size times TinyGPT generating ``--long-tokens`` tokens, past
-the window (the cache is refilled, see tinygpt.generation). Threads are left at torch's
-default for the machine. Each measurement repeats whole generate calls for at least
-``--min-seconds``; implementations are interleaved within each repeat, so a load change on a
-shared machine hits them alike, and the median over repeats is reported. Writes
+the window (the cache is refilled, see tinygpt.generation). "compiled" rows run the cached
+one-token step through torch.compile (inductor); the first call, which compiles, is a warm-up
+and its time is printed, not counted. Threads are left at torch's default for the machine.
+Each measurement repeats whole generate calls for at least ``--min-seconds``;
+implementations are interleaved within each repeat, so a load change on a shared machine
+hits them alike, and the median over repeats is reported. Writes
 benchmarks/results/decoding.json.
 """
 
@@ -44,13 +46,15 @@ TEMPERATURE, TOP_K, TOP_P = 0.8, 10, 0.9
 RESULTS = Path(__file__).parent / "results" / "decoding.json"
 
 
-def tinygpt_runner(shape: dict[str, int], new_tokens: int, use_cache: bool) -> Callable[[], None]:
+def tinygpt_runner(
+    shape: dict[str, int], new_tokens: int, use_cache: bool = True, compile: bool = False
+) -> Callable[[], None]:
     torch.manual_seed(0)
     model = TinyGPT(TinyGPTConfig(vocab_size=VOCAB, **shape)).eval()
     params = SamplingParams(temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P)
     prompt = torch.zeros(1, 1, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
-    return lambda: generate_ids(model, prompt, new_tokens, params, generator, use_cache)
+    return lambda: generate_ids(model, prompt, new_tokens, params, generator, use_cache, compile)
 
 
 def hf_runner(shape: dict[str, int], new_tokens: int) -> Callable[[], None]:
@@ -106,20 +110,24 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    print(f"{'size':5} {'implementation':28} {'new':>5} {'tokens/s':>16}  {'vs HF':>7}")
+    print(f"{'size':5} {'implementation':29} {'new':>5} {'tokens/s':>16}  {'vs HF':>7}")
     for size in args.sizes:
         shape = SIZES[size]
         window = shape["block_size"] - 1
         runners = {
-            ("tinygpt (KV cache)", window): tinygpt_runner(shape, window, use_cache=True),
+            ("tinygpt (KV cache)", window): tinygpt_runner(shape, window),
+            ("tinygpt (KV cache, compiled)", window): tinygpt_runner(shape, window, compile=True),
             ("tinygpt (no cache)", window): tinygpt_runner(shape, window, use_cache=False),
             ("HF GPT2LMHeadModel.generate", window): hf_runner(shape, window),
-            ("tinygpt (KV cache)", args.long_tokens): tinygpt_runner(
-                shape, args.long_tokens, use_cache=True
+            ("tinygpt (KV cache)", args.long_tokens): tinygpt_runner(shape, args.long_tokens),
+            ("tinygpt (KV cache, compiled)", args.long_tokens): tinygpt_runner(
+                shape, args.long_tokens, compile=True
             ),
         }
-        for run in runners.values():  # warm up: first-call allocations, lazy imports
+        for (impl, _), run in runners.items():  # warm up: allocations, lazy imports, compiling
+            start = time.perf_counter()
             run()
+            print(f"# {size} {impl}: first call {time.perf_counter() - start:.1f} s", flush=True)
         samples: dict[tuple[str, int], list[float]] = {key: [] for key in runners}
         for _ in range(args.repeats):
             for key, run in runners.items():
@@ -141,7 +149,7 @@ def main() -> None:
                 )
             )
             ratio = f"{median / hf:6.2f}x" if head_to_head else "      -"
-            print(f"{size:5} {impl:28} {new_tokens:5} new tokens {median:9.1f} tok/s  {ratio}")
+            print(f"{size:5} {impl:29} {new_tokens:5} new tokens {median:9.1f} tok/s  {ratio}")
 
     import transformers
 

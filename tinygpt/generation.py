@@ -48,6 +48,7 @@ from tinygpt.tokenizer import CharTokenizer
 
 EMPTY_PROMPT_START = "\n"
 MAX_NUM_SAMPLES = 10_000
+COMPILE_BACKEND = "inductor"  # tests swap in "eager" to check the compiled path quickly
 
 
 def refill_length(block_size: int) -> int:
@@ -106,12 +107,15 @@ def _decode(
     generator: torch.Generator | None,
     use_cache: bool,
     guard: _FiniteGuard,
+    compile: bool = False,
 ) -> Iterator[int]:
     """Fill ``seq[:, prompt_len:]`` column by column, yielding each filled column's index.
 
     Nothing here reads a tensor's value on the host, so steps are not synchronised. The model
     runs in eval mode and its KV cache is set up here and cleared at the end (also when a
-    stream is abandoned), so one model serves one generation at a time.
+    stream is abandoned), so one model serves one generation at a time. With ``compile``, the
+    one-token step (fixed shapes) runs through ``torch.compile``; prefills stay eager, since
+    their lengths vary.
     """
     block = model.config.block_size
     total = seq.size(1)
@@ -124,6 +128,9 @@ def _decode(
         model.setup_kv_cache(seq.size(0))
         # One position tensor per cache slot, made once, so a step does not slice or allocate.
         positions = list(torch.arange(block, device=seq.device).split(1))
+        # Dynamo caches the compiled step by code and guards, so a fresh wrapper per call
+        # reuses it rather than recompiling.
+        step = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False) if compile else model
     try:
         start = max(0, prompt_len - block)
         filled = prompt_len - start
@@ -132,14 +139,15 @@ def _decode(
         for n in range(prompt_len, total):
             guard.add(logits)
             history = seq[:, :n] if penalise else None
-            seq[:, n] = next_token(logits, params, history, generator)
+            token = next_token(logits, params, history, generator)
+            seq[:, n] = token
             yield n
             if n + 1 == total:
                 break
             if not use_cache:
                 logits = _last_logits(model, seq[:, max(0, n + 1 - block) : n + 1], None)
             elif filled < block:
-                logits = _last_logits(model, seq[:, n : n + 1], positions[filled])
+                logits = _last_logits(step, token.view(-1, 1), positions[filled])
                 filled += 1
             else:  # cache full: refill it with the most recent tokens (see module docstring)
                 filled = refill_length(block)
@@ -176,18 +184,21 @@ def generate_ids(
     params: SamplingParams | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    compile: bool | None = None,
 ) -> torch.Tensor:
     """Prompt ids ``(batch, t)`` followed by ``max_new_tokens`` generated ids per row.
 
     ``params`` defaults to plain sampling at temperature 1; ``generator`` makes it reproducible.
     Raises NonFiniteLogitsError if the model produced NaN/inf logits at any step. Uses the
     model's KV cache (``use_cache=True``), clearing it afterwards, and eval mode, restoring
-    the model's mode afterwards.
+    the model's mode afterwards. ``compile`` (default: ``model.config.compile``) runs the
+    cached one-token step through ``torch.compile``: slow the first time, faster per token.
     """
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)
     guard = _FiniteGuard(seq.device)
-    for _ in _decode(model, seq, idx.size(1), params, generator, use_cache, guard):
+    compile = model.config.compile if compile is None else compile
+    for _ in _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile):
         pass
     guard.check()
     return seq
@@ -200,6 +211,7 @@ def stream_ids(
     params: SamplingParams | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    compile: bool | None = None,
 ) -> Iterator[torch.Tensor]:
     """Like :func:`generate_ids`, but yields each step's new ids ``(batch,)`` as they come.
 
@@ -208,7 +220,8 @@ def stream_ids(
     """
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)  # validates now, not at the first next()
-    return _checked_steps(model, seq, idx.size(1), params, generator, use_cache)
+    compile = model.config.compile if compile is None else compile
+    return _checked_steps(model, seq, idx.size(1), params, generator, use_cache, compile)
 
 
 def _checked_steps(
@@ -218,9 +231,10 @@ def _checked_steps(
     params: SamplingParams,
     generator: torch.Generator | None,
     use_cache: bool,
+    compile: bool,
 ) -> Iterator[torch.Tensor]:
     guard = _FiniteGuard(seq.device)
-    for n in _decode(model, seq, prompt_len, params, generator, use_cache, guard):
+    for n in _decode(model, seq, prompt_len, params, generator, use_cache, guard, compile):
         guard.check()
         yield seq[:, n]
 
@@ -275,16 +289,18 @@ def generate(
     seed: int | torch.Generator | None = None,
     num_samples: int = 1,
     use_cache: bool = True,
+    compile: bool | None = None,
 ) -> list[str]:
     """``num_samples`` texts, each the prompt followed by ``max_new_tokens`` new characters.
 
     ``temperature=0`` is greedy. The same ``seed`` gives the same texts whatever the global RNG
-    state; ``seed=None`` samples from the global RNG. Bad values raise ConfigError (a
-    ValueError) naming the parameter; unknown prompt characters raise UnknownCharactersError.
+    state; ``seed=None`` samples from the global RNG. ``compile`` as in :func:`generate_ids`.
+    Bad values raise ConfigError (a ValueError) naming the parameter; unknown prompt characters
+    raise UnknownCharactersError.
     """
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     tokenizer, ids, generator = _prepare(model, prompt, num_samples, seed)
-    seq = generate_ids(model, ids, max_new_tokens, params, generator, use_cache)
+    seq = generate_ids(model, ids, max_new_tokens, params, generator, use_cache, compile)
     return [prompt + tokenizer.decode(row) for row in seq[:, ids.size(1) :].tolist()]
 
 
@@ -300,6 +316,7 @@ def stream_generate(
     seed: int | torch.Generator | None = None,
     num_samples: int = 1,
     use_cache: bool = True,
+    compile: bool | None = None,
 ) -> Iterator[list[str]]:
     """Yield, per step, the new character of each sample; same arguments as :func:`generate`.
 
@@ -308,7 +325,7 @@ def stream_generate(
     """
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     tokenizer, ids, generator = _prepare(model, prompt, num_samples, seed)
-    steps = stream_ids(model, ids, max_new_tokens, params, generator, use_cache)
+    steps = stream_ids(model, ids, max_new_tokens, params, generator, use_cache, compile)
     return ([tokenizer.chars[t] for t in tokens.tolist()] for tokens in steps)
 
 
