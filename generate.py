@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ def resolve_device(name: str) -> torch.device:
 def sampling_params(decoder: DictConfig) -> SamplingParams:
     values = OmegaConf.to_container(decoder, resolve=True)
     values.pop("name", None)
+    unknown = sorted(set(values) - {f.name for f in fields(SamplingParams)})
+    if unknown:
+        raise ConfigError(f"unknown decoder parameter(s): {', '.join(unknown)}")
     return SamplingParams(**values)
 
 
@@ -67,6 +70,7 @@ def stream_to_terminal(
         seed=cfg.seed,
         num_samples=cfg.num_samples,
         use_cache=cfg.use_cache,
+        compile=cfg.compile,
     )
     pieces: list[list[str]] = [[cfg.prompt] for _ in range(cfg.num_samples)]
     many = cfg.num_samples > 1
@@ -92,6 +96,11 @@ def run(cfg: DictConfig) -> None:
     params = sampling_params(cfg.decoder)
     check_int("max_new_tokens", cfg.max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
     check_int("num_samples", cfg.num_samples, 1, MAX_NUM_SAMPLES)
+    if cfg.compile not in (None, True, False) or cfg.use_cache not in (True, False):
+        raise ConfigError(
+            f"compile must be true, false or null and use_cache true or false, got "
+            f"compile={cfg.compile!r}, use_cache={cfg.use_cache!r}"
+        )
     device = resolve_device(cfg.device)
     if cfg.ckpt_path is None:
         ckpt_path = newest_checkpoint(Path(cfg.checkpoints_dir))

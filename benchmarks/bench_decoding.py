@@ -13,7 +13,9 @@ generate ``block_size - 1`` new tokens (31 and 255) from the same one-token prom
 implementation. A last row per size times TinyGPT generating ``--long-tokens`` tokens, past
 the window (the cache is refilled, see tinygpt.generation). "compiled" rows run the cached
 one-token step through torch.compile (inductor); the first call, which compiles, is a warm-up
-and its time is printed, not counted. Threads are left at torch's default for the machine.
+and its time is printed, not counted. Threads are left at torch's default for the machine;
+TinyGPT's decoding loop itself switches to one intra-op thread while it runs (its default,
+tinygpt.generation.DECODE_THREADS), HF generate runs with the default.
 Each measurement repeats whole generate calls for at least ``--min-seconds``;
 implementations are interleaved within each repeat, so a load change on a shared machine
 hits them alike, and the median over repeats is reported. Writes

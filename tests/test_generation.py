@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tinygpt import generation
 from tinygpt.decoding import SamplingParams, repetition_penalty
 from tinygpt.errors import ConfigError, NonFiniteLogitsError
 from tinygpt.generation import (
@@ -272,6 +273,26 @@ def test_non_finite_logits_are_reported_not_sampled(use_cache):
         generate(model, "ab", 5, seed=0, use_cache=use_cache)
     with pytest.raises(NonFiniteLogitsError, match="non-finite logits"):
         next(stream_generate(model, "ab", 5, temperature=0.0, use_cache=use_cache))
+
+
+def test_decoding_runs_single_threaded_and_restores_the_thread_count(model, monkeypatch):
+    seen = []
+    real_decode = generation._decode
+
+    def spy(*args, **kwargs):
+        for n in real_decode(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            yield n
+
+    monkeypatch.setattr(generation, "_decode", spy)
+    before = torch.get_num_threads()
+    generate(model, "ab", 3, seed=0)
+    list(stream_generate(model, "ab", 3, seed=0))
+    generate(model, "ab", 3, seed=0, num_threads=None)
+    assert seen == [1] * 6 + [before] * 3
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="num_threads must be an integer >= 1, got 0"):
+        generate(model, "ab", 3, num_threads=0)
 
 
 def test_generation_restores_training_mode_and_frees_the_cache():

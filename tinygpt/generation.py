@@ -31,6 +31,7 @@ Policies:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ from tinygpt.tokenizer import CharTokenizer
 EMPTY_PROMPT_START = "\n"
 MAX_NUM_SAMPLES = 10_000
 COMPILE_BACKEND = "inductor"  # tests swap in "eager" to check the compiled path quickly
+DECODE_THREADS = 1  # torch intra-op threads while decoding; see intra_op_threads
 
 
 def refill_length(block_size: int) -> int:
@@ -92,6 +94,27 @@ class _FiniteGuard:
                 "the model produced non-finite logits (NaN or inf), so no token can be sampled; "
                 "the checkpoint's weights are probably corrupt or diverged"
             )
+
+
+@contextmanager
+def intra_op_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the body with ``num_threads`` torch intra-op threads, then restore the count.
+
+    Batch-1 decoding runs dozens of tiny ops per token; waking a second thread for each costs
+    more than the op (tens of microseconds on a small VM), so decoding defaults to one thread.
+    ``None`` leaves torch's setting alone. The setting is process-wide while the body runs.
+    """
+    if num_threads is not None:
+        check_int("num_threads", num_threads, 1)
+    previous = torch.get_num_threads()
+    if num_threads is None or num_threads == previous:
+        yield
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _last_logits(model: TinyGPT, idx: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
@@ -185,6 +208,7 @@ def generate_ids(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     compile: bool | None = None,
+    num_threads: int | None = DECODE_THREADS,
 ) -> torch.Tensor:
     """Prompt ids ``(batch, t)`` followed by ``max_new_tokens`` generated ids per row.
 
@@ -193,13 +217,15 @@ def generate_ids(
     model's KV cache (``use_cache=True``), clearing it afterwards, and eval mode, restoring
     the model's mode afterwards. ``compile`` (default: ``model.config.compile``) runs the
     cached one-token step through ``torch.compile``: slow the first time, faster per token.
+    ``num_threads``: torch intra-op threads while decoding (see :func:`intra_op_threads`).
     """
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)
     guard = _FiniteGuard(seq.device)
     compile = model.config.compile if compile is None else compile
-    for _ in _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile):
-        pass
+    with intra_op_threads(num_threads):
+        for _ in _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile):
+            pass
     guard.check()
     return seq
 
@@ -212,6 +238,7 @@ def stream_ids(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     compile: bool | None = None,
+    num_threads: int | None = DECODE_THREADS,
 ) -> Iterator[torch.Tensor]:
     """Like :func:`generate_ids`, but yields each step's new ids ``(batch,)`` as they come.
 
@@ -221,20 +248,20 @@ def stream_ids(
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)  # validates now, not at the first next()
     compile = model.config.compile if compile is None else compile
-    return _checked_steps(model, seq, idx.size(1), params, generator, use_cache, compile)
+    guard = _FiniteGuard(seq.device)
+    steps = _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile)
+    return _checked_steps(seq, steps, guard, num_threads)
 
 
 def _checked_steps(
-    model: TinyGPT,
-    seq: torch.Tensor,
-    prompt_len: int,
-    params: SamplingParams,
-    generator: torch.Generator | None,
-    use_cache: bool,
-    compile: bool,
+    seq: torch.Tensor, steps: Iterator[int], guard: _FiniteGuard, num_threads: int | None
 ) -> Iterator[torch.Tensor]:
-    guard = _FiniteGuard(seq.device)
-    for n in _decode(model, seq, prompt_len, params, generator, use_cache, guard, compile):
+    # The thread count is switched around each step only, never while the consumer runs.
+    while True:
+        with intra_op_threads(num_threads):
+            n = next(steps, None)
+        if n is None:
+            return
         guard.check()
         yield seq[:, n]
 
@@ -290,17 +317,21 @@ def generate(
     num_samples: int = 1,
     use_cache: bool = True,
     compile: bool | None = None,
+    num_threads: int | None = DECODE_THREADS,
 ) -> list[str]:
     """``num_samples`` texts, each the prompt followed by ``max_new_tokens`` new characters.
 
     ``temperature=0`` is greedy. The same ``seed`` gives the same texts whatever the global RNG
-    state; ``seed=None`` samples from the global RNG. ``compile`` as in :func:`generate_ids`.
+    state; ``seed=None`` samples from the global RNG. ``compile`` and ``num_threads`` as in
+    :func:`generate_ids`.
     Bad values raise ConfigError (a ValueError) naming the parameter; unknown prompt characters
     raise UnknownCharactersError.
     """
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     tokenizer, ids, generator = _prepare(model, prompt, num_samples, seed)
-    seq = generate_ids(model, ids, max_new_tokens, params, generator, use_cache, compile)
+    seq = generate_ids(
+        model, ids, max_new_tokens, params, generator, use_cache, compile, num_threads
+    )
     return [prompt + tokenizer.decode(row) for row in seq[:, ids.size(1) :].tolist()]
 
 
@@ -317,6 +348,7 @@ def stream_generate(
     num_samples: int = 1,
     use_cache: bool = True,
     compile: bool | None = None,
+    num_threads: int | None = DECODE_THREADS,
 ) -> Iterator[list[str]]:
     """Yield, per step, the new character of each sample; same arguments as :func:`generate`.
 
@@ -325,7 +357,9 @@ def stream_generate(
     """
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     tokenizer, ids, generator = _prepare(model, prompt, num_samples, seed)
-    steps = stream_ids(model, ids, max_new_tokens, params, generator, use_cache, compile)
+    steps = stream_ids(
+        model, ids, max_new_tokens, params, generator, use_cache, compile, num_threads
+    )
     return ([tokenizer.chars[t] for t in tokens.tolist()] for tokens in steps)
 
 
