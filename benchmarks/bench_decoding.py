@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    load_at_start = os.getloadavg()
     rows = []
     print(f"{'size':5} {'implementation':29} {'new':>5} {'tokens/s':>16}  {'vs HF':>7}")
     for size in args.sizes:
@@ -171,6 +172,8 @@ def main() -> None:
             threads=torch.get_num_threads(),
             cpus=os.cpu_count(),
             machine=platform.processor() or platform.machine(),
+            # Other processes on a small shared machine change every number here.
+            load_average_at_start=load_at_start,
             load_average_at_end=os.getloadavg(),
         ),
         results=rows,
