@@ -26,6 +26,9 @@ Policies:
   ``block_size`` tokens) sees a longer context and may choose differently. Each cached token
   past the window equals the uncached model's choice given the context that
   :func:`cache_context_start` names.
+* Threads: decoding runs with one torch intra-op thread (``num_threads=1``, restored after):
+  a token's ops are too small to gain from a second thread, and waking it each op costs more.
+  Pass ``num_threads=None`` to keep torch's setting.
 """
 
 from __future__ import annotations
