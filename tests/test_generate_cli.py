@@ -124,8 +124,17 @@ def test_without_ckpt_path_the_newest_checkpoint_is_used_and_named(tmp_path):
         (["ckpt_path={ckpt}", "decoder.top_p=1.5"], "error: top_p must be a number in (0, 1]"),
         (["ckpt_path={ckpt}", "max_new_tokens=5000000"], "error: max_new_tokens must be"),
         (["ckpt_path={ckpt}", "decoder=greedy", "decoder.temperature=-1"], "temperature must"),
+        (["ckpt_path={ckpt}", "+decoder.top_a=1"], "error: unknown decoder parameter(s): top_a"),
     ],
-    ids=["missing", "unreadable", "unknown-chars", "top_p", "max_new_tokens", "temperature"],
+    ids=[
+        "missing",
+        "unreadable",
+        "unknown-chars",
+        "top_p",
+        "max_new_tokens",
+        "temperature",
+        "unknown-key",
+    ],
 )
 def test_bad_input_is_one_error_line_without_traceback(ckpt, tmp_path, overrides, message):
     garbage = tmp_path / "garbage.ckpt"
