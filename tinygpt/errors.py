@@ -15,3 +15,7 @@ class DataError(TinyGPTError):
 
 class CheckpointError(TinyGPTError):
     """A checkpoint that is missing, unreadable, unsafe or incompatible."""
+
+
+class NonFiniteLogitsError(TinyGPTError, ArithmeticError):
+    """The model produced NaN or infinite logits, so there is nothing sound to sample from."""

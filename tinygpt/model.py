@@ -74,7 +74,8 @@ class CausalSelfAttention(nn.Module):
             if self.kv_cache is None:
                 raise RuntimeError("input_pos given but no KV cache is set up")
             k, v = self.kv_cache.update(input_pos, k, v)
-            # cache_mask (T, max_len): a query sees the cached keys at or before its position.
+            # cache_mask (T, max_len): 0 for the cached keys at or before a query's position,
+            # -inf for the others (an additive mask, so SDPA does not convert it every step).
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache_mask)
         elif need_weights:
             y, weights = explicit_attention(q, k, v)
@@ -203,10 +204,9 @@ class TinyGPT(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         T = idx.size(1)
         if input_pos is None:
-            if T > self.config.block_size:
-                raise ValueError(
-                    f"sequence of length {T} is longer than block_size {self.config.block_size}"
-                )
+            block_size = self.config.block_size
+            if block_size < T:
+                raise ValueError(f"sequence of length {T} is longer than block_size {block_size}")
             pos = torch.arange(T, device=idx.device)
             cache_mask = None
         else:
@@ -236,7 +236,10 @@ class TinyGPT(nn.Module):
             block.attn.kv_cache = KVCache(
                 batch_size, self.config.n_head, max_len, head_dim, device, dtype
             )
-        self.cache_mask = torch.ones(max_len, max_len, dtype=torch.bool, device=device).tril()
+        causal = torch.ones(max_len, max_len, dtype=torch.bool, device=device).tril()
+        self.cache_mask = torch.zeros(max_len, max_len, device=device, dtype=dtype).masked_fill(
+            ~causal, float("-inf")
+        )
 
     def clear_kv_cache(self) -> None:
         for block in self.blocks:

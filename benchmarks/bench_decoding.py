@@ -1,0 +1,187 @@
+"""Decoding speed: TinyGPT (with and without the KV cache) against Hugging Face GPT-2 generate.
+
+Run from the repository root (needs the ``bench`` extra, i.e. transformers):
+
+    PYTHONPATH=. python benchmarks/bench_decoding.py [--repeats 3] [--sizes seed baby]
+
+Batch 1, sampling with temperature 0.8, top-k 10, top-p 0.9, from a one-token prompt, with
+untrained random weights, at two sizes: the seed's (2 layers, 4 heads, 64 dims, context 32)
+and nanoGPT's baby Shakespeare model (6 layers, 6 heads, 384 dims, context 256), vocab 65.
+
+Fair comparison: GPT-2 cannot generate past ``n_positions``, so the head-to-head rows
+generate ``block_size - 1`` new tokens (31 and 255) from the same one-token prompt in every
+implementation. A last row per size times TinyGPT generating ``--long-tokens`` tokens, past
+the window (the cache is refilled, see tinygpt.generation). "compiled" rows run the cached
+one-token step through torch.compile (inductor); the first call, which compiles, is a warm-up
+and its time is printed, not counted. Threads are left at torch's default for the machine;
+TinyGPT's decoding loop itself switches to one intra-op thread while it runs (its default,
+tinygpt.generation.DECODE_THREADS), HF generate runs with the default.
+Each measurement repeats whole generate calls for at least ``--min-seconds``;
+implementations are interleaved within each repeat, so a load change on a shared machine
+hits them alike, and the median over repeats is reported. Writes
+benchmarks/results/decoding.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tinygpt.decoding import SamplingParams
+from tinygpt.generation import generate_ids
+from tinygpt.model import TinyGPT, TinyGPTConfig
+
+SIZES = {
+    "seed": dict(n_layer=2, n_head=4, n_embd=64, block_size=32),
+    "baby": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+}
+VOCAB = 65
+TEMPERATURE, TOP_K, TOP_P = 0.8, 10, 0.9
+RESULTS = Path(__file__).parent / "results" / "decoding.json"
+
+
+def tinygpt_runner(
+    shape: dict[str, int], new_tokens: int, use_cache: bool = True, compile: bool = False
+) -> Callable[[], None]:
+    torch.manual_seed(0)
+    model = TinyGPT(TinyGPTConfig(vocab_size=VOCAB, **shape)).eval()
+    params = SamplingParams(temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P)
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    return lambda: generate_ids(model, prompt, new_tokens, params, generator, use_cache, compile)
+
+
+def hf_runner(shape: dict[str, int], new_tokens: int) -> Callable[[], None]:
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=shape["block_size"],
+        n_embd=shape["n_embd"],
+        n_layer=shape["n_layer"],
+        n_head=shape["n_head"],
+        bos_token_id=0,
+        eos_token_id=None,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    generation = GenerationConfig(
+        do_sample=True,
+        temperature=TEMPERATURE,
+        top_k=TOP_K,
+        top_p=TOP_P,
+        max_new_tokens=new_tokens,
+        pad_token_id=0,
+        eos_token_id=None,  # no early stop: every call makes exactly new_tokens tokens
+    )
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    mask = torch.ones_like(prompt)
+
+    def run() -> None:
+        out = model.generate(prompt, attention_mask=mask, generation_config=generation)
+        assert out.shape[1] == 1 + new_tokens, out.shape
+
+    return run
+
+
+def tokens_per_second(run: Callable[[], None], new_tokens: int, min_seconds: float) -> float:
+    calls, start = 0, time.perf_counter()
+    while True:
+        run()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return calls * new_tokens / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=0.2)
+    parser.add_argument("--long-tokens", type=int, default=500)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    load_at_start = os.getloadavg()
+    rows = []
+    print(f"{'size':5} {'implementation':29} {'new':>5} {'tokens/s':>16}  {'vs HF':>7}")
+    for size in args.sizes:
+        shape = SIZES[size]
+        window = shape["block_size"] - 1
+        runners = {
+            ("tinygpt (KV cache)", window): tinygpt_runner(shape, window),
+            ("tinygpt (KV cache, compiled)", window): tinygpt_runner(shape, window, compile=True),
+            ("tinygpt (no cache)", window): tinygpt_runner(shape, window, use_cache=False),
+            ("HF GPT2LMHeadModel.generate", window): hf_runner(shape, window),
+            ("tinygpt (KV cache)", args.long_tokens): tinygpt_runner(shape, args.long_tokens),
+            ("tinygpt (KV cache, compiled)", args.long_tokens): tinygpt_runner(
+                shape, args.long_tokens, compile=True
+            ),
+        }
+        for (impl, _), run in runners.items():  # warm up: allocations, lazy imports, compiling
+            start = time.perf_counter()
+            run()
+            print(f"# {size} {impl}: first call {time.perf_counter() - start:.1f} s", flush=True)
+        samples: dict[tuple[str, int], list[float]] = {key: [] for key in runners}
+        for _ in range(args.repeats):
+            for key, run in runners.items():
+                samples[key].append(tokens_per_second(run, key[1], args.min_seconds))
+        hf = statistics.median(samples[("HF GPT2LMHeadModel.generate", window)])
+        for (impl, new_tokens), values in samples.items():
+            median = statistics.median(values)
+            head_to_head = new_tokens == window
+            rows.append(
+                dict(
+                    size=size,
+                    **shape,
+                    vocab_size=VOCAB,
+                    implementation=impl,
+                    new_tokens=new_tokens,
+                    tokens_per_s=round(median, 1),
+                    all_tokens_per_s=[round(v, 1) for v in values],
+                    vs_hf=round(median / hf, 2) if head_to_head else None,
+                )
+            )
+            ratio = f"{median / hf:6.2f}x" if head_to_head else "      -"
+            print(f"{size:5} {impl:29} {new_tokens:5} new tokens {median:9.1f} tok/s  {ratio}")
+
+    import transformers
+
+    report = dict(
+        settings=dict(
+            batch_size=1,
+            prompt_tokens=1,
+            temperature=TEMPERATURE,
+            top_k=TOP_K,
+            top_p=TOP_P,
+            repeats=args.repeats,
+            min_seconds_per_measurement=args.min_seconds,
+        ),
+        environment=dict(
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+            threads=torch.get_num_threads(),
+            cpus=os.cpu_count(),
+            machine=platform.processor() or platform.machine(),
+            # Other processes on a small shared machine change every number here.
+            load_average_at_start=load_at_start,
+            load_average_at_end=os.getloadavg(),
+        ),
+        results=rows,
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

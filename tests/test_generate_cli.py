@@ -1,0 +1,149 @@
+"""generate.py end to end, in a subprocess, on a tiny checkpoint made here."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinygpt.checkpoint import checkpoint_entry
+from tinygpt.model import TinyGPT, TinyGPTConfig
+from tinygpt.tokenizer import CharTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+CHARS = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def save_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer(CHARS)
+    config = TinyGPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_embd=16)
+    model = TinyGPT(config)
+    state = {"model." + k: v for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "tinygpt": checkpoint_entry(config, tokenizer, {})}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
+
+
+def run_generate(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, str(REPO / "generate.py"), *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_single_run_streams_and_writes_samples(ckpt, tmp_path):
+    overrides = [
+        f"ckpt_path={ckpt}",
+        "prompt=To be",
+        "max_new_tokens=30",
+        "decoder=nucleus",
+        "decoder.top_p=0.9",
+        "seed=1",
+    ]
+    run_dir = tmp_path / "run"
+    result = run_generate(tmp_path, *overrides, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((run_dir / "samples.json").read_text())
+    [text] = record["samples"]
+    assert text.startswith("To be") and len(text) == len("To be") + 30
+    assert text in result.stdout  # streamed to the terminal
+    assert record["decoder"] == {
+        "name": "nucleus",
+        "temperature": 1.0,
+        "top_k": None,
+        "top_p": 0.9,
+        "min_p": None,
+        "repetition_penalty": 1.0,
+    }
+    assert record["config"]["seed"] == 1
+    assert (run_dir / "samples.txt").read_text() == text + "\n"
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+    again = run_generate(tmp_path, *overrides, f"hydra.run.dir={tmp_path / 'again'}")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "again" / "samples.json").read_text())["samples"] == [text]
+
+
+def test_multirun_writes_one_directory_per_value_and_a_summary(ckpt, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_generate(
+        tmp_path,
+        "-m",
+        f"ckpt_path={ckpt}",
+        "decoder=temperature",
+        "decoder.temperature=0.5,1.5",
+        "max_new_tokens=12",
+        "num_samples=2",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr
+    temperatures = [
+        json.loads((sweep_dir / job / "samples.json").read_text())["decoder"]["temperature"]
+        for job in ("0", "1")
+    ]
+    assert temperatures == [0.5, 1.5]
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert [job["job_dir"] for job in summary] == ["0", "1"]
+    assert all(len(job["samples"]) == 2 for job in summary)
+    table = (sweep_dir / "summary.md").read_text()
+    assert "decoder.temperature=0.5" in table and "decoder.temperature=1.5" in table
+
+
+def test_without_ckpt_path_the_newest_checkpoint_is_used_and_named(tmp_path):
+    old = save_checkpoint(tmp_path / "outputs" / "a" / "old.ckpt")
+    new = save_checkpoint(tmp_path / "outputs" / "b" / "new.ckpt")
+    os.utime(old, (1, 1))
+    result = run_generate(
+        tmp_path, "decoder=greedy", "max_new_tokens=5", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"using the newest checkpoint: {new.relative_to(tmp_path)}" in result.stderr
+    assert len(json.loads((tmp_path / "run" / "samples.json").read_text())["samples"][0]) == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["ckpt_path={missing}"], "error: checkpoint not found"),
+        (["ckpt_path={garbage}"], "error: "),
+        (["ckpt_path={ckpt}", "prompt='Zé~'"], "'~', 'é'"),
+        (["ckpt_path={ckpt}", "decoder.top_p=1.5"], "error: top_p must be a number in (0, 1]"),
+        (["ckpt_path={ckpt}", "max_new_tokens=5000000"], "error: max_new_tokens must be"),
+        (["ckpt_path={ckpt}", "decoder=greedy", "decoder.temperature=-1"], "temperature must"),
+        (["ckpt_path={ckpt}", "+decoder.top_a=1"], "error: unknown decoder parameter(s): top_a"),
+    ],
+    ids=[
+        "missing",
+        "unreadable",
+        "unknown-chars",
+        "top_p",
+        "max_new_tokens",
+        "temperature",
+        "unknown-key",
+    ],
+)
+def test_bad_input_is_one_error_line_without_traceback(ckpt, tmp_path, overrides, message):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    paths = dict(ckpt=ckpt, missing=tmp_path / "missing.ckpt", garbage=garbage)
+    overrides = [o.format(**paths) for o in overrides]
+    result = run_generate(tmp_path, *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert message in errors[0]

@@ -1,0 +1,302 @@
+"""The generation loop (KV cache against no cache, past the window) and the text API."""
+
+import pytest
+import torch
+
+from tinygpt import generation
+from tinygpt.decoding import SamplingParams, repetition_penalty
+from tinygpt.errors import ConfigError, NonFiniteLogitsError
+from tinygpt.generation import (
+    cache_context_start,
+    generate,
+    generate_greedy,
+    generate_ids,
+    generate_nucleus,
+    generate_temperature,
+    generate_top_k,
+    generateV2,
+    stream_generate,
+    stream_ids,
+)
+from tinygpt.model import TinyGPT, TinyGPTConfig
+from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
+
+BLOCK = 8
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def make_model(chars: str = "\n !,.abcdefghijklmnopqrstuvwxyz", seed: int = 0) -> TinyGPT:
+    torch.manual_seed(seed)
+    tokenizer = CharTokenizer(chars)
+    config = TinyGPTConfig(vocab_size=tokenizer.vocab_size, block_size=BLOCK, n_embd=32)
+    model = TinyGPT(config)
+    with torch.no_grad():
+        # Untrained logits are nearly uniform; scaling the weights spreads them (to about +-6,
+        # like a trained model), so greedy choices are not decided by rounding noise.
+        for param in model.parameters():
+            param.mul_(4)
+    model.tokenizer = tokenizer
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> TinyGPT:
+    return make_model()
+
+
+def prompt_ids(model: TinyGPT, text: str, batch: int = 1) -> torch.Tensor:
+    return model.tokenizer.encode(text).expand(batch, -1)
+
+
+@torch.no_grad()
+def test_cached_logits_match_uncached_logits_inside_the_window(model):
+    seq = torch.randint(
+        0, model.config.vocab_size, (3, BLOCK), generator=torch.Generator().manual_seed(0)
+    )
+    prompt = 3
+    model.setup_kv_cache(batch_size=3)
+    try:
+        cached = [model(seq[:, :prompt], input_pos=torch.arange(prompt))[0][:, -1]]
+        for pos in range(prompt, BLOCK):
+            cached.append(model(seq[:, pos : pos + 1], input_pos=torch.tensor([pos]))[0][:, -1])
+    finally:
+        model.clear_kv_cache()
+    for n, logits in enumerate(cached, start=prompt):
+        uncached = model(seq[:, :n])[0][:, -1]
+        torch.testing.assert_close(logits, uncached, atol=1e-5, rtol=0)
+    assert logits.dtype == torch.float32
+
+
+def test_cached_greedy_equals_uncached_for_every_token_inside_the_window(model):
+    idx = torch.stack([model.tokenizer.encode(p) for p in ("to ", "be,", "or.")])
+    new = BLOCK - idx.size(1) + 1  # the last token predicted from a full window
+    cached = generate_ids(model, idx, new, GREEDY, use_cache=True)
+    uncached = generate_ids(model, idx, new, GREEDY, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_cache_context_policy_by_hand():
+    # block 8, prompt 3: tokens 3..8 see the whole sequence; token 9 would need 9, so the cache
+    # is refilled with the last 4 (5..8) and grows back to 8 (5..12) for token 13; token 14
+    # refills with 10..13.
+    starts = [cache_context_start(n, 3, 8) for n in range(3, 18)]
+    assert starts == [0] * 6 + [5] * 5 + [10] * 4
+
+
+def test_generation_past_the_window_follows_the_refill_policy(model):
+    idx = prompt_ids(model, "the ")
+    seq = generate_ids(model, idx, 4 * BLOCK, GREEDY, use_cache=True)
+    assert seq.shape == (1, 4 + 4 * BLOCK)
+    with torch.no_grad():
+        for n in range(4, seq.size(1)):
+            start = cache_context_start(n, 4, BLOCK)
+            expected = model(seq[:, start:n])[0][0, -1].argmax()
+            assert seq[0, n] == expected, f"token {n} (context from {start})"
+    uncached = generate_ids(model, idx, 4 * BLOCK, GREEDY, use_cache=False)
+    inside = BLOCK + 1  # prompt + the new tokens whose context fits the window
+    assert torch.equal(seq[:, :inside], uncached[:, :inside])
+
+
+def test_uncached_generation_crops_to_the_last_block(model):
+    idx = prompt_ids(model, "abc")
+    seq = generate_ids(model, idx, 2 * BLOCK, GREEDY, use_cache=False)
+    with torch.no_grad():
+        for n in range(3, seq.size(1)):
+            assert seq[0, n] == model(seq[:, max(0, n - BLOCK) : n])[0][0, -1].argmax()
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_prompt_longer_than_the_window(model, use_cache):
+    text = "a long prompt, longer than the window"
+    out = generate_greedy(model, text, 5, use_cache=use_cache)[0]
+    with torch.no_grad():
+        expected = model(model.tokenizer.encode(text)[None, -BLOCK:])[0][0, -1].argmax()
+    assert out[: len(text)] == text
+    assert out[len(text)] == model.tokenizer.chars[expected]
+
+
+def test_compiled_step_gives_the_same_tokens(model, monkeypatch):
+    # The "eager" backend traces the step with Dynamo, as inductor would, without a C++ build.
+    monkeypatch.setattr("tinygpt.generation.COMPILE_BACKEND", "eager")
+    idx = prompt_ids(model, "to be", batch=2)
+    for params in (GREEDY, SamplingParams(temperature=0.9, top_k=8)):
+        compiled = generate_ids(
+            model, idx, 3 * BLOCK, params, torch.Generator().manual_seed(0), compile=True
+        )
+        eager = generate_ids(
+            model, idx, 3 * BLOCK, params, torch.Generator().manual_seed(0), compile=False
+        )
+        assert torch.equal(compiled, eager)
+
+
+def test_greedy_is_the_same_with_and_without_cache_text_api(model):
+    assert generate_greedy(model, "ab", BLOCK - 1) == generate_greedy(
+        model, "ab", BLOCK - 1, use_cache=False
+    )
+
+
+def test_same_seed_same_text_whatever_the_global_rng(model):
+    texts = []
+    for global_seed in (0, 123):
+        torch.manual_seed(global_seed)
+        texts.append(generate(model, "to be", 40, temperature=1.0, seed=7))
+    assert texts[0] == texts[1]
+    assert generate(model, "to be", 40, seed=8) != texts[0]
+
+
+def test_a_generator_can_stand_in_for_the_seed(model):
+    from_seed = generate(model, "to", 20, seed=3)
+    from_generator = generate(model, "to", 20, seed=torch.Generator().manual_seed(3))
+    assert from_seed == from_generator
+
+
+def test_num_samples_are_a_batch_of_different_texts(model):
+    texts = generate(model, "to", 30, temperature=1.5, seed=1, num_samples=4)
+    assert isinstance(texts, list) and len(texts) == 4
+    assert all(t.startswith("to") and len(t) == 32 for t in texts)
+    assert len(set(texts)) > 1
+    assert generate(model, "to", 30, temperature=1.5, seed=1, num_samples=4) == texts
+
+
+def test_always_returns_a_list(model):
+    texts = generate(model, "to", 3, seed=0)
+    assert isinstance(texts, list) and len(texts) == 1
+
+
+def test_stream_yields_the_same_text_as_generate(model):
+    kwargs = dict(temperature=0.9, top_k=5, seed=11, num_samples=2)
+    pieces = list(stream_generate(model, "we ", 3 * BLOCK, **kwargs))
+    assert len(pieces) == 3 * BLOCK and all(len(step) == 2 for step in pieces)
+    streamed = ["we " + "".join(step[i] for step in pieces) for i in range(2)]
+    assert streamed == generate(model, "we ", 3 * BLOCK, **kwargs)
+
+
+def test_stream_ids_matches_generate_ids(model):
+    idx = prompt_ids(model, "hi")
+    steps = torch.stack(list(stream_ids(model, idx, 12, GREEDY)), dim=1)
+    assert torch.equal(steps, generate_ids(model, idx, 12, GREEDY)[:, 2:])
+
+
+def test_named_variants_are_generate_with_their_parameters(model):
+    greedy = generate(model, "a", 20, temperature=0.0)
+    assert generate_greedy(model, "a", 20) == greedy
+    assert generate_top_k(model, "a", 20, top_k=1, seed=0) == greedy
+    assert generate_nucleus(model, "a", 20, top_p=1e-6, seed=0) == greedy
+    assert generate_temperature(model, "a", 20, temperature=0.7, seed=5) == generate(
+        model, "a", 20, temperature=0.7, seed=5
+    )
+    assert generateV2(model, "a", 20, temperature=0.8, top_k=10, top_p=0.9, seed=5) == generate(
+        model, "a", 20, temperature=0.8, top_k=10, top_p=0.9, seed=5
+    )
+
+
+def test_min_p_one_is_greedy(model):
+    assert generate(model, "a", 20, min_p=1.0, seed=0) == generate_greedy(model, "a", 20)
+
+
+def test_repetition_penalty_counts_prompt_and_generated_tokens(model):
+    text = generate_greedy(model, "abab", 2 * BLOCK, repetition_penalty=1.8, use_cache=False)[0]
+    seq = model.tokenizer.encode("abab")[None]
+    with torch.no_grad():
+        for _ in range(2 * BLOCK):
+            logits = model(seq[:, -BLOCK:])[0][:, -1]
+            token = repetition_penalty(logits, seq, 1.8).argmax(-1, keepdim=True)
+            seq = torch.cat([seq, token], dim=1)
+    assert text == model.tokenizer.decode(seq[0])
+    assert text != generate_greedy(model, "abab", 2 * BLOCK, use_cache=False)[0]
+
+
+def test_zero_new_tokens_returns_the_prompt(model):
+    assert generate(model, "to be", 0, seed=0) == ["to be"]
+    assert list(stream_generate(model, "to be", 0)) == []
+
+
+def test_empty_prompt_starts_from_a_line_break_not_returned(model):
+    empty = generate_greedy(model, "", 10)[0]
+    newline = generate_greedy(model, "\n", 10)[0]
+    assert len(empty) == 10
+    assert empty == newline[1:]
+
+
+def test_empty_prompt_without_a_line_break_in_the_vocabulary_is_refused():
+    with pytest.raises(ConfigError, match="prompt is empty"):
+        generate(make_model(chars="abc"), "", 5)
+
+
+def test_unknown_prompt_characters_are_named(model):
+    with pytest.raises(UnknownCharactersError, match=r"'Q', '~'"):
+        generate(model, "Quick~", 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_new_tokens": -1}, "max_new_tokens must be an integer in [0, 1000000], got -1"),
+        ({"max_new_tokens": 10**7}, "max_new_tokens must be an integer in [0, 1000000], got"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens must be an integer in [0, 1000000], got 2.5"),
+        ({"num_samples": 0}, "num_samples must be an integer in [1, 10000], got 0"),
+        ({"temperature": -1.0}, "temperature must be a number >= 0"),
+        ({"top_k": 0}, "top_k must be an integer >= 1"),
+        ({"top_p": 2.0}, "top_p must be a number in (0, 1]"),
+        ({"min_p": -1.0}, "min_p must be a number in [0, 1]"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be a number > 0"),
+        ({"seed": -3}, "seed must be an integer in"),
+        ({"prompt": None}, "prompt must be a string"),
+    ],
+)
+@pytest.mark.parametrize("function", [generate, stream_generate])
+def test_bad_arguments_raise_before_any_work(model, function, kwargs, message):
+    arguments = {"prompt": "to", "max_new_tokens": 5, **kwargs}
+    with pytest.raises(ConfigError) as info:
+        function(model, **arguments)  # streams validate on the call, not the first next()
+    assert str(info.value).startswith(message)
+
+
+def test_a_model_without_tokenizer_is_refused():
+    model = make_model()
+    model.tokenizer = None
+    with pytest.raises(ConfigError, match="no tokenizer"):
+        generate(model, "a", 3)
+
+
+def test_prompt_ids_outside_the_vocabulary_are_refused(model):
+    with pytest.raises(ConfigError, match="prompt ids must be in"):
+        generate_ids(model, torch.tensor([[0, 999]]), 3)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_non_finite_logits_are_reported_not_sampled(use_cache):
+    model = make_model()
+    with torch.no_grad():
+        model.ln_f.weight[0] = float("nan")
+    with pytest.raises(NonFiniteLogitsError, match="non-finite logits"):
+        generate(model, "ab", 5, seed=0, use_cache=use_cache)
+    with pytest.raises(NonFiniteLogitsError, match="non-finite logits"):
+        next(stream_generate(model, "ab", 5, temperature=0.0, use_cache=use_cache))
+
+
+def test_decoding_runs_single_threaded_and_restores_the_thread_count(model, monkeypatch):
+    seen = []
+    real_decode = generation._decode
+
+    def spy(*args, **kwargs):
+        for n in real_decode(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            yield n
+
+    monkeypatch.setattr(generation, "_decode", spy)
+    before = torch.get_num_threads()
+    generate(model, "ab", 3, seed=0)
+    list(stream_generate(model, "ab", 3, seed=0))
+    generate(model, "ab", 3, seed=0, num_threads=None)
+    assert seen == [1] * 6 + [before] * 3
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="num_threads must be an integer >= 1, got 0"):
+        generate(model, "ab", 3, num_threads=0)
+
+
+def test_generation_restores_training_mode_and_frees_the_cache():
+    model = make_model().train()
+    generate(model, "ab", 3, seed=0)
+    assert model.training
+    assert all(block.attn.kv_cache is None for block in model.blocks)

@@ -1,0 +1,409 @@
+"""Autoregressive generation: the token loop (with or without the KV cache) and the text API.
+
+Token level: :func:`generate_ids` and :func:`stream_ids` take and return token ids.
+Text level: :func:`generate`, :func:`stream_generate` and the seed's named variants take a
+model carrying its tokenizer (``model.tokenizer``, as :func:`tinygpt.checkpoint.load_model`
+sets it) and a prompt string.
+
+Policies:
+
+* Return type: the text functions always return a ``list[str]`` with one entry per sample
+  (``num_samples`` rows decoded as one batch), even when ``num_samples == 1``; each entry is
+  the prompt followed by its continuation. :func:`stream_generate` yields, per step, a list
+  with the new character of every sample (the prompt is not yielded).
+* Empty prompt: generation starts from ``"\\n"`` (a line break is a natural start of text in
+  the Shakespeare vocabulary) and the returned texts do not include it. A vocabulary without
+  ``"\\n"`` refuses an empty prompt with a ConfigError.
+* KV cache past the context window: the prompt's last ``block_size`` tokens are prefilled,
+  then each step feeds one token. When the newest token no longer fits (the cache holds
+  ``block_size`` positions), the cache is refilled with the most recent ``keep =``
+  :func:`refill_length` tokens (``block_size // 2``), newest included, at positions
+  ``0 .. keep - 1``, and one-token steps continue. So the model's context varies between
+  ``keep`` and ``block_size`` tokens, and one refill (a prefill of ``keep`` tokens) happens
+  every ``block_size - keep + 1`` tokens. Cached decoding equals uncached decoding for every
+  token whose context fits in the window (the first ``block_size - prompt_len + 1`` new
+  tokens); after that the uncached path (``use_cache=False``, nanoGPT's crop to the last
+  ``block_size`` tokens) sees a longer context and may choose differently. Each cached token
+  past the window equals the uncached model's choice given the context that
+  :func:`cache_context_start` names.
+* Threads: decoding runs with one torch intra-op thread (``num_threads=1``, restored after):
+  a token's ops are too small to gain from a second thread, and waking it each op costs more.
+  Pass ``num_threads=None`` to keep torch's setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from tinygpt.decoding import (
+    MAX_NEW_TOKENS_LIMIT,
+    SamplingParams,
+    check_int,
+    make_generator,
+    next_token,
+)
+from tinygpt.errors import ConfigError, NonFiniteLogitsError
+from tinygpt.model import TinyGPT
+from tinygpt.tokenizer import CharTokenizer
+
+EMPTY_PROMPT_START = "\n"
+MAX_NUM_SAMPLES = 10_000
+COMPILE_BACKEND = "inductor"  # tests swap in "eager" to check the compiled path quickly
+DECODE_THREADS = 1  # torch intra-op threads while decoding; see intra_op_threads
+
+
+def refill_length(block_size: int) -> int:
+    """How many recent tokens the KV cache keeps when it is full: half the window, at least 1."""
+    return max(1, block_size // 2)
+
+
+def cache_context_start(n: int, prompt_len: int, block_size: int) -> int:
+    """Index of the first token the cached loop conditions on when choosing token ``n``.
+
+    Mirrors the loop in :func:`_decode`: it documents (and lets tests check) exactly which
+    context each cached token past the window was computed from.
+    """
+    start = max(0, prompt_len - block_size)
+    filled = prompt_len - start  # cache positions in use after the prefill
+    keep = refill_length(block_size)
+    for m in range(prompt_len, n):  # token m has just been chosen; feed it
+        if filled < block_size:
+            filled += 1
+        else:
+            start, filled = m + 1 - keep, keep
+    return start
+
+
+class _FiniteGuard:
+    """Sums every logit, so one finiteness check covers all steps without a per-step sync.
+
+    A NaN or infinity anywhere makes the float32 sum non-finite. (So would finite logits
+    summing past 3e38, which no working model produces.)
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float32, device=device)
+
+    def add(self, logits: torch.Tensor) -> None:
+        self.total.add_(logits.sum(dtype=torch.float32))
+
+    def check(self) -> None:
+        if not torch.isfinite(self.total):
+            raise NonFiniteLogitsError(
+                "the model produced non-finite logits (NaN or inf), so no token can be sampled; "
+                "the checkpoint's weights are probably corrupt or diverged"
+            )
+
+
+@contextmanager
+def intra_op_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the body with ``num_threads`` torch intra-op threads, then restore the count.
+
+    Batch-1 decoding runs dozens of tiny ops per token; waking a second thread for each costs
+    more than the op (tens of microseconds on a small VM), so decoding defaults to one thread.
+    ``None`` leaves torch's setting alone. The setting is process-wide while the body runs.
+    """
+    if num_threads is not None:
+        check_int("num_threads", num_threads, 1)
+    previous = torch.get_num_threads()
+    if num_threads is None or num_threads == previous:
+        yield
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _last_logits(model: TinyGPT, idx: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
+    return model(idx, input_pos=input_pos)[0][:, -1]
+
+
+@torch.inference_mode()
+def _decode(
+    model: TinyGPT,
+    seq: torch.Tensor,
+    prompt_len: int,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    use_cache: bool,
+    guard: _FiniteGuard,
+    compile: bool = False,
+) -> Iterator[int]:
+    """Fill ``seq[:, prompt_len:]`` column by column, yielding each filled column's index.
+
+    Nothing here reads a tensor's value on the host, so steps are not synchronised. The model
+    runs in eval mode and its KV cache is set up here and cleared at the end (also when a
+    stream is abandoned), so one model serves one generation at a time. With ``compile``, the
+    one-token step (fixed shapes) runs through ``torch.compile``; prefills stay eager, since
+    their lengths vary.
+    """
+    block = model.config.block_size
+    total = seq.size(1)
+    if total == prompt_len:
+        return
+    penalise = params.repetition_penalty != 1.0
+    was_training = model.training
+    model.eval()
+    if use_cache:
+        model.setup_kv_cache(seq.size(0))
+        # One position tensor per cache slot, made once, so a step does not slice or allocate.
+        positions = list(torch.arange(block, device=seq.device).split(1))
+        # Dynamo caches the compiled step by code and guards, so a fresh wrapper per call
+        # reuses it rather than recompiling.
+        step = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False) if compile else model
+    try:
+        start = max(0, prompt_len - block)
+        filled = prompt_len - start
+        input_pos = torch.arange(filled, device=seq.device) if use_cache else None
+        logits = _last_logits(model, seq[:, start:prompt_len], input_pos)
+        for n in range(prompt_len, total):
+            guard.add(logits)
+            history = seq[:, :n] if penalise else None
+            token = next_token(logits, params, history, generator)
+            seq[:, n] = token
+            yield n
+            if n + 1 == total:
+                break
+            if not use_cache:
+                logits = _last_logits(model, seq[:, max(0, n + 1 - block) : n + 1], None)
+            elif filled < block:
+                logits = _last_logits(step, token.view(-1, 1), positions[filled])
+                filled += 1
+            else:  # cache full: refill it with the most recent tokens (see module docstring)
+                filled = refill_length(block)
+                logits = _last_logits(
+                    model, seq[:, n + 1 - filled : n + 1], torch.arange(filled, device=seq.device)
+                )
+    finally:
+        if use_cache:
+            model.clear_kv_cache()
+        model.train(was_training)
+
+
+def _start(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Validate the prompt ids and return the ``(batch, prompt + new)`` buffer holding them."""
+    check_int("max_new_tokens", max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
+    if idx.dim() != 2 or idx.size(1) == 0 or idx.dtype != torch.long:
+        raise ConfigError(
+            f"prompt ids must be a non-empty (batch, length) int64 tensor, got shape "
+            f"{tuple(idx.shape)} and dtype {idx.dtype}"
+        )
+    vocab = model.config.vocab_size
+    if idx.min() < 0 or idx.max() >= vocab:
+        raise ConfigError(f"prompt ids must be in [0, {vocab - 1}] (the model's vocabulary)")
+    device = model.wte.weight.device
+    seq = torch.empty(idx.size(0), idx.size(1) + max_new_tokens, dtype=torch.long, device=device)
+    seq[:, : idx.size(1)] = idx
+    return seq
+
+
+def generate_ids(
+    model: TinyGPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    params: SamplingParams | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    compile: bool | None = None,
+    num_threads: int | None = DECODE_THREADS,
+) -> torch.Tensor:
+    """Prompt ids ``(batch, t)`` followed by ``max_new_tokens`` generated ids per row.
+
+    ``params`` defaults to plain sampling at temperature 1; ``generator`` makes it reproducible.
+    Raises NonFiniteLogitsError if the model produced NaN/inf logits at any step. Uses the
+    model's KV cache (``use_cache=True``), clearing it afterwards, and eval mode, restoring
+    the model's mode afterwards. ``compile`` (default: ``model.config.compile``) runs the
+    cached one-token step through ``torch.compile``: slow the first time, faster per token.
+    ``num_threads``: torch intra-op threads while decoding (see :func:`intra_op_threads`).
+    """
+    params = params or SamplingParams()
+    seq = _start(model, idx, max_new_tokens)
+    guard = _FiniteGuard(seq.device)
+    compile = model.config.compile if compile is None else compile
+    with intra_op_threads(num_threads):
+        for _ in _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile):
+            pass
+    guard.check()
+    return seq
+
+
+def stream_ids(
+    model: TinyGPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    params: SamplingParams | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    compile: bool | None = None,
+    num_threads: int | None = DECODE_THREADS,
+) -> Iterator[torch.Tensor]:
+    """Like :func:`generate_ids`, but yields each step's new ids ``(batch,)`` as they come.
+
+    Checks the logits before every yield (streaming synchronises each step anyway), so no
+    token sampled from non-finite logits is ever yielded.
+    """
+    params = params or SamplingParams()
+    seq = _start(model, idx, max_new_tokens)  # validates now, not at the first next()
+    compile = model.config.compile if compile is None else compile
+    guard = _FiniteGuard(seq.device)
+    steps = _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile)
+    return _checked_steps(seq, steps, guard, num_threads)
+
+
+def _checked_steps(
+    seq: torch.Tensor, steps: Iterator[int], guard: _FiniteGuard, num_threads: int | None
+) -> Iterator[torch.Tensor]:
+    # The thread count is switched around each step only, never while the consumer runs.
+    while True:
+        with intra_op_threads(num_threads):
+            n = next(steps, None)
+        if n is None:
+            return
+        guard.check()
+        yield seq[:, n]
+
+
+def _tokenizer(model: TinyGPT) -> CharTokenizer:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigError(
+            "the model has no tokenizer: load it with tinygpt.checkpoint.load_model "
+            "or set model.tokenizer"
+        )
+    return tokenizer
+
+
+def encode_prompt(tokenizer: CharTokenizer, prompt: str) -> torch.Tensor:
+    """Prompt ids ``(t,)``; an empty prompt starts from ``"\\n"`` (see module docstring)."""
+    if not isinstance(prompt, str):
+        raise ConfigError(f"prompt must be a string, got {type(prompt).__name__}")
+    if prompt:
+        return tokenizer.encode(prompt)  # names any unknown characters
+    if EMPTY_PROMPT_START not in tokenizer.chars:
+        raise ConfigError(
+            "the prompt is empty and the vocabulary has no line break to start from; "
+            "give a non-empty prompt"
+        )
+    return tokenizer.encode(EMPTY_PROMPT_START)
+
+
+def _prepare(
+    model: TinyGPT,
+    prompt: str,
+    num_samples: int,
+    seed: int | torch.Generator | None,
+) -> tuple[CharTokenizer, torch.Tensor, torch.Generator | None]:
+    """Validate the rest of a text call (prompt, samples, seed), before any model work."""
+    check_int("num_samples", num_samples, 1, MAX_NUM_SAMPLES)
+    tokenizer = _tokenizer(model)
+    device = model.wte.weight.device
+    ids = encode_prompt(tokenizer, prompt).to(device)
+    return tokenizer, ids.expand(num_samples, -1), make_generator(seed, device)
+
+
+def generate(
+    model: TinyGPT,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    seed: int | torch.Generator | None = None,
+    num_samples: int = 1,
+    use_cache: bool = True,
+    compile: bool | None = None,
+    num_threads: int | None = DECODE_THREADS,
+) -> list[str]:
+    """``num_samples`` texts, each the prompt followed by ``max_new_tokens`` new characters.
+
+    ``temperature=0`` is greedy. The same ``seed`` gives the same texts whatever the global RNG
+    state; ``seed=None`` samples from the global RNG. ``compile`` and ``num_threads`` as in
+    :func:`generate_ids`.
+    Bad values raise ConfigError (a ValueError) naming the parameter; unknown prompt characters
+    raise UnknownCharactersError.
+    """
+    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    tokenizer, ids, generator = _prepare(model, prompt, num_samples, seed)
+    seq = generate_ids(
+        model, ids, max_new_tokens, params, generator, use_cache, compile, num_threads
+    )
+    return [prompt + tokenizer.decode(row) for row in seq[:, ids.size(1) :].tolist()]
+
+
+def stream_generate(
+    model: TinyGPT,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    seed: int | torch.Generator | None = None,
+    num_samples: int = 1,
+    use_cache: bool = True,
+    compile: bool | None = None,
+    num_threads: int | None = DECODE_THREADS,
+) -> Iterator[list[str]]:
+    """Yield, per step, the new character of each sample; same arguments as :func:`generate`.
+
+    Joining the yielded pieces of sample ``i`` after the prompt gives ``generate(...)[i]``
+    for the same arguments and seed. Arguments are validated when this is called.
+    """
+    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    tokenizer, ids, generator = _prepare(model, prompt, num_samples, seed)
+    steps = stream_ids(
+        model, ids, max_new_tokens, params, generator, use_cache, compile, num_threads
+    )
+    return ([tokenizer.chars[t] for t in tokens.tolist()] for tokens in steps)
+
+
+def generate_greedy(
+    model: TinyGPT, prompt: str, max_new_tokens: int = 200, **kwargs: Any
+) -> list[str]:
+    """Argmax decoding (``temperature=0``); other keywords as in :func:`generate`."""
+    return generate(model, prompt, max_new_tokens, temperature=0.0, **kwargs)
+
+
+def generate_temperature(
+    model: TinyGPT, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0, **kwargs: Any
+) -> list[str]:
+    """Sampling from the temperature-scaled distribution."""
+    return generate(model, prompt, max_new_tokens, temperature=temperature, **kwargs)
+
+
+def generate_top_k(
+    model: TinyGPT, prompt: str, max_new_tokens: int = 200, top_k: int = 10, **kwargs: Any
+) -> list[str]:
+    """Sampling from the ``top_k`` most probable tokens."""
+    return generate(model, prompt, max_new_tokens, top_k=top_k, **kwargs)
+
+
+def generate_nucleus(
+    model: TinyGPT, prompt: str, max_new_tokens: int = 200, top_p: float = 0.9, **kwargs: Any
+) -> list[str]:
+    """Nucleus (top-p) sampling."""
+    return generate(model, prompt, max_new_tokens, top_p=top_p, **kwargs)
+
+
+def generateV2(
+    model: TinyGPT,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    **kwargs: Any,
+) -> list[str]:
+    """The seed's combined call: temperature, then top-k, then top-p (name kept from the seed)."""
+    return generate(
+        model, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, **kwargs
+    )

@@ -1,0 +1,47 @@
+"""A Hydra callback that gathers every job's samples of a multirun into one summary.
+
+Each ``generate.py`` job writes ``samples.json`` into its own directory; at the end of the
+sweep this writes ``summary.json`` (all jobs) and ``summary.md`` (a table) into the sweep dir.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+SAMPLES_FILE = "samples.json"
+PREVIEW_CHARS = 60
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job's ``samples.json`` under ``sweep_dir``, in job-number order."""
+    jobs = []
+    for path in sweep_dir.glob(f"*/{SAMPLES_FILE}"):
+        record = json.loads(path.read_text())
+        record["job_dir"] = path.parent.name
+        jobs.append(record)
+    return sorted(jobs, key=lambda job: (len(job["job_dir"]), job["job_dir"]))
+
+
+def markdown(jobs: list[dict[str, Any]]) -> str:
+    lines = ["| job | overrides | tokens/s | first sample |", "|---|---|---|---|"]
+    for job in jobs:
+        preview = job["samples"][0][:PREVIEW_CHARS] if job["samples"] else ""
+        preview = preview.replace("\n", "\\n").replace("|", "\\|")
+        overrides = " ".join(job["overrides"]) or "(none)"
+        lines.append(f"| {job['job_dir']} | {overrides} | {job['tokens_per_s']} | {preview} |")
+    return "\n".join(lines) + "\n"
+
+
+class SweepSummary(Callback):
+    """Writes ``summary.json`` and ``summary.md`` into the sweep directory after a multirun."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = collect(sweep_dir)
+        (sweep_dir / "summary.json").write_text(json.dumps(jobs, indent=2) + "\n")
+        (sweep_dir / "summary.md").write_text(markdown(jobs))
