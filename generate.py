@@ -25,10 +25,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.checkpoint import load_model
-from tinygpt.cli import user_errors
+from tinygpt.cli import run_hydra_app, user_errors
+from tinygpt.config import register_resolvers
 from tinygpt.decoding import MAX_NEW_TOKENS_LIMIT, SamplingParams, check_int
 from tinygpt.errors import CheckpointError, ConfigError
 from tinygpt.generation import MAX_NUM_SAMPLES, stream_generate
+
+register_resolvers()
 
 
 def newest_checkpoint(root: Path) -> Path:
@@ -134,4 +137,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_app(main)

@@ -93,11 +93,14 @@ def test_multirun_writes_one_directory_per_value_and_a_summary(ckpt, tmp_path):
     assert result.returncode == 0, result.stderr
     temperatures = [
         json.loads((sweep_dir / job / "samples.json").read_text())["decoder"]["temperature"]
-        for job in ("0", "1")
+        for job in ("0_decoder.temperature=0.5", "1_decoder.temperature=1.5")
     ]
     assert temperatures == [0.5, 1.5]
     summary = json.loads((sweep_dir / "summary.json").read_text())
-    assert [job["job_dir"] for job in summary] == ["0", "1"]
+    assert [job["job_dir"] for job in summary] == [
+        "0_decoder.temperature=0.5",
+        "1_decoder.temperature=1.5",
+    ]
     assert all(len(job["samples"]) == 2 for job in summary)
     table = (sweep_dir / "summary.md").read_text()
     assert "decoder.temperature=0.5" in table and "decoder.temperature=1.5" in table
