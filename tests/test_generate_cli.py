@@ -123,6 +123,9 @@ def test_without_ckpt_path_the_newest_checkpoint_is_used_and_named(tmp_path):
     [
         (["ckpt_path={missing}"], "error: checkpoint not found"),
         (["ckpt_path={garbage}"], "error: "),
+        (["ckpt_path={directory}"], "is a directory"),
+        (["ckpt_path={crafted}"], "refusing to load"),
+        (["ckpt_path={ckpt}", "max_new_tokens=-1"], "error: max_new_tokens must be"),
         (["ckpt_path={ckpt}", "prompt='Zé~'"], "'~', 'é'"),
         (["ckpt_path={ckpt}", "decoder.top_p=1.5"], "error: top_p must be a number in (0, 1]"),
         (["ckpt_path={ckpt}", "max_new_tokens=5000000"], "error: max_new_tokens must be"),
@@ -132,6 +135,9 @@ def test_without_ckpt_path_the_newest_checkpoint_is_used_and_named(tmp_path):
     ids=[
         "missing",
         "unreadable",
+        "directory",
+        "crafted",
+        "negative-tokens",
         "unknown-chars",
         "top_p",
         "max_new_tokens",
@@ -142,7 +148,16 @@ def test_without_ckpt_path_the_newest_checkpoint_is_used_and_named(tmp_path):
 def test_bad_input_is_one_error_line_without_traceback(ckpt, tmp_path, overrides, message):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
-    paths = dict(ckpt=ckpt, missing=tmp_path / "missing.ckpt", garbage=garbage)
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"tinygpt": {}, "payload": CreatesFile(marker)}, crafted)
+    paths = dict(
+        ckpt=ckpt,
+        missing=tmp_path / "missing.ckpt",
+        garbage=garbage,
+        directory=tmp_path,
+        crafted=crafted,
+    )
     overrides = [o.format(**paths) for o in overrides]
     result = run_generate(tmp_path, *overrides, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode != 0
@@ -150,3 +165,15 @@ def test_bad_input_is_one_error_line_without_traceback(ckpt, tmp_path, overrides
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
     assert message in errors[0]
+    assert not marker.exists()  # the crafted pickle ran nothing
+    assert not (tmp_path / "run" / "samples.json").exists()  # nothing half-written
+
+
+class CreatesFile:
+    """A pickle payload that would create a file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
