@@ -40,7 +40,7 @@ def train(cfg: DictConfig) -> float:
         optim=instantiate(cfg.optim),
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     for callback in callbacks:
         if isinstance(callback, LastCheckpoint):
             callback.resume_hint = f"resume with: {resume_command(run_dir)}"
