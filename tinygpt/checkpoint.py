@@ -71,6 +71,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> TinyGPT:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the stored model config ({exc})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored model config ({exc})"
+        ) from None
     model.tokenizer = CharTokenizer.from_dict(entry["tokenizer"])
     return model.to(device).eval()
