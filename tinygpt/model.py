@@ -313,7 +313,7 @@ class TinyGPT(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         T = idx.size(1)
         if input_pos is None:
-            if T > self.config.block_size:
+            if T > self.config.block_size:  # noqa: SIM300 (T is a length, not a constant)
                 raise ValueError(
                     f"sequence of length {T} is longer than block_size {self.config.block_size}"
                 )
