@@ -63,6 +63,27 @@ def test_matches_loop_reference(k: int, capacity_factor: float | None) -> None:
         assert layer.stats().dropped_fraction > 0  # the case really drops something
 
 
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("capacity_factor", [None, 0.75])
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradients_match_loop_reference(
+    k: int, capacity_factor: float | None, fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not fused:
+        monkeypatch.setattr(moe_module, "_grouped_mm_supported", lambda x, w: False)
+    layer = make_layer(experts_per_token=k, capacity_factor=capacity_factor)
+    x = torch.randn(40, 32, requires_grad=True)
+    weights = torch.randn(40, 32)  # a loss whose gradient differs per element
+    (layer(x) * weights).sum().backward()
+    got = [x.grad] + [p.grad for p in layer.parameters()]
+    x.grad = None
+    layer.zero_grad()
+    (reference_output(layer, x) * weights).sum().backward()
+    expected = [x.grad] + [p.grad for p in layer.parameters()]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
 def test_without_bias_matches_reference() -> None:
     layer = make_layer(bias=False, experts_per_token=2)
     x = torch.randn(40, 32)

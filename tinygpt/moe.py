@@ -68,22 +68,116 @@ def grouped_mm(
     return torch.cat([xe @ weight[e] for e, xe in enumerate(x.split(sizes))])
 
 
-class _Permute(torch.autograd.Function):
-    """Rows gathered by a permutation, whose gradient is the gather by the inverse permutation.
+def grouped_weight_grad(
+    x: torch.Tensor, grad: torch.Tensor, offsets: torch.Tensor, sizes: list[int] | None
+) -> torch.Tensor:
+    """``x[group e].T @ grad[group e]`` for each expert e: (E, in, out), zero for empty groups."""
+    if sizes is None:
+        return torch._grouped_mm(x.t(), grad, offs=offsets)
+    return torch.stack(
+        [xe.t() @ ge for xe, ge in zip(x.split(sizes), grad.split(sizes), strict=True)]
+    )
 
-    Autograd would backpropagate ``index_select`` with a scatter-add, which on CPU costs several
-    times a gather; knowing the index is a permutation lets the backward be a gather too.
+
+class _ExpertMLPs(torch.autograd.Function):
+    """Every token's k expert MLPs, gated and summed: dispatch, two grouped matmuls, combine.
+
+    One autograd node with a hand-written backward instead of a dozen small ones: at the seed's
+    size the per-op bookkeeping of autograd costs as much as the arithmetic, and the backward
+    of the permutations can be gathers by the inverse permutation rather than scatter-adds.
+
+    Inputs: x (N, C) with a ones column (and zero padding) when the first layer has a bias;
+    gate, expert (N, k); order, inverse (N*k,) sort permutation of the token-major assignments
+    by expert and its inverse; offsets (E,) group ends; w_fc (E, C', 4C) with the first bias as
+    the ones column's row; w_proj (E, 4C, C); b_proj (E, C) or None; sizes for the fallback.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
-        return x.index_select(0, index)
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        gate: torch.Tensor,
+        expert: torch.Tensor,
+        order: torch.Tensor,
+        inverse: torch.Tensor,
+        offsets: torch.Tensor,
+        w_fc: torch.Tensor,
+        w_proj: torch.Tensor,
+        b_proj: torch.Tensor | None,
+        sizes: list[int] | None,
+    ) -> torch.Tensor:
+        N, k = gate.shape
+        token = order if k == 1 else order.div(k, rounding_mode="floor")
+        xs = x.index_select(0, token)  # assignments grouped by expert
+        a = grouped_mm(xs, w_fc, offsets, sizes)
+        h = F.gelu(a)
+        y = grouped_mm(h, w_proj, offsets, sizes).index_select(0, inverse)  # token-major
+        # Weighted sum over each token's k experts.
+        out = y * gate if k == 1 else torch.bmm(gate.unsqueeze(1), y.view(N, k, -1)).squeeze(1)
+        if b_proj is not None:
+            # Each token's gated expert biases: (N, E) gate matrix @ (E, C), in one addmm.
+            gate_matrix = gate.new_zeros(N, b_proj.size(0)).scatter_(1, expert, gate)
+            out = torch.addmm(out, gate_matrix, b_proj)
+        else:
+            gate_matrix = None
+        ctx.sizes = sizes
+        ctx.save_for_backward(
+            xs, a, h, y, gate, expert, order, inverse, offsets, w_fc, w_proj, b_proj, gate_matrix
+        )
+        return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse), None, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        xs, a, h, y, gate, expert, order, inverse, offsets, w_fc, w_proj, b_proj, gate_matrix = (
+            ctx.saved_tensors
+        )
+        sizes = ctx.sizes
+        N, k = gate.shape
+        C = grad.size(1)
+        grad = grad.contiguous()
+        needs = ctx.needs_input_grad
+        grad_gate = grad_b_proj = grad_x = grad_w_fc = grad_w_proj = None
+
+        if needs[1]:
+            # d out / d gate_j = y_j + b_proj[expert_j]
+            if k == 1:
+                grad_gate = (grad * y).sum(dim=1, keepdim=True)
+            else:
+                grad_gate = torch.bmm(y.view(N, k, C), grad.unsqueeze(2)).squeeze(2)
+            if b_proj is not None:
+                grad_gate = grad_gate + (grad @ b_proj.t()).gather(1, expert)
+        if b_proj is not None and needs[8]:
+            grad_b_proj = gate_matrix.t() @ grad
+
+        # Gradient of each assignment's expert output, gated, in grouped (sorted) order.
+        grad_y = (
+            grad * gate if k == 1 else (grad.unsqueeze(1) * gate.unsqueeze(2)).reshape(N * k, C)
+        )
+        grad_ys = grad_y.index_select(0, order)
+        if needs[7]:
+            grad_w_proj = grouped_weight_grad(h, grad_ys, offsets, sizes)
+        grad_a = torch.ops.aten.gelu_backward(
+            grouped_mm(grad_ys, w_proj.transpose(1, 2), offsets, sizes), a
+        )
+        if needs[6]:
+            grad_w_fc = grouped_weight_grad(xs, grad_a, offsets, sizes)
+        if needs[0]:
+            grad_xs = grouped_mm(grad_a, w_fc.transpose(1, 2), offsets, sizes)
+            grad_x = grad_xs.index_select(0, inverse)  # token-major
+            if k > 1:
+                grad_x = grad_x.view(N, k, -1).sum(dim=1)
+        return (
+            grad_x,
+            grad_gate,
+            None,
+            None,
+            None,
+            None,
+            grad_w_fc,
+            grad_w_proj,
+            grad_b_proj,
+            None,
+        )
 
 
 class MoEFeedForward(nn.Module):
@@ -149,7 +243,7 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        N, C, E, k = x.size(0), x.size(1), self.num_experts, self.top_k
+        N, E, k = x.size(0), self.num_experts, self.top_k
 
         logits = self.router_logits(x)  # (E, N)
         log_probs = logits.log_softmax(dim=0)
@@ -185,8 +279,7 @@ class MoEFeedForward(nn.Module):
         device_type = x.device.type
         autocast = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
-        x = x.to(dtype)
-        w_fc = self.w_fc.to(dtype)
+        x, w_fc = x.to(dtype), self.w_fc.to(dtype)
         if self.b_fc is not None:
             # Fold the first bias into the matmul: columns of ones on x, and b_fc as the weight
             # row of the first (zeros for the rest, which only keep rows 16-byte aligned for the
@@ -195,26 +288,16 @@ class MoEFeedForward(nn.Module):
             x = F.pad(x, (0, pad), value=1.0)
             bias_rows = F.pad(self.b_fc.to(dtype).unsqueeze(1), (0, 0, 0, pad - 1))
             w_fc = torch.cat([w_fc, bias_rows], dim=1)
-        if k > 1:
-            x = x.unsqueeze(1).expand(N, k, x.size(1)).reshape(N * k, x.size(1))
+        w_proj = self.w_proj.to(dtype)
+        b_proj = None if self.b_proj is None else self.b_proj.to(dtype)
 
-        xs = _Permute.apply(x, order, inverse)  # grouped by expert
-        use_grouped_mm = _grouped_mm_supported(xs, w_fc)
         offsets = counts.cumsum(0).to(torch.int32)
-        sizes = None if use_grouped_mm else counts.tolist()  # the fallback's one host sync
-        h = F.gelu(grouped_mm(xs, w_fc, offsets, sizes))
-        ys = grouped_mm(h, self.w_proj.to(dtype), offsets, sizes)
-        y = _Permute.apply(ys, inverse, order)  # back to token-major order
-
-        gate = gate.to(dtype)
-        # Weighted sum over each token's k experts.
-        out = y * gate if k == 1 else torch.bmm(gate.unsqueeze(1), y.view(N, k, C)).squeeze(1)
-        if self.b_proj is not None:
-            # The gated output biases of each token's experts: a (tokens, E) gate matrix times
-            # the (E, C) biases, added by one fused addmm.
-            gate_matrix = gate.new_zeros(N, E).scatter(1, expert, gate)
-            out = torch.addmm(out, gate_matrix, self.b_proj.to(dtype))
-
+        # The fallback loop's one host sync; the grouped matmul needs none.
+        sizes = None if _grouped_mm_supported(x, w_fc) else counts.tolist()
+        with torch.autocast(device_type, enabled=False):  # dtypes are settled above
+            out = _ExpertMLPs.apply(
+                x, gate.to(dtype), expert, order, inverse, offsets, w_fc, w_proj, b_proj, sizes
+            )
         self._record(logits, log_probs, probs, counts, expert, dropped)
         return self.dropout(out).reshape(shape)
 
