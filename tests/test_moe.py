@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinygpt import moe as moe_module
 from tinygpt.checkpoint import checkpoint_entry, load_model
 from tinygpt.errors import ConfigError
 from tinygpt.model import MLP, TinyGPT, TinyGPTConfig
@@ -65,42 +64,52 @@ def test_matches_loop_reference(k: int, capacity_factor: float | None) -> None:
 
 @pytest.mark.parametrize("k", [1, 2])
 @pytest.mark.parametrize("capacity_factor", [None, 0.75])
-@pytest.mark.parametrize("fused", [True, False])
-def test_gradients_match_loop_reference(
-    k: int, capacity_factor: float | None, fused: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not fused:
-        monkeypatch.setattr(moe_module, "_grouped_mm_supported", lambda x, w: False)
-    layer = make_layer(experts_per_token=k, capacity_factor=capacity_factor)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradients_match_loop_reference(k: int, capacity_factor: float | None, bias: bool) -> None:
+    layer = make_layer(experts_per_token=k, capacity_factor=capacity_factor, bias=bias)
     x = torch.randn(40, 32, requires_grad=True)
     weights = torch.randn(40, 32)  # a loss whose gradient differs per element
     (layer(x) * weights).sum().backward()
     got = [x.grad] + [p.grad for p in layer.parameters()]
     x.grad = None
     layer.zero_grad()
-    (reference_output(layer, x) * weights).sum().backward()
+    reference = reference_output(layer, x) if bias else reference_without_bias(layer, x)
+    (reference * weights).sum().backward()
     expected = [x.grad] + [p.grad for p in layer.parameters()]
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+def reference_without_bias(layer: MoEFeedForward, x: torch.Tensor) -> torch.Tensor:
+    layer.b_fc = torch.zeros(layer.w_fc.size(0), layer.w_fc.size(2))
+    layer.b_proj = torch.zeros(layer.w_proj.size(0), layer.w_proj.size(2))
+    try:
+        return reference_output(layer, x)
+    finally:
+        layer.b_fc = layer.b_proj = None
 
 
 def test_without_bias_matches_reference() -> None:
     layer = make_layer(bias=False, experts_per_token=2)
     x = torch.randn(40, 32)
     out = layer(x)
-    # The reference with zero biases.
-    layer.b_fc = torch.nn.Parameter(torch.zeros(4, 128))
-    layer.b_proj = torch.nn.Parameter(torch.zeros(4, 32))
     with torch.no_grad():
-        torch.testing.assert_close(out, reference_output(layer, x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out, reference_without_bias(layer, x), atol=1e-5, rtol=1e-5)
 
 
-def test_expert_loop_fallback_matches_grouped_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
-    layer = make_layer(experts_per_token=2)
-    x = torch.randn(50, 32)
-    fused = layer(x)
-    monkeypatch.setattr(moe_module, "_grouped_mm_supported", lambda x, w: False)
-    torch.testing.assert_close(layer(x), fused, atol=1e-5, rtol=1e-5)
+def test_gradients_with_idle_experts() -> None:
+    layer = make_layer(num_experts=3)
+    with torch.no_grad():
+        layer.router.weight.zero_()
+        layer.router.weight[1, 0] = 5.0  # every token (x[:, 0] > 0) goes to expert 1
+    x = torch.randn(10, 32)
+    x[:, 0] = x[:, 0].abs() + 0.5
+    x.requires_grad_(True)
+    layer(x).sum().backward()
+    assert layer.stats().load.tolist() == [0.0, 1.0, 0.0]
+    for param in (layer.w_fc, layer.b_fc, layer.w_proj, layer.b_proj):
+        assert torch.all(param.grad[[0, 2]] == 0) and param.grad[1].abs().sum() > 0
+    assert x.grad.abs().sum() > 0
 
 
 def hand_routed_layer(k: int = 1, **overrides) -> MoEFeedForward:
