@@ -173,6 +173,71 @@ def _groups(sizes: list[int]) -> list[tuple[int, slice]]:
     return groups
 
 
+class _Router(torch.autograd.Function):
+    """Top-k gates, the load-balancing loss and the z-loss from router logits, in one node.
+
+    The gradient is written out (below) rather than left to a dozen tiny autograd ops on
+    (E, tokens) tensors, whose bookkeeping dominated the router's cost at the seed's size.
+
+    Input logits (E, N) float32. Outputs: gate (k, N), expert (k, N) best first, counts (E,)
+    assignments per expert, aux and z losses (coefficients applied), probs and log_probs (E, N)
+    for statistics. Only gate, aux and z carry gradients.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, logits: torch.Tensor, k: int, aux_coef: float, z_coef: float
+    ) -> tuple[torch.Tensor, ...]:
+        E, N = logits.shape
+        log_probs = logits.log_softmax(dim=0)
+        probs = log_probs.exp()
+        if k == 1:
+            gate, expert = probs.max(dim=0, keepdim=True)  # Switch: the probability itself
+        else:
+            # Renormalised top-k probabilities are the softmax over the chosen logits.
+            top, expert = logits.topk(k, dim=0)
+            gate = top.softmax(dim=0)
+        counts = torch.bincount(expert.view(-1), minlength=E)
+        load = counts.to(probs.dtype) / (N * k)
+        # Switch: E * sum_i f_i * P_i; f_i has no gradient, P_i = mean router probability.
+        aux = torch.dot(load, probs.mean(dim=1)) * (aux_coef * E)
+        # ST-MoE z-loss: mean of logsumexp(logits)^2; logsumexp = logit - log_softmax.
+        lse = logits[0] - log_probs[0]
+        z = torch.dot(lse, lse) * (z_coef / N)
+        ctx.k, ctx.aux_coef, ctx.z_coef = k, aux_coef, z_coef
+        ctx.save_for_backward(probs, gate, expert, load, lse)
+        ctx.mark_non_differentiable(expert, counts, probs, log_probs)
+        ctx.set_materialize_grads(False)
+        return gate, expert, counts, aux, z, probs, log_probs
+
+    @staticmethod
+    def backward(
+        ctx, grad_gate: torch.Tensor | None, _e, _c, grad_aux, grad_z, _p, _lp
+    ) -> tuple[torch.Tensor | None, None, None, None]:
+        probs, gate, expert, load, lse = ctx.saved_tensors
+        E, N = probs.shape
+        grad = torch.zeros_like(probs)
+        if grad_gate is not None:
+            if ctx.k == 1:
+                # d p_e / d logit_j = p_e (delta_je - p_j)
+                gg = grad_gate * gate
+                grad = grad.addcmul_(probs, gg, value=-1.0).scatter_add_(0, expert, gg)
+            else:
+                # softmax over the chosen logits: gate * (g - sum(g * gate)), zero elsewhere
+                gg = gate * (grad_gate - (grad_gate * gate).sum(dim=0, keepdim=True))
+                grad.scatter_(0, expert, gg)
+        if grad_aux is not None:
+            # d aux / d logit_j = coef * E / N * p_j (f_j - sum_i f_i p_i)
+            f = load.unsqueeze(1)
+            centred = f - (f * probs).sum(dim=0, keepdim=True)
+            grad.addcmul_(probs, centred * (grad_aux * (ctx.aux_coef * E / N)))
+        if grad_z is not None:
+            # d z / d logit_j = coef * 2 lse / N * p_j
+            scale = grad_z * (2.0 * ctx.z_coef / N)
+            grad.addcmul_(probs, lse.unsqueeze(0) * scale)
+        return grad, None, None, None
+
+
 class MoEFeedForward(nn.Module):
     """Top-k routed experts with Switch load balancing, router z-loss and optional capacity.
 
@@ -235,17 +300,14 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        N, E, k = x.size(0), self.num_experts, self.top_k
+        N, k = x.size(0), self.top_k
 
         logits = self.router_logits(x)  # (E, N)
-        log_probs = logits.log_softmax(dim=0)
-        probs = log_probs.exp()
-        if k == 1:
-            gate, expert = probs.max(dim=0, keepdim=True)  # (1, N) each
-        else:
-            gate, expert = probs.topk(k, dim=0)  # (k, N), best first
-            gate = gate / gate.sum(dim=0, keepdim=True)
-        gate, expert = gate.t(), expert.t()  # (N, k)
+        gate, expert, counts, aux, z, probs, log_probs = _Router.apply(
+            logits, k, self.aux_loss_coef, self.z_loss_coef
+        )
+        # (N, k) token-major; for k = 1 these are free views.
+        gate, expert = (gate.view(N, 1), expert.view(N, 1)) if k == 1 else (gate.t(), expert.t())
 
         # Assignments in token-major order (token i's choices at i*k .. i*k+k-1). A stable sort
         # groups them by expert and keeps each group in token order, the order capacity drops in.
@@ -253,7 +315,6 @@ class MoEFeedForward(nn.Module):
         order = flat_expert.argsort(stable=True)
         arange = torch.arange(N * k, device=x.device)
         inverse = torch.empty_like(order).scatter_(0, order, arange)
-        counts = torch.bincount(flat_expert, minlength=E)
 
         capacity = self.capacity(N)
         if capacity is not None:
@@ -281,39 +342,16 @@ class MoEFeedForward(nn.Module):
             out = _ExpertMLPs.apply(
                 x.to(dtype), gate.to(dtype), expert, order, inverse, sizes, *params
             )
-        self._record(logits, log_probs, probs, counts, expert, dropped)
-        return self.dropout(out).reshape(shape)
-
-    def _record(
-        self,
-        logits: torch.Tensor,
-        log_probs: torch.Tensor,
-        probs: torch.Tensor,
-        counts: torch.Tensor,
-        expert: torch.Tensor,
-        dropped: torch.Tensor,
-    ) -> None:
-        """Keep this forward's losses and routing as tensors; entropy is computed on request.
-
-        ``logits``, ``log_probs`` and ``probs`` are ``(E, tokens)``; ``expert`` is ``(tokens, k)``.
-        """
-        E, N = probs.shape
-        load = counts.float() / expert.numel()
-        # Switch: E * sum_i f_i * P_i; f_i has no gradient, P_i carries it to the router.
-        aux = torch.dot(load, probs.mean(dim=1)) * (self.aux_loss_coef * E)
-        # ST-MoE z-loss: mean over tokens of logsumexp(logits)^2, where
-        # logsumexp = logit - log_softmax for any expert (the first, here).
-        lse = logits[0] - log_probs[0]
-        z = torch.dot(lse, lse) * (self.z_loss_coef / N)
         self._stats = {
             "aux_loss": aux,
             "z_loss": z,
-            "load": load,
-            "probs": probs.detach(),
-            "log_probs": log_probs.detach(),
-            "expert": expert.detach(),
+            "load": counts.float() / (N * k),
+            "probs": probs,
+            "log_probs": log_probs,
+            "expert": expert,
             "dropped_fraction": dropped.detach(),
         }
+        return self.dropout(out).reshape(shape)
 
     def _require_stats(self) -> dict[str, torch.Tensor]:
         if self._stats is None:
