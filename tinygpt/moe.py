@@ -42,14 +42,14 @@ class _ExpertMLPs(torch.autograd.Function):
     One autograd node with a hand-written backward instead of a dozen small ones: at the seed's
     size autograd's per-op bookkeeping costs as much as the arithmetic, the permutations'
     gradients can be gathers by the inverse permutation rather than scatter-adds, and each
-    expert's matmuls write straight into row ranges of one buffer, with the first bias fused
-    into its addmm as in ``nn.Linear``.
+    expert's matmuls write straight into row ranges of one buffer, biases fused into addmm as
+    in ``nn.Linear``.
 
     Each expert runs once, on its contiguous group of rows. (``torch._grouped_mm`` would do all
-    groups in one call, but on CPU it measured ~1.4x slower than these MKL calls and requires
-    16-byte aligned rows, which rules out folding in the bias.)
+    groups in one call, but on CPU it measured ~1.4x slower than these MKL calls and has no
+    bias.)
 
-    Inputs: x (N, C); gate, expert (N, k); order, inverse (N*k,): the sort of the token-major
+    Inputs: x (N, C); gate (N, k); order, inverse (N*k,): the sort of the token-major
     assignments by expert, and its inverse; sizes: assignments per expert; w_fc (E, C, 4C),
     b_fc (E, 4C) or None, w_proj (E, 4C, C), b_proj (E, C) or None.
     """
@@ -59,7 +59,6 @@ class _ExpertMLPs(torch.autograd.Function):
         ctx,
         x: torch.Tensor,
         gate: torch.Tensor,
-        expert: torch.Tensor,
         order: torch.Tensor,
         inverse: torch.Tensor,
         sizes: list[int],
@@ -75,33 +74,21 @@ class _ExpertMLPs(torch.autograd.Function):
         ys = xs.new_empty(xs.size(0), w_proj.size(2))
         groups = _groups(sizes)
         for e, rows in groups:
-            if b_fc is None:
-                torch.mm(xs[rows], w_fc[e], out=a[rows])
-            else:
-                torch.addmm(b_fc[e], xs[rows], w_fc[e], out=a[rows])
+            _linear_into(a[rows], xs[rows], w_fc[e], None if b_fc is None else b_fc[e])
         h = F.gelu(a)
         for e, rows in groups:
-            torch.mm(h[rows], w_proj[e], out=ys[rows])
+            _linear_into(ys[rows], h[rows], w_proj[e], None if b_proj is None else b_proj[e])
         y = ys.index_select(0, inverse)  # back to token-major order
         # Weighted sum over each token's k experts.
         out = y * gate if k == 1 else torch.bmm(gate.unsqueeze(1), y.view(N, k, -1)).squeeze(1)
-        gate_matrix = None
-        if b_proj is not None:
-            # Each token's gated expert biases: (N, E) gate matrix @ (E, C), in one addmm.
-            gate_matrix = gate.new_zeros(N, b_proj.size(0)).scatter_(1, expert, gate)
-            out = torch.addmm(out, gate_matrix, b_proj)
         ctx.groups = groups
-        ctx.has_b_fc = b_fc is not None
-        ctx.save_for_backward(
-            xs, a, h, y, gate, expert, order, inverse, w_fc, w_proj, b_proj, gate_matrix
-        )
+        ctx.has_bias = (b_fc is not None, b_proj is not None)
+        ctx.save_for_backward(xs, a, h, y, gate, order, inverse, w_fc, w_proj)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        xs, a, h, y, gate, expert, order, inverse, w_fc, w_proj, b_proj, gate_matrix = (
-            ctx.saved_tensors
-        )
+        xs, a, h, y, gate, order, inverse, w_fc, w_proj = ctx.saved_tensors
         groups = ctx.groups
         N, k = gate.shape
         C = grad.size(1)
@@ -109,37 +96,37 @@ class _ExpertMLPs(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grad_x = grad_gate = grad_w_fc = grad_b_fc = grad_w_proj = grad_b_proj = None
 
-        if needs[1]:
-            # d out / d gate_j = y_j + b_proj[expert_j]
+        if needs[1]:  # d out / d gate_j = y_j, the expert's output
             if k == 1:
                 grad_gate = (grad * y).sum(dim=1, keepdim=True)
             else:
                 grad_gate = torch.bmm(y.view(N, k, C), grad.unsqueeze(2)).squeeze(2)
-            if b_proj is not None:
-                grad_gate = grad_gate + (grad @ b_proj.t()).gather(1, expert)
-        if b_proj is not None and needs[9]:
-            grad_b_proj = gate_matrix.t() @ grad
 
         # Each assignment's output gradient (gated), grouped by expert like the forward rows.
         grad_y = (
             grad * gate if k == 1 else (grad.unsqueeze(1) * gate.unsqueeze(2)).reshape(N * k, C)
         )
         grad_ys = grad_y.index_select(0, order)
+        # zeros, not empty: an expert that got no tokens gets a zero gradient.
+        if needs[7]:
+            grad_w_proj = torch.zeros_like(w_proj)
+        if ctx.has_bias[1] and needs[8]:
+            grad_b_proj = grad.new_zeros(w_proj.size(0), C)
         grad_h = torch.empty_like(h)
-        if needs[8]:
-            grad_w_proj = torch.zeros_like(w_proj)  # zeros: an expert with no tokens
         for e, rows in groups:
             torch.mm(grad_ys[rows], w_proj[e].t(), out=grad_h[rows])
-            if needs[8]:
+            if grad_w_proj is not None:
                 torch.mm(h[rows].t(), grad_ys[rows], out=grad_w_proj[e])
+            if grad_b_proj is not None:
+                torch.sum(grad_ys[rows], dim=0, out=grad_b_proj[e])
         grad_a = torch.ops.aten.gelu_backward(grad_h, a)
-        if needs[6]:
+        if needs[5]:
             grad_w_fc = torch.zeros_like(w_fc)
-        if ctx.has_b_fc and needs[7]:
+        if ctx.has_bias[0] and needs[6]:
             grad_b_fc = grad_a.new_zeros(w_fc.size(0), w_fc.size(2))
         grad_xs = torch.empty_like(xs) if needs[0] else None
         for e, rows in groups:
-            if needs[6]:
+            if grad_w_fc is not None:
                 torch.mm(xs[rows].t(), grad_a[rows], out=grad_w_fc[e])
             if grad_b_fc is not None:
                 torch.sum(grad_a[rows], dim=0, out=grad_b_fc[e])
@@ -155,12 +142,21 @@ class _ExpertMLPs(torch.autograd.Function):
             None,
             None,
             None,
-            None,
             grad_w_fc,
             grad_b_fc,
             grad_w_proj,
             grad_b_proj,
         )
+
+
+def _linear_into(
+    out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> None:
+    """``out = x @ weight + bias``, written in place (out is a row range of a larger buffer)."""
+    if bias is None:
+        torch.mm(x, weight, out=out)
+    else:
+        torch.addmm(bias, x, weight, out=out)
 
 
 def _groups(sizes: list[int]) -> list[tuple[int, slice]]:
@@ -339,9 +335,7 @@ class MoEFeedForward(nn.Module):
         # Group sizes on the host: the layer's one device sync on GPU (none on CPU).
         sizes = counts.tolist()
         with torch.autocast(device_type, enabled=False):  # dtypes are settled above
-            out = _ExpertMLPs.apply(
-                x.to(dtype), gate.to(dtype), expert, order, inverse, sizes, *params
-            )
+            out = _ExpertMLPs.apply(x.to(dtype), gate.to(dtype), order, inverse, sizes, *params)
         self._stats = {
             "aux_loss": aux,
             "z_loss": z,
