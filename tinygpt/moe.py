@@ -72,16 +72,22 @@ class _ExpertMLPs(torch.autograd.Function):
         xs = x.index_select(0, token)  # assignments grouped by expert
         a = xs.new_empty(xs.size(0), w_fc.size(2))
         ys = xs.new_empty(xs.size(0), w_proj.size(2))
-        groups = _groups(sizes)
-        for e, rows in groups:
-            _linear_into(a[rows], xs[rows], w_fc[e], None if b_fc is None else b_fc[e])
+        # Per-expert views, taken once: split/unbind are single calls, cheaper than indexing.
+        experts = [e for e, size in enumerate(sizes) if size]
+        xs_, a_, ys_ = (t.split(sizes) for t in (xs, a, ys))
+        w_fc_, w_proj_ = w_fc.unbind(0), w_proj.unbind(0)
+        b_fc_ = [None] * len(sizes) if b_fc is None else b_fc.unbind(0)
+        b_proj_ = [None] * len(sizes) if b_proj is None else b_proj.unbind(0)
+        for e in experts:
+            _linear_into(a_[e], xs_[e], w_fc_[e], b_fc_[e])
         h = F.gelu(a)
-        for e, rows in groups:
-            _linear_into(ys[rows], h[rows], w_proj[e], None if b_proj is None else b_proj[e])
+        h_ = h.split(sizes)
+        for e in experts:
+            _linear_into(ys_[e], h_[e], w_proj_[e], b_proj_[e])
         y = ys.index_select(0, inverse)  # back to token-major order
         # Weighted sum over each token's k experts.
         out = y * gate if k == 1 else torch.bmm(gate.unsqueeze(1), y.view(N, k, -1)).squeeze(1)
-        ctx.groups = groups
+        ctx.sizes, ctx.experts = sizes, experts
         ctx.has_bias = (b_fc is not None, b_proj is not None)
         ctx.save_for_backward(xs, a, h, y, gate, order, inverse, w_fc, w_proj)
         return out
@@ -89,7 +95,7 @@ class _ExpertMLPs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         xs, a, h, y, gate, order, inverse, w_fc, w_proj = ctx.saved_tensors
-        groups = ctx.groups
+        sizes, experts = ctx.sizes, ctx.experts
         N, k = gate.shape
         C = grad.size(1)
         grad = grad.contiguous()
@@ -107,31 +113,35 @@ class _ExpertMLPs(torch.autograd.Function):
             grad * gate if k == 1 else (grad.unsqueeze(1) * gate.unsqueeze(2)).reshape(N * k, C)
         )
         grad_ys = grad_y.index_select(0, order)
-        # zeros, not empty: an expert that got no tokens gets a zero gradient.
-        if needs[7]:
-            grad_w_proj = torch.zeros_like(w_proj)
-        if ctx.has_bias[1] and needs[8]:
-            grad_b_proj = grad.new_zeros(w_proj.size(0), C)
         grad_h = torch.empty_like(h)
-        for e, rows in groups:
-            torch.mm(grad_ys[rows], w_proj[e].t(), out=grad_h[rows])
+        # zeros, not empty: an expert that got no tokens gets a zero gradient.
+        grad_w_proj = torch.zeros_like(w_proj) if needs[7] else None
+        grad_b_proj = grad.new_zeros(w_proj.size(0), C) if ctx.has_bias[1] and needs[8] else None
+        grad_ys_, grad_h_, h_ = (t.split(sizes) for t in (grad_ys, grad_h, h))
+        w_proj_t = w_proj.transpose(1, 2).unbind(0)
+        for e in experts:
+            torch.mm(grad_ys_[e], w_proj_t[e], out=grad_h_[e])
             if grad_w_proj is not None:
-                torch.mm(h[rows].t(), grad_ys[rows], out=grad_w_proj[e])
+                torch.mm(h_[e].t(), grad_ys_[e], out=grad_w_proj[e])
             if grad_b_proj is not None:
-                torch.sum(grad_ys[rows], dim=0, out=grad_b_proj[e])
+                torch.sum(grad_ys_[e], dim=0, out=grad_b_proj[e])
+
         grad_a = torch.ops.aten.gelu_backward(grad_h, a)
-        if needs[5]:
-            grad_w_fc = torch.zeros_like(w_fc)
-        if ctx.has_bias[0] and needs[6]:
-            grad_b_fc = grad_a.new_zeros(w_fc.size(0), w_fc.size(2))
+        grad_w_fc = torch.zeros_like(w_fc) if needs[5] else None
+        grad_b_fc = (
+            grad_a.new_zeros(w_fc.size(0), w_fc.size(2)) if ctx.has_bias[0] and needs[6] else None
+        )
         grad_xs = torch.empty_like(xs) if needs[0] else None
-        for e, rows in groups:
+        grad_a_, xs_ = grad_a.split(sizes), xs.split(sizes)
+        grad_xs_ = None if grad_xs is None else grad_xs.split(sizes)
+        w_fc_t = w_fc.transpose(1, 2).unbind(0)
+        for e in experts:
             if grad_w_fc is not None:
-                torch.mm(xs[rows].t(), grad_a[rows], out=grad_w_fc[e])
+                torch.mm(xs_[e].t(), grad_a_[e], out=grad_w_fc[e])
             if grad_b_fc is not None:
-                torch.sum(grad_a[rows], dim=0, out=grad_b_fc[e])
-            if grad_xs is not None:
-                torch.mm(grad_a[rows], w_fc[e].t(), out=grad_xs[rows])
+                torch.sum(grad_a_[e], dim=0, out=grad_b_fc[e])
+            if grad_xs_ is not None:
+                torch.mm(grad_a_[e], w_fc_t[e], out=grad_xs_[e])
         if grad_xs is not None:
             grad_x = grad_xs.index_select(0, inverse)  # token-major
             if k > 1:
@@ -157,16 +167,6 @@ def _linear_into(
         torch.mm(x, weight, out=out)
     else:
         torch.addmm(bias, x, weight, out=out)
-
-
-def _groups(sizes: list[int]) -> list[tuple[int, slice]]:
-    """(expert, row range) of each non-empty group of rows sorted by expert."""
-    groups, start = [], 0
-    for e, size in enumerate(sizes):
-        if size:
-            groups.append((e, slice(start, start + size)))
-        start += size
-    return groups
 
 
 class _Router(torch.autograd.Function):
