@@ -251,7 +251,7 @@ class MoEFeedForward(nn.Module):
         self.capacity_factor = config.capacity_factor
         self.router_jitter = config.router_jitter
         self.router = nn.Linear(C, E, bias=False)
-        # Stacked expert weights stored (in, out), the layout grouped matmuls take.
+        # Stacked expert weights, stored (in, out) so an expert is x @ w[e] with no transpose.
         self.w_fc = nn.Parameter(torch.empty(E, C, H))
         self.w_proj = nn.Parameter(torch.empty(E, H, C))
         self.b_fc = nn.Parameter(torch.empty(E, H)) if config.bias else None
@@ -296,8 +296,20 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        N, k = x.size(0), self.top_k
+        # Under autocast the experts run in the autocast dtype, as F.linear would, and the
+        # router in float32; autocast itself is switched off so each op keeps the dtype chosen.
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
+        if autocast:
+            with torch.autocast(device_type, enabled=False):
+                out = self._moe(x, dtype)
+        else:
+            out = self._moe(x, dtype)
+        return self.dropout(out).reshape(shape)
 
+    def _moe(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        N, k = x.size(0), self.top_k
         logits = self.router_logits(x)  # (E, N)
         gate, expert, counts, aux, z, probs, log_probs = _Router.apply(
             logits, k, self.aux_loss_coef, self.z_loss_coef
@@ -324,18 +336,13 @@ class MoEFeedForward(nn.Module):
         else:
             dropped = torch.zeros((), device=x.device)
 
-        # Under autocast the experts run in the autocast dtype, as F.linear would.
-        device_type = x.device.type
-        autocast = torch.is_autocast_enabled(device_type)
-        dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
         params = [
             None if p is None else p.to(dtype)
             for p in (self.w_fc, self.b_fc, self.w_proj, self.b_proj)
         ]
         # Group sizes on the host: the layer's one device sync on GPU (none on CPU).
         sizes = counts.tolist()
-        with torch.autocast(device_type, enabled=False):  # dtypes are settled above
-            out = _ExpertMLPs.apply(x.to(dtype), gate.to(dtype), order, inverse, sizes, *params)
+        out = _ExpertMLPs.apply(x.to(dtype), gate.to(dtype), order, inverse, sizes, *params)
         self._stats = {
             "aux_loss": aux,
             "z_loss": z,
@@ -345,7 +352,7 @@ class MoEFeedForward(nn.Module):
             "expert": expert,
             "dropped_fraction": dropped.detach(),
         }
-        return self.dropout(out).reshape(shape)
+        return out
 
     def _require_stats(self) -> dict[str, torch.Tensor]:
         if self._stats is None:
