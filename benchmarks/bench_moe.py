@@ -82,11 +82,13 @@ def time_side_by_side(
 
 
 def train_step_fn(
-    config: TinyGPTConfig, batch: int, device: torch.device
-) -> tuple[Callable[[], None], int]:
-    """A closure doing one training step on a fixed random batch, and the parameter count."""
+    config: TinyGPTConfig, batch: int, device: torch.device, fused_adamw: bool
+) -> tuple[Callable[[], None], int, list[float]]:
+    """A closure doing one training step on a fixed random batch, the parameter count, and the
+    list it appends each AdamW step's seconds to (MoE updates ~3x the dense parameters)."""
     model = TinyGPT(config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=fused_adamw or None)
+    optimizer_times: list[float] = []
     idx = torch.randint(0, config.vocab_size, (batch, config.block_size), device=device)
     targets = torch.randint(0, config.vocab_size, (batch, config.block_size), device=device)
 
@@ -95,23 +97,42 @@ def train_step_fn(
         loss = loss + model.aux_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        synchronize(device)
+        start = time.perf_counter()
         optimizer.step()
+        synchronize(device)
+        optimizer_times.append(time.perf_counter() - start)
 
-    return step, model.num_parameters()
+    return step, model.num_parameters(), optimizer_times
 
 
 def bench_train_steps(
-    label: str, size: dict, batch: int, device: torch.device, warmup: int, repeats: int, steps: int
+    label: str, size: dict, batch: int, device: torch.device, args: argparse.Namespace
 ) -> dict:
     torch.manual_seed(0)
-    dense, dense_params = train_step_fn(TinyGPTConfig(**size), batch, device)
-    moe, moe_params = train_step_fn(TinyGPTConfig(**size, ffn="moe"), batch, device)
-    t = time_side_by_side({"dense": dense, "moe": moe}, device, warmup, repeats, steps)
+    fused = args.fused_adamw
+    dense, dense_params, dense_opt = train_step_fn(TinyGPTConfig(**size), batch, device, fused)
+    moe, moe_params, moe_opt = train_step_fn(TinyGPTConfig(**size, ffn="moe"), batch, device, fused)
+    small = label == "seed size"
+    t = time_side_by_side(
+        {"dense": dense, "moe": moe},
+        device,
+        args.warmup if small else 1,
+        args.repeats if small else args.baby_repeats,
+        args.steps if small else 1,
+    )
+    adamw = f"adamw_{'fused' if fused else 'foreach'}"
     return {
         "name": f"train step, {label}",
         "shape": {**size, "batch": batch, "num_experts": 4, "experts_per_token": 1},
         "params": {"dense": dense_params, "moe": moe_params},
-        "ms": {"dense": t["dense"] * 1e3, "moe": t["moe"] * 1e3},
+        "ms": {
+            "dense": t["dense"] * 1e3,
+            "moe": t["moe"] * 1e3,
+            # Medians over all steps, warm-up included; part of the step times above.
+            f"dense: {adamw} step": statistics.median(dense_opt) * 1e3,
+            f"moe: {adamw} step": statistics.median(moe_opt) * 1e3,
+        },
         "ratio": t["moe"] / t["dense"],
         "ratio_of": "moe / dense",
     }
@@ -197,34 +218,34 @@ def main() -> None:
     parser.add_argument("--layer-steps", type=int, default=3)
     parser.add_argument("--baby-batch", type=int, default=None, help="default 4 on CPU, 64 on GPU")
     parser.add_argument("--baby-repeats", type=int, default=5)
+    parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True)")
     parser.add_argument("--out", default="benchmarks/results/moe.json")
     args = parser.parse_args()
     device = torch.device(args.device)
     baby_batch = args.baby_batch or (64 if device.type == "cuda" else 4)
 
     results = [
-        bench_train_steps(
-            "seed size", SEED_SIZE, 64, device, args.warmup, args.repeats, args.steps
-        ),
-        bench_train_steps("baby size", BABY_SIZE, baby_batch, device, 1, args.baby_repeats, 1),
+        bench_train_steps("seed size", SEED_SIZE, 64, device, args),
+        bench_train_steps("baby size", BABY_SIZE, baby_batch, device, args),
         bench_layers("seed size", 64, (64, 32), device, args),
         bench_layers("baby size", 384, (baby_batch, 256), device, args),
     ]
     report = {
         "device": device_name(device),
         "torch": torch.__version__,
+        "adamw": "fused" if args.fused_adamw else "foreach (PyTorch default)",
         "results": results,
     }
 
     print(f"device: {report['device']}, torch {report['torch']}")
-    print(f"{'benchmark':<32} {'variant':<24} {'median ms':>10} {'ratio':>8}")
+    print(f"{'benchmark':<32} {'variant':<28} {'median ms':>10} {'ratio':>8}")
     for r in results:
         print(
-            f"{r['name']:<32} {'':<24} {'':>10} {r.get('ratio', float('nan')):>8.3f}"
+            f"{r['name']:<32} {'':<28} {'':>10} {r.get('ratio', float('nan')):>8.3f}"
             f"  {r.get('ratio_of', '')}"
         )
         for variant, ms in r["ms"].items():
-            print(f"{'':<32} {variant:<24} {ms:>10.2f}")
+            print(f"{'':<32} {variant:<28} {ms:>10.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
