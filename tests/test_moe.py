@@ -349,3 +349,12 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     idx = torch.randint(0, 65, (2, 16))
     with torch.no_grad():
         assert torch.equal(loaded(idx)[0], model(idx)[0])
+
+
+def test_router_jitter_only_while_training() -> None:
+    layer = make_layer(router_jitter=0.5)
+    x = torch.randn(16, 32)
+    layer.train()
+    assert not torch.equal(layer.router_logits(x), layer.router_logits(x))
+    layer.eval()
+    torch.testing.assert_close(layer.router_logits(x), layer.router.weight @ x.t())
