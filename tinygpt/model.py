@@ -6,6 +6,7 @@ Imports torch only, so it can be used from a notebook without Lightning or Hydra
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +15,9 @@ from torch import nn
 
 from tinygpt.errors import ConfigError
 from tinygpt.kv_cache import KVCache
+from tinygpt.moe import MoEFeedForward, MoEStats
 
-FFN_KINDS = ("dense",)
+FFN_KINDS = ("dense", "moe")
 
 
 @dataclass
@@ -31,6 +33,14 @@ class TinyGPTConfig:
     bias: bool = True
     ffn: str = "dense"  # feed-forward kind of every block
     compile: bool = False  # wrap with torch.compile where the framework trains or decodes
+    # Mixture of experts, used only when ffn == "moe" (see tinygpt/moe.py).
+    num_experts: int = 4
+    experts_per_token: int = 1  # top-k routing; k > 1 renormalises the chosen weights
+    aux_loss_coef: float = 0.01  # Switch Transformer load-balancing loss
+    z_loss_coef: float = 0.001  # ST-MoE router z-loss
+    capacity_factor: float | None = None  # None = dropless; else per-expert capacity
+    router_jitter: float = 0.0  # multiplicative noise on router inputs while training
+    moe_layers: list[int] | None = None  # block indices that are MoE; None = all
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -45,6 +55,62 @@ class TinyGPTConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.ffn not in FFN_KINDS:
             raise ConfigError(f"model.ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
+        self._validate_moe()
+
+    def _validate_moe(self) -> None:
+        # Checked whatever ffn is, so a bad value is reported where it is written, not later
+        # when someone switches the sweep to MoE.
+        def is_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value: object) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        if not is_int(self.num_experts) or self.num_experts < 1:
+            raise ConfigError(
+                f"model.num_experts must be an integer >= 1, got {self.num_experts!r}"
+            )
+        k = self.experts_per_token
+        if not is_int(k) or not 1 <= k <= self.num_experts:
+            raise ConfigError(
+                f"model.experts_per_token must be an integer in [1, model.num_experts="
+                f"{self.num_experts}], got {k!r}"
+            )
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            value = getattr(self, name)
+            if not is_number(value) or value < 0:
+                raise ConfigError(f"model.{name} must be a number >= 0, got {value!r}")
+        cf = self.capacity_factor
+        if cf is not None and (not is_number(cf) or not cf > 0):
+            raise ConfigError(
+                f"model.capacity_factor must be None (dropless) or a number > 0, got {cf!r}"
+            )
+        if not is_number(self.router_jitter) or not 0 <= self.router_jitter < 1:
+            raise ConfigError(f"model.router_jitter must be in [0, 1), got {self.router_jitter!r}")
+        if self.moe_layers is not None:
+            # Any sequence (e.g. an OmegaConf ListConfig) is stored as a plain list, which keeps
+            # asdict() checkpoint-safe.
+            if isinstance(self.moe_layers, (str, bytes)) or not isinstance(
+                self.moe_layers, Sequence
+            ):
+                raise ConfigError(
+                    f"model.moe_layers must be None (all blocks) or a list of block indices, "
+                    f"got {self.moe_layers!r}"
+                )
+            layers = list(self.moe_layers)
+            bad = [i for i in layers if not is_int(i) or not 0 <= i < self.n_layer]
+            if bad:
+                raise ConfigError(
+                    f"model.moe_layers entries must be block indices in [0, {self.n_layer}), "
+                    f"got {bad!r}"
+                )
+            if len(set(layers)) != len(layers):
+                raise ConfigError(f"model.moe_layers has repeated indices: {layers!r}")
+            self.moe_layers = layers
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` gets a mixture-of-experts feed-forward."""
+        return self.ffn == "moe" and (self.moe_layers is None or layer in self.moe_layers)
 
 
 class CausalSelfAttention(nn.Module):
@@ -110,6 +176,8 @@ class MLP(nn.Module):
 
 def build_feed_forward(config: TinyGPTConfig, layer: int) -> nn.Module:
     """The feed-forward layer of block ``layer``, of the kind ``config.ffn`` names."""
+    if config.is_moe_layer(layer):
+        return MoEFeedForward(config)
     return MLP(config)
 
 
@@ -153,7 +221,8 @@ class TinyGPT(nn.Module):
         self.register_buffer("cache_mask", torch.empty(0, dtype=torch.bool), persistent=False)
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream's
-        # variance does not grow with depth.
+        # variance does not grow with depth. MoE experts are stacked Parameters, not Linears, so
+        # apply() does not reach them: they get the same init from their own reset_parameters.
         for name, param in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -166,6 +235,47 @@ class TinyGPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def moe_modules(self) -> dict[int, MoEFeedForward]:
+        """The MoE feed-forward layers, by block index (empty for a dense model)."""
+        return {
+            i: block.mlp
+            for i, block in enumerate(self.blocks)
+            if isinstance(block.mlp, MoEFeedForward)
+        }
+
+    def moe_stats(self) -> dict[int, MoEStats]:
+        """Routing statistics and losses of the last forward, by block index; tensors only."""
+        return {i: moe.stats() for i, moe in self.moe_modules().items()}
+
+    def aux_loss(self) -> torch.Tensor:
+        """Sum of the MoE layers' load-balancing and z-losses from the last forward (scalar).
+
+        Zero for a dense model. The trainer adds it to the cross-entropy loss.
+        """
+        total = torch.zeros((), device=self.wte.weight.device)
+        for moe in self.moe_modules().values():
+            total = total + moe.aux_loss()
+        return total
+
+    @torch.no_grad()
+    def expert_assignments(self, idx: torch.Tensor) -> torch.Tensor:
+        """Expert chosen for each position, per MoE layer: ``(n_moe_layers, B, T)`` int64.
+
+        With top-k routing this is the highest-weighted of the k. Runs in eval mode (no router
+        jitter or dropout) and restores the previous mode.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            self._run(idx)
+        finally:
+            self.train(was_training)
+        B, T = idx.shape
+        choices = [moe.last_assignments()[:, 0].view(B, T) for moe in self.moe_modules().values()]
+        if not choices:
+            return torch.empty(0, B, T, dtype=torch.long, device=idx.device)
+        return torch.stack(choices)
 
     def num_parameters(self) -> int:
         """Trainable parameters, the tied embedding counted once."""
@@ -204,9 +314,10 @@ class TinyGPT(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         T = idx.size(1)
         if input_pos is None:
-            block_size = self.config.block_size
-            if block_size < T:
-                raise ValueError(f"sequence of length {T} is longer than block_size {block_size}")
+            if T > self.config.block_size:
+                raise ValueError(
+                    f"sequence of length {T} is longer than block_size {self.config.block_size}"
+                )
             pos = torch.arange(T, device=idx.device)
             cache_mask = None
         else:
