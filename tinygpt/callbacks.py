@@ -21,6 +21,7 @@ from tinygpt.attention import (
     figure_to_array,
 )
 from tinygpt.errors import ConfigError
+from tinygpt.moe_analysis import expert_load_figure, specialisation, specialisation_figure
 from tinygpt.plots import plot_run
 
 
@@ -232,3 +233,50 @@ class MetricPlots(Callback):
         logger.experiment.flush()  # the writer buffers events; the plots must see the last ones
         out_dir = Path(self.dirpath or Path(trainer.default_root_dir) / "plots")
         self.written = plot_run(logger.log_dir, out_dir)
+
+
+class MoEDashboard(Callback):
+    """For MoE models: expert load per layer and character x expert specialisation.
+
+    At each validation end the pictures go to TensorBoard (``moe/expert_load``,
+    ``moe/specialisation``) for the first ``chars`` characters of the validation text; at the end
+    of training they are also saved as PNGs in ``dirpath``. Dense models are left alone.
+    """
+
+    def __init__(self, dirpath: str | None = None, chars: int = 4096) -> None:
+        self.dirpath = dirpath
+        self.chars = chars
+
+    def _figures(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        model = pl_module.model
+        text = model.tokenizer.decode(trainer.datamodule.val_data[: self.chars])
+        chars, counts = specialisation(model, text)
+        load = counts.sum(1) / counts.sum((1, 2)).unsqueeze(-1)  # (layers, experts)
+        return expert_load_figure(load), specialisation_figure(chars, counts)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.model.config.ffn != "moe" or not trainer.is_global_zero:
+            return
+        writers = _tensorboard_writers(trainer)
+        if not writers:
+            return
+        load_fig, special_fig = self._figures(trainer, pl_module)
+        for writer in writers:
+            writer.add_image(
+                "moe/expert_load", figure_to_array(load_fig), trainer.global_step, dataformats="HWC"
+            )
+            writer.add_image(
+                "moe/specialisation",
+                figure_to_array(special_fig),
+                trainer.global_step,
+                dataformats="HWC",
+            )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.model.config.ffn != "moe" or not trainer.is_global_zero:
+            return
+        out_dir = Path(self.dirpath or Path(trainer.default_root_dir) / "plots")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        load_fig, special_fig = self._figures(trainer, pl_module)
+        load_fig.savefig(out_dir / "expert_load.png")
+        special_fig.savefig(out_dir / "expert_specialisation.png")

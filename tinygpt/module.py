@@ -74,12 +74,29 @@ class TinyGPTModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         inputs, targets = batch
         _, loss = self.model(inputs, targets)
+        logging_step = self.global_step % self.trainer.log_every_n_steps == 0
         # On CPU the check is free; on an accelerator it would stall the pipeline every step,
         # so there it runs at logging steps (and before every checkpoint, below).
-        if loss.device.type == "cpu" or self.global_step % self.trainer.log_every_n_steps == 0:
+        if loss.device.type == "cpu" or logging_step:
             self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True)
+        if self.model.config.ffn == "moe":
+            aux_loss = self.model.aux_loss()
+            if logging_step:
+                self._log_routing()
+            return loss + aux_loss
         return loss
+
+    def _log_routing(self) -> None:
+        """Per MoE layer: each expert's share of tokens, router entropy, drops, aux losses."""
+        for layer, stats in self.model.moe_stats().items():
+            prefix = f"moe/layer{layer}"
+            for expert, share in enumerate(stats.load):
+                self.log(f"{prefix}/load/expert{expert}", share)
+            self.log(f"{prefix}/router_entropy", stats.router_entropy)
+            self.log(f"{prefix}/dropped_fraction", stats.dropped_fraction)
+            self.log(f"{prefix}/aux_loss", stats.aux_loss.detach())
+            self.log(f"{prefix}/z_loss", stats.z_loss.detach())
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # Lightning validates every val_check_interval steps; asking it to stop after the last

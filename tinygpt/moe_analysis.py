@@ -1,0 +1,80 @@
+"""Pictures of a Mixture-of-Experts model's routing: expert load and character specialisation."""
+
+from __future__ import annotations
+
+import torch
+from matplotlib.figure import Figure
+
+from tinygpt.attention import visible
+from tinygpt.model import TinyGPT
+
+
+@torch.no_grad()
+def expert_load(model: TinyGPT, idx: torch.Tensor) -> torch.Tensor:
+    """Fraction of token assignments each expert receives, per MoE layer: ``(layers, experts)``."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(idx)
+    finally:
+        model.train(was_training)
+    return torch.stack([stats.load.float().cpu() for stats in model.moe_stats().values()])
+
+
+@torch.no_grad()
+def specialisation(model: TinyGPT, text: str) -> tuple[list[str], torch.Tensor]:
+    """For each character of ``text``'s vocabulary, how often each expert is chosen per layer.
+
+    Returns the characters (sorted) and counts ``(layers, characters, experts)``. The text is cut
+    into non-overlapping windows of ``block_size`` and routed as one batch.
+    """
+    tokenizer = model.tokenizer
+    block = model.config.block_size
+    ids = tokenizer.encode(text)
+    n = len(ids) // block
+    if n == 0:
+        raise ValueError(f"text must hold at least block_size = {block} characters")
+    windows = ids[: n * block].view(n, block).to(model.wte.weight.device)
+    choices = model.expert_assignments(windows).flatten(1).cpu()  # (layers, n * block)
+    tokens = ids[: n * block]
+    present = tokens.unique()
+    num_experts = model.config.num_experts
+    counts = torch.zeros(choices.size(0), len(present), num_experts)
+    index = torch.searchsorted(present, tokens)
+    for layer, chosen in enumerate(choices):
+        counts[layer].index_put_((index, chosen), torch.ones(len(tokens)), accumulate=True)
+    return [tokenizer.chars[i] for i in present.tolist()], counts
+
+
+def expert_load_figure(load: torch.Tensor, title: str = "Expert load") -> Figure:
+    """Heatmap of ``load`` (layers x experts) with the fraction written in each cell."""
+    layers, experts = load.shape
+    fig = Figure(figsize=(1.2 + 0.9 * experts, 0.9 + 0.6 * layers), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(load.numpy(), cmap="viridis", vmin=0, vmax=max(1e-9, float(load.max())))
+    for i in range(layers):
+        for j in range(experts):
+            ax.text(j, i, f"{load[i, j]:.2f}", ha="center", va="center", color="w", fontsize=9)
+    ax.set_xticks(range(experts), [f"expert {e}" for e in range(experts)])
+    ax.set_yticks(range(layers), [f"layer {i}" for i in range(layers)])
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="share of tokens")
+    return fig
+
+
+def specialisation_figure(chars: list[str], counts: torch.Tensor) -> Figure:
+    """One panel per MoE layer: characters (rows) x experts, each row normalised to sum to 1."""
+    layers, _, experts = counts.shape
+    shares = counts / counts.sum(-1, keepdim=True).clamp(min=1)
+    height = 1.5 + 0.16 * len(chars)
+    fig = Figure(figsize=(1.5 + 1.9 * layers, height), dpi=100, layout="constrained")
+    axes = fig.subplots(1, layers, squeeze=False)[0]
+    for layer, ax in enumerate(axes):
+        image = ax.imshow(shares[layer].numpy(), cmap="magma", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(experts), [str(e) for e in range(experts)])
+        ax.set_yticks(range(len(chars)), visible("".join(chars)), fontsize=7)
+        ax.set_xlabel("expert")
+        ax.set_title(f"layer {layer}")
+    fig.colorbar(image, ax=list(axes), label="share of the character's tokens")
+    fig.suptitle("Which expert each character is routed to")
+    return fig
