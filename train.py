@@ -13,6 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
+import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
@@ -30,6 +31,7 @@ hydra_ddp.install()
 
 def train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, verbose=False)
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()

@@ -101,7 +101,7 @@ class CharDataModule(L.LightningDataModule):
         val_batch_size: int = 512,
         train_fraction: float = 0.9,
         seed: int = 1337,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         url: str = TINY_SHAKESPEARE_URL,
         size: int = TINY_SHAKESPEARE_SIZE,
         sha256: str = TINY_SHAKESPEARE_SHA256,
@@ -124,7 +124,8 @@ class CharDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size
         self.train_fraction = train_fraction
         self.seed = seed
-        self.pin_memory = pin_memory
+        # Pinned host memory lets batches copy to a GPU asynchronously (non_blocking).
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.url, self.size, self.sha256 = url, size, sha256
         self.tokenizer: CharTokenizer | None = None
         self.train_data: torch.Tensor | None = None
