@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="seed,baby")
     parser.add_argument("--ffn", default="dense,moe")
     parser.add_argument("--baby-batch", type=int, default=None, help="batch at the baby size")
+    parser.add_argument("--out", default="training", help="name of the JSON file in results/")
     args = parser.parse_args()
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -202,7 +203,7 @@ def main() -> None:
             f"(design card figure, not this run): {ratio:.2f}x"
         )
     path = write_json(
-        "training", {"device": machine_name(args.device), "steps": args.steps, "results": results}
+        args.out, {"device": machine_name(args.device), "steps": args.steps, "results": results}
     )
     print(f"wrote {path}")
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every CPU benchmark in one go, on an otherwise idle machine; results land in benchmarks/results/.
+#   bash benchmarks/run_cpu.sh 2>&1 | tee benchmarks/results/cpu_log.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== default run: python train.py (time to val loss 2.0)"
+python benchmarks/time_to_target.py --target 2.0 --name default_run
+echo "== training throughput, seed size"
+python benchmarks/bench_training.py --sizes seed --steps 200 --warmup 40 --out training_seed
+echo "== training throughput, baby size (batch 4 on CPU)"
+python benchmarks/bench_training.py --sizes baby --steps 30 --warmup 8 --out training_baby
+echo "== MoE"
+python benchmarks/bench_moe.py
+echo "== decoding"
+python benchmarks/bench_decoding.py
