@@ -152,14 +152,17 @@ def test_expert_load_is_read_from_events_and_absent_for_dense(tmp_path):
 
 
 def test_ratings_rank_strategies_and_medium_high_agrees_with_both():
-    assert report.measured_ratings([0.1, 0.9, 0.5, 0.3, 0.7, math.nan]) == [
+    values = [0.1, 0.9, 0.5, 0.3, 0.7, 0.2, math.nan]
+    assert report.measured_ratings(values) == [
         "low",
         "high",
         "medium",
         "medium",
         "high",
         "low",
+        "n/a",
     ]
+    assert report.measured_ratings([0.0] * 6) == ["medium"] * 6  # ties: no invented order
     assert report.agrees("medium-high", "high") and report.agrees("medium-high", "medium")
     assert not report.agrees("high", "low")
 
@@ -284,7 +287,7 @@ def test_command_end_to_end_on_a_tiny_sweep(tiny_text_file, tmp_path):
     assert "| dense | 2 (1, 2) |" in text and "L0H0" in text and "Expert load" not in text
     assert "no MoE runs" in text
     new = readme.read_text()
-    assert new.startswith("# X\n\n<!-- results:start -->\n## Results") and "old" not in new
+    assert new.startswith("# X\n\n<!-- results:start -->\n## Results") and "\nold\n" not in new
     assert new.endswith("<!-- results:end -->\n\n## Tail\n")
     assert "](docs/results/val_loss.png)" in new
 

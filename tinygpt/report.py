@@ -346,17 +346,19 @@ def expert_load_section(groups: Sequence[Group]) -> str:
     return "\n".join(parts)
 
 
-RATING_LEVELS = ("low", "medium", "high")
-
-
 def measured_ratings(values: Sequence[float]) -> list[str]:
-    """Rank-based ratings among the strategies: top third high, middle medium, bottom low."""
-    order = sorted(
-        range(len(values)), key=lambda i: -math.inf if math.isnan(values[i]) else values[i]
-    )
-    ratings = [""] * len(values)
-    for rank, index in enumerate(order):
-        ratings[index] = RATING_LEVELS[min(2, rank * 3 // max(1, len(values)))]
+    """Ratings by rank among the strategies: the bottom third low, the middle medium, the top
+    third high. Tied values share their mean rank (all equal: all medium); ``nan`` is "n/a"."""
+    finite = [v for v in values if not math.isnan(v)]
+    ratings = []
+    for value in values:
+        if math.isnan(value):
+            ratings.append("n/a")
+            continue
+        below = sum(v < value for v in finite)
+        ties = sum(v == value for v in finite) - 1
+        position = (below + ties / 2) / max(1, len(finite) - 1)  # 0 lowest .. 1 highest
+        ratings.append("low" if position < 1 / 3 else "high" if position > 2 / 3 else "medium")
     return ratings
 
 
@@ -459,9 +461,9 @@ def report_markdown(
 def claims_markdown(groups: Sequence[Group], decoding: Sequence[StrategyResult] | None) -> str:
     parts = [
         "**(a) Attention heads learn different patterns.** " + entropy_claim(groups) + "\n",
-        "**(b) Decoding strategies** (seed's rating next to ours; our rating ranks the six "
-        "strategies: top two high, middle two medium, bottom two low; coherence by known-word "
-        "share, diversity by distinct-2):\n",
+        "**(b) Decoding strategies** (the seed's rating next to ours; ours ranks the six "
+        "strategies: top third high, middle third medium, bottom third low, ties sharing a "
+        "rank; coherence by known-word share, diversity by distinct-2):\n",
         decoding_claims(decoding) if decoding else "Not measured.\n",
         '**(c) MoE: "slightly better" val loss than dense, "about 40% slower".** '
         + moe_claim(groups)
