@@ -287,7 +287,8 @@ def test_command_end_to_end_on_a_tiny_sweep(tiny_text_file, tmp_path):
     assert "| dense | 2 (1, 2) |" in text and "L0H0" in text and "Expert load" not in text
     assert "no MoE runs" in text
     new = readme.read_text()
-    assert new.startswith("# X\n\n<!-- results:start -->\n## Results") and "\nold\n" not in new
+    assert new.startswith("# X\n\n<!-- results:start -->\nRegenerate with `python -m tinygpt")
+    assert "\nold\n" not in new and "### Runs" in new
     assert new.endswith("<!-- results:end -->\n\n## Tail\n")
     assert "](docs/results/val_loss.png)" in new
 

@@ -369,10 +369,11 @@ def agrees(claimed: str, measured: str) -> bool:
 
 def decoding_claims(results: Sequence[StrategyResult]) -> str:
     coherence = measured_ratings([r.metrics["known_words"] for r in results])
-    diversity = measured_ratings([r.metrics["distinct_2"] for r in results])
+    # distinct-1: on a few hundred characters distinct-2/3 of any sampled text are near 1.
+    diversity = measured_ratings([r.metrics["distinct_1"] for r in results])
     lines = [
         "| strategy | seed's coherence | measured: known-word share, NLL | rank | "
-        "seed's diversity | measured: distinct-2, repeated 4-grams | rank |",
+        "seed's diversity | measured: distinct-1, distinct-2, repeated 4-grams | rank |",
         "|---|---|---|---|---|---|---|",
     ]
     for r, coh, div in zip(results, coherence, diversity, strict=True):
@@ -383,7 +384,8 @@ def decoding_claims(results: Sequence[StrategyResult]) -> str:
         lines.append(
             f"| {r.strategy.name} | {claim_c} | {fmt(m['known_words'], digits=2)}, "
             f"{fmt(m['nll'], digits=2)} | {coh} {mark_c} | {claim_d} | "
-            f"{fmt(m['distinct_2'], digits=2)}, {fmt(m['repeated_4gram'], digits=2)} | "
+            f"{fmt(m['distinct_1'], digits=2)}, {fmt(m['distinct_2'], digits=2)}, "
+            f"{fmt(m['repeated_4gram'], digits=2)} | "
             f"{div} {mark_d} |"
         )
     return "\n".join(lines) + "\n"
@@ -431,25 +433,27 @@ def report_markdown(
     decoding: Sequence[StrategyResult] | None,
     decoding_source: str = "",
     link: str = "",
+    heading: str = "##",
 ) -> str:
-    """The full report; ``link`` prefixes the PNG paths (relative to where the text lives)."""
+    """The full report; ``link`` prefixes the PNG paths (relative to where the text lives),
+    ``heading`` is the Markdown level of its sections."""
     prefix = f"{link.rstrip('/')}/" if link else ""
     parts = [
-        "## Runs\n",
+        f"{heading} Runs\n",
         "Mean ± sample std over seeds; ratios are to the first group.\n",
         runs_table(groups),
         f"![val loss]({prefix}val_loss.png)\n",
-        "## Attention entropy per head\n",
+        f"{heading} Attention entropy per head\n",
         "Nats, mean over seeds, best checkpoint, on the first `block_size` characters of the "
         "validation text (0 = one key per query; higher = spread out).\n",
         entropy_table(groups),
     ]
     experts = expert_load_section(groups)
     if experts:
-        parts += ["## Expert load\n", experts]
+        parts += [f"{heading} Expert load\n", experts]
     if decoding:
         parts += [
-            "## Decoding strategies\n",
+            f"{heading} Decoding strategies\n",
             f"{decoding_source}\n",
             markdown_table(decoding),
             f"![decoding]({prefix}decoding.png)\n",
@@ -463,7 +467,7 @@ def claims_markdown(groups: Sequence[Group], decoding: Sequence[StrategyResult] 
         "**(a) Attention heads learn different patterns.** " + entropy_claim(groups) + "\n",
         "**(b) Decoding strategies** (the seed's rating next to ours; ours ranks the six "
         "strategies: top third high, middle third medium, bottom third low, ties sharing a "
-        "rank; coherence by known-word share, diversity by distinct-2):\n",
+        "rank; coherence by known-word share, diversity by distinct-1):\n",
         decoding_claims(decoding) if decoding else "Not measured.\n",
         '**(c) MoE: "slightly better" val loss than dense, "about 40% slower".** '
         + moe_claim(groups)
@@ -547,14 +551,15 @@ def build_report(args: argparse.Namespace) -> dict[str, Path]:
         link = os.path.relpath(out.resolve(), readme.resolve().parent)
         command = "python -m tinygpt.report " + " ".join(
             [f"--sweep {args.sweep}" if args.sweep else " ".join(map(str, args.runs))]
-            + (["--readme", str(args.readme)])
+            + ([] if Path(args.out) == DEFAULT_OUT else ["--out", str(args.out)])
+            + ["--readme", str(args.readme)]
         )
         body = (
-            "## Results\n\n"
             f"Regenerate with `{command}` (full report: [{link}/report.md]({link}/report.md)).\n\n"
+            + "### The seed's claims, measured\n\n"
             + claims_markdown(groups, decoding)
             + "\n"
-            + report_markdown(groups, decoding, source, link)
+            + report_markdown(groups, decoding, source, link, heading="###")
         )
         readme.write_text(replace_section(readme.read_text(), body))
         written["readme"] = readme
