@@ -293,14 +293,16 @@ def test_command_end_to_end_on_a_tiny_sweep(tiny_text_file, tmp_path):
     assert "](docs/results/val_loss.png)" in new
 
 
-def in_process(capsys, *args: str) -> tuple[int, str]:
+def in_process(capfd, *args: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
         report.main(list(args))
-    return exit_info.value.code, capsys.readouterr().err
+    return exit_info.value.code, capfd.readouterr().err  # the file descriptor: train.py's too
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "not_a_checkpoint", "readme"])
-def test_bad_input_is_one_error_line_and_exit_2(case, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "case", ["missing", "empty", "not_a_checkpoint", "readme", "run_without_sweep", "run_fails"]
+)
+def test_bad_input_is_one_error_line_and_exit_2(case, tmp_path, capfd):
     out = str(tmp_path / "out")
     if case == "missing":
         args, message = [str(tmp_path / "nope")], "not found"
@@ -312,11 +314,17 @@ def test_bad_input_is_one_error_line_and_exit_2(case, tmp_path, capsys):
         (run / "checkpoints").mkdir()
         (run / "checkpoints" / "best.ckpt").write_text("not a checkpoint")
         args, message = [str(run)], "not a readable checkpoint"
+    elif case == "run_without_sweep":
+        args, message = [str(tmp_path), "--run", "seed=1,2"], "--run needs --sweep"
+    elif case == "run_fails":
+        # train.py refuses the override with its own error line; the report adds none.
+        args = ["--sweep", str(tmp_path / "sweep"), "--run", "model=no_such_model"]
+        message = "no_such_model"
     else:
         make_run(tmp_path / "sweep" / "0_seed=1", "dense", 1)
         (tmp_path / "README.md").write_text("# no markers\n")
         args = ["--sweep", str(tmp_path / "sweep"), "--readme", str(tmp_path / "nope.md")]
         message = "README not found"
-    code, err = in_process(capsys, *args, "--out", out)
+    code, err = in_process(capfd, *args, "--out", out)
     assert code == 2
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1

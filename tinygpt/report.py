@@ -36,7 +36,7 @@ import yaml
 
 from tinygpt.attention import attention_entropy, attention_weights
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
-from tinygpt.cli import user_errors
+from tinygpt.cli import USER_ERROR_EXIT_CODE, user_errors
 from tinygpt.decoding_report import (
     DEFAULT_MAX_NEW_TOKENS,
     StrategyResult,
@@ -491,11 +491,17 @@ def replace_section(text: str, body: str) -> str:
 
 
 def run_sweep(sweep: Path, overrides: str) -> None:
-    """``python train.py -m <overrides> hydra.sweep.dir=<sweep>``; a failed sweep is an error."""
+    """``python train.py -m <overrides> hydra.sweep.dir=<sweep>``; a failed sweep is an error.
+
+    train.py reports a user error itself (one ``error:`` line, exit 2): that exit is passed on
+    as it is, so the user sees one line; any other failure is reported here.
+    """
     command = [sys.executable, str(REPO / "train.py"), "-m", *shlex.split(overrides)]
     command.append(f"hydra.sweep.dir={sweep}")
-    print("running:", " ".join(shlex.quote(c) for c in command), file=sys.stderr, flush=True)
+    print("running:", " ".join(shlex.quote(c) for c in command), flush=True)
     result = subprocess.run(command, cwd=REPO)
+    if result.returncode == USER_ERROR_EXIT_CODE:
+        sys.exit(USER_ERROR_EXIT_CODE)
     if result.returncode != 0:
         raise ReportError(f"the sweep failed (train.py exited with {result.returncode})")
 
