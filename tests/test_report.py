@@ -110,7 +110,9 @@ def test_groups_and_statistics_over_seeds(sweep):
     assert moe.stats["best_val_loss"] == pytest.approx((2.0, math.sqrt(0.5)))
     assert moe.stats["train_tokens_per_second"] == pytest.approx((600.0, 0.0))
     table = report.runs_table([dense, moe])
-    assert "| dense | 3 (1, 2, 3) | 2.000 ± 1.000 | 2.500 ± 1.000 | 20.0 ± 10.0 | 1.00 |" in table
+    assert (
+        "| dense | 3 (1, 2, 3) | 10 | 2.000 ± 1.000 | 2.500 ± 1.000 | 20.0 ± 10.0 | 1.00 |" in table
+    )
     # Ratios to the first group: wall 30 / 20, tokens/s 600 / 1000.
     assert "| 1.50 |" in table and "| 0.60 |" in table and "| 9000 |" in table
     claim = report.moe_claim([dense, moe])
@@ -129,6 +131,14 @@ def test_one_seed_has_no_std_and_groups_without_kinds_use_overrides(tmp_path):
     assert [g.label for g in groups] == ["model.n_layer=2", "model.n_layer=4"]
     assert [len(g.runs) for g in groups] == [2, 1]
     assert "no MoE runs" in report.moe_claim(groups)
+    # Kinds and other overrides both differ: the kind, then the overrides besides model=.
+    mixed = [
+        make_run(tmp_path / f"m{i}", ffn, 1, [f"model={ffn}", f"model.n_layer={n}"])
+        for i, (ffn, n) in enumerate((("moe", 2), ("dense", 2), ("dense", 4)))
+    ]
+    groups = report.group_runs([report.load_run(p) for p in mixed])
+    labels = ["dense model.n_layer=2", "dense model.n_layer=4", "moe model.n_layer=2"]
+    assert [g.label for g in groups] == labels
 
 
 def test_expert_load_is_read_from_events_and_absent_for_dense(tmp_path):
@@ -284,7 +294,7 @@ def test_command_end_to_end_on_a_tiny_sweep(tiny_text_file, tmp_path):
     ):
         assert (out / name).is_file(), name
     text = (out / "report.md").read_text()
-    assert "| dense | 2 (1, 2) |" in text and "L0H0" in text and "Expert load" not in text
+    assert "| dense | 2 (1, 2) | 10 |" in text and "L0H0" in text and "Expert load" not in text
     assert "no MoE runs" in text
     new = readme.read_text()
     assert new.startswith("# X\n\n<!-- results:start -->\nRegenerate with `python -m tinygpt")

@@ -171,8 +171,14 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         if len(set(ffns)) == len(keys):
             labels.append(ffn)
             continue
-        differing = " ".join(o for o in overrides if o not in common) or "(defaults)"
-        labels.append(f"{ffn} {differing}" if len(set(ffns)) > 1 else differing)
+        kinds_differ = len(set(ffns)) > 1
+        differing = " ".join(
+            o
+            for o in overrides
+            if o not in common and not (kinds_differ and o.startswith("model="))
+        )
+        differing = differing or ("" if kinds_differ else "(defaults)")
+        labels.append(f"{ffn} {differing}".strip() if kinds_differ else differing)
     groups = [Group(label, keyed[key]) for label, key in zip(labels, keys, strict=True)]
     # Stable: dense groups first, otherwise the order the runs came in.
     groups.sort(key=lambda g: g.runs[0].ffn != "dense")
@@ -191,6 +197,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 SUMMARY_STATS = (
+    "steps",
     "best_val_loss",
     "final_val_loss",
     "wall_seconds",
@@ -284,9 +291,9 @@ def fmt(mean: float, std: float = math.nan, digits: int = 3) -> str:
 def runs_table(groups: Sequence[Group]) -> str:
     ref = groups[0].stats
     lines = [
-        "| group | runs (seeds) | best val loss | final val loss | wall s | wall × "
+        "| group | runs (seeds) | steps | best val loss | final val loss | wall s | wall × "
         f"{groups[0].label} | train tokens/s | tokens/s × {groups[0].label} | parameters |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g in groups:
         s = g.stats
@@ -294,7 +301,8 @@ def runs_table(groups: Sequence[Group]) -> str:
         wall_ratio = ratio(s["wall_seconds"][0], ref["wall_seconds"][0])
         tps_ratio = ratio(s["train_tokens_per_second"][0], ref["train_tokens_per_second"][0])
         lines.append(
-            f"| {g.label} | {len(g.runs)} ({seeds}) | {fmt(*s['best_val_loss'])} | "
+            f"| {g.label} | {len(g.runs)} ({seeds}) | {fmt(s['steps'][0], digits=0)} | "
+            f"{fmt(*s['best_val_loss'])} | "
             f"{fmt(*s['final_val_loss'])} | {fmt(*s['wall_seconds'], digits=1)} | "
             f"{fmt(wall_ratio, digits=2)} | {fmt(*s['train_tokens_per_second'], digits=0)} | "
             f"{fmt(tps_ratio, digits=2)} | {fmt(s['parameters'][0], digits=0)} |"
