@@ -411,12 +411,13 @@ def moe_claim(groups: Sequence[Group]) -> str:
     d_best, d_std = dense.stats["best_val_loss"]
     m_best, m_std = moe.stats["best_val_loss"]
     diff = m_best - d_best
-    better = "lower (better)" if diff < 0 else "higher (worse)" if diff > 0 else "equal"
+    better = "lower is better" if diff < 0 else "higher is worse" if diff > 0 else "equal"
     wall = ratio(moe.stats["wall_seconds"][0], dense.stats["wall_seconds"][0])
     tps = ratio(moe.stats["train_tokens_per_second"][0], dense.stats["train_tokens_per_second"][0])
     slower = (1 / tps - 1) * 100 if tps and not math.isnan(tps) else math.nan
     return (
-        f"Measured ({len(dense.runs)} dense, {len(moe.runs)} {moe.label} runs): {moe.label} best "
+        f"Measured over {len(dense.runs)} dense and {len(moe.runs)} {moe.label} runs: "
+        f"{moe.label} best "
         f"val loss {fmt(m_best, m_std)} vs dense {fmt(d_best, d_std)}, {diff:+.3f} nats "
         f"({better}); training throughput {fmt(tps, digits=2)}× dense "
         f"({fmt(slower, digits=0)}% more time per token), wall time {fmt(wall, digits=2)}× dense."
