@@ -338,3 +338,19 @@ def test_bad_input_is_one_error_line_and_exit_2(case, tmp_path, capfd):
     code, err = in_process(capfd, *args, "--out", out)
     assert code == 2
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_decoding_command_on_a_checkpoint_and_on_a_bad_one(tiny_ckpt, tmp_path, capfd):
+    from tinygpt import decoding_report
+
+    out = tmp_path / "out"
+    assert decoding_report.main([str(tiny_ckpt), "--out", str(out), "--max-new-tokens", "8"]) == 0
+    assert "| combined | high / high |" in capfd.readouterr().out
+    assert (out / "decoding.png").is_file()
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("no")
+    for args in ([str(bad)], [str(tiny_ckpt), "--max-new-tokens", "1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            decoding_report.main([*args, "--out", str(out)])
+        err = capfd.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1

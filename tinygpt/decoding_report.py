@@ -13,13 +13,17 @@ and temperature 0.8 + top-k 10 + top-p 0.9 combined) this generates a fixed set 
   continuation is scored on its own, without the prompt as context).
 
 Outputs: a Markdown table, a PNG with one panel per metric, the samples as JSON, and optionally
-the samples as text in TensorBoard.
+the samples as text in TensorBoard. As a command, for one checkpoint:
+
+    python -m tinygpt.decoding_report CKPT [--out DIR] [--train-text FILE] [--tb-dir DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
+from tinygpt.cli import user_errors
 from tinygpt.data import read_text
 from tinygpt.errors import ConfigError, DataError
 from tinygpt.generation import generate, intra_op_threads
@@ -270,3 +276,30 @@ def write_decoding_report(
     if log_dir is not None:
         log_samples(results, log_dir)
     return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m tinygpt.decoding_report",
+        description="Compare decoding strategies on one checkpoint.",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("--out", default="decoding_report", help="output folder (default: %(default)s)")
+    p.add_argument("--train-text", help="the training text file (default: from the checkpoint)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--tb-dir", help="also log the samples as text to this TensorBoard dir")
+    args = p.parse_args(argv)
+    with user_errors():
+        model = load_model(args.checkpoint)
+        run_config = load_checkpoint(args.checkpoint)[CHECKPOINT_KEY].get("config") or {}
+        text = training_text(run_config, args.train_text)
+        results = compare_decoding(model, text, max_new_tokens=args.max_new_tokens)
+        paths = write_decoding_report(results, args.out, args.tb_dir)
+    print(markdown_table(results), end="")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
