@@ -1,0 +1,615 @@
+"""Dense vs MoE (or any groups of runs) report, and the README's results section, in one command.
+
+    python -m tinygpt.report --sweep outputs/multirun/<date_time> --readme README.md
+    python -m tinygpt.report RUN_DIR [RUN_DIR ...] --out docs/results
+    python -m tinygpt.report --sweep outputs/multirun/cmp \\
+        --run "model=dense,moe seed=1,2,3 trainer.max_steps=2000"   # train the sweep first
+
+Runs are grouped by model kind (``model.ffn`` in the run's ``.hydra/config.yaml``) and by the
+overrides that differ between them, seeds and paths aside. Per group: best and final val loss
+(mean ± sample std over seeds), wall time and train tokens/s with their ratio to the first group
+(dense where there is one), parameters, the attention entropy per head of the best checkpoints on
+a fixed prompt (the start of the validation text), and the expert load where the runs logged
+``moe/layer{l}/load/expert{e}``. Then the decoding comparison (:mod:`tinygpt.decoding_report`) on
+the best checkpoint of the best dense run. Writes ``report.md``, ``val_loss.png``,
+``decoding.png``, ``decoding.md`` and ``decoding_samples.json`` into ``--out``; ``--readme``
+rewrites the README between ``<!-- results:start -->`` and ``<!-- results:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tinygpt.attention import attention_entropy, attention_weights
+from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
+from tinygpt.cli import USER_ERROR_EXIT_CODE, user_errors
+from tinygpt.decoding_report import (
+    DEFAULT_MAX_NEW_TOKENS,
+    StrategyResult,
+    compare_decoding,
+    markdown_table,
+    training_text,
+    validation_text,
+    write_decoding_report,
+)
+from tinygpt.errors import TinyGPTError
+from tinygpt.plots import plot_val_curves, read_scalars
+
+REPO = Path(__file__).resolve().parents[1]
+START_MARKER = "<!-- results:start -->"
+END_MARKER = "<!-- results:end -->"
+DEFAULT_OUT = Path("docs/results")
+# Overrides that never make runs different models: seeds and where things are read or written.
+NEUTRAL_KEYS = ("seed", "data.path", "data.cache_dir", "ckpt_path", "trainer.default_root_dir")
+EXPERT_LOAD = re.compile(r"^moe/layer(\d+)/load/expert(\d+)$")
+
+
+class ReportError(TinyGPTError):
+    """Run directories that are missing, empty or unreadable, or a README without markers."""
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict[str, Any]
+    config: dict[str, Any]
+    overrides: list[str]
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    @property
+    def ffn(self) -> str:
+        return str((self.config.get("model") or {}).get("ffn", "dense"))
+
+    @property
+    def model_overrides(self) -> tuple[str, ...]:
+        """The overrides that may change the model or its training, sorted."""
+        kept = []
+        for override in self.overrides:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key in NEUTRAL_KEYS or key.startswith("hydra."):
+                continue
+            kept.append(override)
+        return tuple(sorted(kept))
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[Run]
+    stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (mean, std)
+    entropy: list[list[float]] | None = None  # [layer][head], mean over runs
+    expert_load: dict[int, dict[int, float]] | None = None  # layer -> expert -> mean share
+
+
+# --- reading runs ---------------------------------------------------------------------------
+
+
+def load_run(path: Path) -> Run:
+    summary_path = path / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{summary_path}: not a readable summary ({exc})") from None
+    if not isinstance(summary, dict):
+        raise ReportError(f"{summary_path}: not a summary (expected a JSON object)")
+    config, overrides = {}, []
+    hydra_dir = path / ".hydra"
+    try:
+        if (hydra_dir / "config.yaml").is_file():
+            config = yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}
+        if (hydra_dir / "overrides.yaml").is_file():
+            overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []
+    except yaml.YAMLError as exc:
+        raise ReportError(f"{hydra_dir}: unreadable Hydra config ({exc})") from None
+    return Run(path, summary, config, [str(o) for o in overrides])
+
+
+def _job_order(path: Path) -> tuple[int, str]:
+    number = path.name.split("_", 1)[0]
+    return (int(number) if number.isdigit() else 1 << 30, path.name)
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """Runs from run directories (holding ``summary.json``) or sweep directories (whose
+    subdirectories hold it), in the order given, a sweep's jobs in job-number order."""
+    runs = []
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise ReportError(f"run or sweep directory not found: {path}")
+        if not path.is_dir():
+            raise ReportError(f"not a directory: {path} (give a run or sweep directory)")
+        if (path / "summary.json").is_file():
+            runs.append(load_run(path))
+            continue
+        jobs = sorted((p for p in path.iterdir() if (p / "summary.json").is_file()), key=_job_order)
+        if not jobs:
+            raise ReportError(
+                f"{path} holds no runs: no summary.json in it or its subdirectories "
+                "(run the sweep first, e.g. python train.py -m model=dense,moe seed=1,2,3)"
+            )
+        runs.extend(load_run(job) for job in jobs)
+    if not runs:
+        raise ReportError("no run directories given")
+    return runs
+
+
+# --- grouping and statistics ----------------------------------------------------------------
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Runs that differ only by seed (and paths) form a group; dense groups come first.
+
+    A group is labelled by its model kind when that tells the groups apart, otherwise by the
+    overrides in which it differs from the other groups (its kind in front when kinds differ).
+    """
+    keyed: dict[tuple[str, tuple[str, ...]], list[Run]] = {}
+    for run in runs:
+        keyed.setdefault((run.ffn, run.model_overrides), []).append(run)
+    keys = list(keyed)
+    ffns = [ffn for ffn, _ in keys]
+    common = set.intersection(*(set(overrides) for _, overrides in keys))
+    labels = []
+    for ffn, overrides in keys:
+        if len(set(ffns)) == len(keys):
+            labels.append(ffn)
+            continue
+        kinds_differ = len(set(ffns)) > 1
+        differing = " ".join(
+            o
+            for o in overrides
+            if o not in common and not (kinds_differ and o.startswith("model="))
+        )
+        differing = differing or ("" if kinds_differ else "(defaults)")
+        labels.append(f"{ffn} {differing}".strip() if kinds_differ else differing)
+    groups = [Group(label, keyed[key]) for label, key in zip(labels, keys, strict=True)]
+    # Stable: dense groups first, otherwise the order the runs came in.
+    groups.sort(key=lambda g: g.runs[0].ffn != "dense")
+    for group in groups:
+        group.stats = group_stats(group.runs)
+    return groups
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); the std of one value is ``nan``."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return math.nan, math.nan
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return statistics.fmean(values), std
+
+
+SUMMARY_STATS = (
+    "steps",
+    "best_val_loss",
+    "final_val_loss",
+    "wall_seconds",
+    "train_tokens_per_second",
+    "parameters",
+)
+
+
+def group_stats(runs: Sequence[Run]) -> dict[str, tuple[float, float]]:
+    return {key: mean_std([r.summary.get(key) for r in runs]) for key in SUMMARY_STATS}
+
+
+def ratio(value: float, reference: float) -> float:
+    if reference == 0 or math.isnan(reference) or math.isnan(value):
+        return math.nan
+    return value / reference
+
+
+# --- analyses of checkpoints and events -----------------------------------------------------
+
+
+def best_checkpoint(run: Run) -> Path:
+    for name in ("best.ckpt", "last.ckpt"):
+        path = run.path / "checkpoints" / name
+        if path.is_file():
+            return path
+    raise ReportError(f"{run.path}: no checkpoints/best.ckpt or last.ckpt")
+
+
+def entropy_per_head(
+    run: Run, train_text_path: str | Path | None = None, text_cache: dict | None = None
+) -> list[list[float]]:
+    """Attention entropy (nats) per layer and head of the run's best checkpoint, on the first
+    ``block_size`` characters of the validation text."""
+    ckpt = best_checkpoint(run)
+    model = load_model(ckpt)
+    run_config = load_checkpoint(ckpt)[CHECKPOINT_KEY].get("config") or run.config
+    cache = text_cache if text_cache is not None else {}
+    key = json.dumps(run_config.get("data") or {}, sort_keys=True, default=str)
+    if key not in cache:
+        cache[key] = training_text(run_config, train_text_path)
+    prompt = validation_text(cache[key], run_config)[: model.config.block_size]
+    return attention_entropy(attention_weights(model, prompt)).tolist()
+
+
+def expert_load(run: Run) -> dict[int, dict[int, float]]:
+    """The last logged share of tokens per expert, ``{layer: {expert: share}}``; empty when the
+    run logged no ``moe/layer{l}/load/expert{e}`` scalars (or no events at all)."""
+    try:
+        scalars = read_scalars(run.path)
+    except (FileNotFoundError, ValueError):
+        return {}
+    load: dict[int, dict[int, float]] = {}
+    for tag, points in scalars.items():
+        match = EXPERT_LOAD.match(tag)
+        if match and points:
+            load.setdefault(int(match[1]), {})[int(match[2])] = points[-1][1]
+    return {layer: dict(sorted(experts.items())) for layer, experts in sorted(load.items())}
+
+
+def mean_nested(tables: Sequence[Any]) -> Any:
+    """Element-wise mean of equally shaped nested lists or dicts of numbers."""
+    first = tables[0]
+    if isinstance(first, dict):
+        return {k: mean_nested([t[k] for t in tables if k in t]) for k in first}
+    if isinstance(first, list):
+        return [mean_nested([t[i] for t in tables]) for i in range(len(first))]
+    return statistics.fmean(tables)
+
+
+def analyse(groups: Sequence[Group], train_text_path: str | Path | None = None) -> None:
+    """Fill each group's attention entropy and expert load (means over its runs)."""
+    cache: dict = {}
+    for group in groups:
+        group.entropy = mean_nested(
+            [entropy_per_head(r, train_text_path, cache) for r in group.runs]
+        )
+        loads = [load for load in (expert_load(r) for r in group.runs) if load]
+        group.expert_load = mean_nested(loads) if loads else None
+
+
+# --- Markdown -------------------------------------------------------------------------------
+
+
+def fmt(mean: float, std: float = math.nan, digits: int = 3) -> str:
+    if mean is None or math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def runs_table(groups: Sequence[Group]) -> str:
+    ref = groups[0].stats
+    lines = [
+        "| group | runs (seeds) | steps | best val loss | final val loss | wall s | wall × "
+        f"{groups[0].label} | train tokens/s | tokens/s × {groups[0].label} | parameters |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for g in groups:
+        s = g.stats
+        seeds = ", ".join(str(r.seed) for r in g.runs)
+        wall_ratio = ratio(s["wall_seconds"][0], ref["wall_seconds"][0])
+        tps_ratio = ratio(s["train_tokens_per_second"][0], ref["train_tokens_per_second"][0])
+        lines.append(
+            f"| {g.label} | {len(g.runs)} ({seeds}) | {fmt(s['steps'][0], digits=0)} | "
+            f"{fmt(*s['best_val_loss'])} | "
+            f"{fmt(*s['final_val_loss'])} | {fmt(*s['wall_seconds'], digits=1)} | "
+            f"{fmt(wall_ratio, digits=2)} | {fmt(*s['train_tokens_per_second'], digits=0)} | "
+            f"{fmt(tps_ratio, digits=2)} | {fmt(s['parameters'][0], digits=0)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def entropy_table(groups: Sequence[Group]) -> str:
+    shaped = [g for g in groups if g.entropy]
+    if not shaped:
+        return ""
+    n_layer = max(len(g.entropy) for g in shaped)
+    n_head = max(len(row) for g in shaped for row in g.entropy)
+    heads = [f"L{layer}H{head}" for layer in range(n_layer) for head in range(n_head)]
+    lines = [
+        "| group | " + " | ".join(heads) + " | min–max spread |",
+        "|---|" + "---:|" * (len(heads) + 1),
+    ]
+    for g in shaped:
+        flat = [v for row in g.entropy for v in row]
+        cells = [f"{v:.2f}" for v in flat] + [""] * (len(heads) - len(flat))
+        spread = f"{min(flat):.2f}–{max(flat):.2f}"
+        lines.append(f"| {g.label} | " + " | ".join(cells) + f" | {spread} |")
+    return "\n".join(lines) + "\n"
+
+
+def expert_load_section(groups: Sequence[Group]) -> str:
+    """One table per group that logged expert load; empty when none did."""
+    parts = []
+    for g in groups:
+        if not g.expert_load:
+            continue
+        n_expert = max(len(e) for e in g.expert_load.values())
+        lines = [
+            f"**{g.label}**: share of tokens per expert (last logged value, mean over seeds; "
+            f"uniform = {1 / n_expert:.3f})",
+            "",
+            "| layer | " + " | ".join(f"expert {e}" for e in range(n_expert)) + " | max / min |",
+            "|---|" + "---:|" * (n_expert + 1),
+        ]
+        for layer, experts in g.expert_load.items():
+            values = [experts.get(e, math.nan) for e in range(n_expert)]
+            low = min(values)
+            spread = f"{max(values) / low:.2f}" if low > 0 else "inf"
+            lines.append(
+                f"| {layer} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {spread} |"
+            )
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def measured_ratings(values: Sequence[float]) -> list[str]:
+    """Ratings by rank among the strategies: the bottom third low, the middle medium, the top
+    third high. Tied values share their mean rank (all equal: all medium); ``nan`` is "n/a"."""
+    finite = [v for v in values if not math.isnan(v)]
+    ratings = []
+    for value in values:
+        if math.isnan(value):
+            ratings.append("n/a")
+            continue
+        below = sum(v < value for v in finite)
+        ties = sum(v == value for v in finite) - 1
+        position = (below + ties / 2) / max(1, len(finite) - 1)  # 0 lowest .. 1 highest
+        ratings.append("low" if position < 1 / 3 else "high" if position > 2 / 3 else "medium")
+    return ratings
+
+
+def agrees(claimed: str, measured: str) -> bool:
+    """``medium-high`` agrees with medium or high."""
+    return measured in claimed.split("-")
+
+
+def decoding_claims(results: Sequence[StrategyResult]) -> str:
+    coherence = measured_ratings([r.metrics["known_words"] for r in results])
+    # distinct-1: on a few hundred characters distinct-2/3 of any sampled text are near 1.
+    diversity = measured_ratings([r.metrics["distinct_1"] for r in results])
+    lines = [
+        "| strategy | seed's coherence | measured: known-word share, NLL | rank | "
+        "seed's diversity | measured: distinct-1, distinct-2, repeated 4-grams | rank |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r, coh, div in zip(results, coherence, diversity, strict=True):
+        claim_c, claim_d = r.strategy.claimed
+        m = r.metrics
+        mark_c = "✓" if agrees(claim_c, coh) else "✗"
+        mark_d = "✓" if agrees(claim_d, div) else "✗"
+        lines.append(
+            f"| {r.strategy.name} | {claim_c} | {fmt(m['known_words'], digits=2)}, "
+            f"{fmt(m['nll'], digits=2)} | {coh} {mark_c} | {claim_d} | "
+            f"{fmt(m['distinct_1'], digits=2)}, {fmt(m['distinct_2'], digits=2)}, "
+            f"{fmt(m['repeated_4gram'], digits=2)} | "
+            f"{div} {mark_d} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def moe_claim(groups: Sequence[Group]) -> str:
+    dense = next((g for g in groups if g.runs[0].ffn == "dense"), None)
+    moe = next((g for g in groups if g.runs[0].ffn != "dense"), None)
+    if dense is None or moe is None:
+        return (
+            "Not measured: the sweep holds no "
+            + ("MoE" if moe is None else "dense")
+            + ' runs (sweep both: `--run "model=dense,moe seed=1,2,3"`).'
+        )
+    d_best, d_std = dense.stats["best_val_loss"]
+    m_best, m_std = moe.stats["best_val_loss"]
+    diff = m_best - d_best
+    better = "lower is better" if diff < 0 else "higher is worse" if diff > 0 else "equal"
+    wall = ratio(moe.stats["wall_seconds"][0], dense.stats["wall_seconds"][0])
+    tps = ratio(moe.stats["train_tokens_per_second"][0], dense.stats["train_tokens_per_second"][0])
+    slower = (1 / tps - 1) * 100 if tps and not math.isnan(tps) else math.nan
+    return (
+        f"Measured over {len(dense.runs)} dense and {len(moe.runs)} {moe.label} runs: "
+        f"{moe.label} best "
+        f"val loss {fmt(m_best, m_std)} vs dense {fmt(d_best, d_std)}, {diff:+.3f} nats "
+        f"({better}); training throughput {fmt(tps, digits=2)}× dense "
+        f"({fmt(slower, digits=0)}% more time per token), wall time {fmt(wall, digits=2)}× dense."
+    )
+
+
+def entropy_claim(groups: Sequence[Group]) -> str:
+    parts = []
+    for g in groups:
+        if not g.entropy:
+            continue
+        flat = [v for row in g.entropy for v in row]
+        parts.append(
+            f"{g.label}: {len(flat)} heads, entropy {min(flat):.2f}–{max(flat):.2f} nats "
+            f"(spread {max(flat) - min(flat):.2f})"
+        )
+    return "; ".join(parts) + "." if parts else "Not measured."
+
+
+def report_markdown(
+    groups: Sequence[Group],
+    decoding: Sequence[StrategyResult] | None,
+    decoding_source: str = "",
+    link: str = "",
+    heading: str = "##",
+) -> str:
+    """The full report; ``link`` prefixes the PNG paths (relative to where the text lives),
+    ``heading`` is the Markdown level of its sections."""
+    prefix = f"{link.rstrip('/')}/" if link else ""
+    parts = [
+        f"{heading} Runs\n",
+        "Mean ± sample std over seeds; ratios are to the first group.\n",
+        runs_table(groups),
+        f"![val loss]({prefix}val_loss.png)\n",
+        f"{heading} Attention entropy per head\n",
+        "Nats, mean over seeds, best checkpoint, on the first `block_size` characters of the "
+        "validation text (0 = one key per query; higher = spread out).\n",
+        entropy_table(groups),
+    ]
+    experts = expert_load_section(groups)
+    if experts:
+        parts += [f"{heading} Expert load\n", experts]
+    if decoding:
+        parts += [
+            f"{heading} Decoding strategies\n",
+            f"{decoding_source}\n",
+            markdown_table(decoding),
+            f"![decoding]({prefix}decoding.png)\n",
+            f"Samples: [decoding_samples.json]({prefix}decoding_samples.json).\n",
+        ]
+    return "\n".join(parts)
+
+
+def claims_markdown(groups: Sequence[Group], decoding: Sequence[StrategyResult] | None) -> str:
+    parts = [
+        "**(a) Attention heads learn different patterns.** " + entropy_claim(groups) + "\n",
+        "**(b) Decoding strategies** (the seed's rating next to ours; ours ranks the six "
+        "strategies: top third high, middle third medium, bottom third low, ties sharing a "
+        "rank; coherence by known-word share, diversity by distinct-1):\n",
+        decoding_claims(decoding) if decoding else "Not measured.\n",
+        '**(c) MoE: "slightly better" val loss than dense, "about 40% slower".** '
+        + moe_claim(groups)
+        + "\n",
+    ]
+    return "\n".join(parts)
+
+
+def replace_section(text: str, body: str) -> str:
+    """``text`` with everything between the results markers replaced by ``body``."""
+    start, end = text.find(START_MARKER), text.find(END_MARKER)
+    if start < 0 or end < 0 or end < start or text.count(START_MARKER) != 1:
+        raise ReportError(
+            f"the README needs one {START_MARKER} line followed by one {END_MARKER} line"
+        )
+    head = text[: start + len(START_MARKER)]
+    return head + "\n" + body.strip("\n") + "\n" + text[end:]
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def run_sweep(sweep: Path, overrides: str) -> None:
+    """``python train.py -m <overrides> hydra.sweep.dir=<sweep>``; a failed sweep is an error.
+
+    train.py reports a user error itself (one ``error:`` line, exit 2): that exit is passed on
+    as it is, so the user sees one line; any other failure is reported here.
+    """
+    command = [sys.executable, str(REPO / "train.py"), "-m", *shlex.split(overrides)]
+    command.append(f"hydra.sweep.dir={sweep}")
+    print("running:", " ".join(shlex.quote(c) for c in command), flush=True)
+    result = subprocess.run(command, cwd=REPO)
+    if result.returncode == USER_ERROR_EXIT_CODE:
+        sys.exit(USER_ERROR_EXIT_CODE)
+    if result.returncode != 0:
+        raise ReportError(f"the sweep failed (train.py exited with {result.returncode})")
+
+
+def best_dense_run(groups: Sequence[Group]) -> Run:
+    group = next((g for g in groups if g.runs[0].ffn == "dense"), groups[0])
+    return min(group.runs, key=lambda r: r.summary.get("best_val_loss", math.inf) or math.inf)
+
+
+def build_report(args: argparse.Namespace) -> dict[str, Path]:
+    paths = list(args.runs) + ([args.sweep] if args.sweep else [])
+    if not paths:
+        raise ReportError("give run directories or --sweep DIR")
+    if args.run:
+        if not args.sweep:
+            raise ReportError("--run needs --sweep DIR (where the sweep's runs go)")
+        run_sweep(Path(args.sweep), args.run)
+    if args.readme and not Path(args.readme).is_file():
+        raise ReportError(f"README not found: {args.readme}")
+    runs = find_runs(paths)
+    groups = group_runs(runs)
+    analyse(groups, args.train_text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"report": out / "report.md", "val_curves": out / "val_loss.png"}
+    labels = [f"{g.label} seed {r.seed}" for g in groups for r in g.runs]
+    plot_val_curves(
+        [r.path for g in groups for r in g.runs],
+        labels,
+        written["val_curves"],
+        title="Validation loss by run",
+    )
+    decoding, source = None, ""
+    if not args.no_decoding:
+        run = best_dense_run(groups)
+        ckpt = best_checkpoint(run)
+        model = load_model(ckpt)
+        run_config = load_checkpoint(ckpt)[CHECKPOINT_KEY].get("config") or run.config
+        text = training_text(run_config, args.train_text)
+        decoding = compare_decoding(model, text, max_new_tokens=args.max_new_tokens)
+        written.update(write_decoding_report(decoding, out, args.tb_dir))
+        source = (
+            f"Best checkpoint of the best dense run (`{run.path.name}`, seed {run.seed}); "
+            f"{len(decoding[0].samples)} samples of {args.max_new_tokens} characters per "
+            "strategy (3 prompts × 2 seeds); metrics are means over the samples and score the "
+            "continuation only."
+        )
+    title = "# Results\n\nGenerated by `python -m tinygpt.report`.\n\n"
+    claims = "## The seed's claims, measured\n\n" + claims_markdown(groups, decoding)
+    written["report"].write_text(title + claims + "\n" + report_markdown(groups, decoding, source))
+    if args.readme:
+        readme = Path(args.readme)
+        link = os.path.relpath(out.resolve(), readme.resolve().parent)
+        command = "python -m tinygpt.report " + " ".join(
+            [f"--sweep {args.sweep}" if args.sweep else " ".join(map(str, args.runs))]
+            + ([] if Path(args.out) == DEFAULT_OUT else ["--out", str(args.out)])
+            + ["--readme", str(args.readme)]
+        )
+        body = (
+            f"Regenerate with `{command}` (full report: [{link}/report.md]({link}/report.md)).\n\n"
+            + "### The seed's claims, measured\n\n"
+            + claims_markdown(groups, decoding)
+            + "\n"
+            + report_markdown(groups, decoding, source, link, heading="###")
+        )
+        readme.write_text(replace_section(readme.read_text(), body))
+        written["readme"] = readme
+    return written
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tinygpt.report",
+        description="Report on training runs (dense vs MoE) and decoding strategies.",
+    )
+    p.add_argument("runs", nargs="*", help="run directories or sweep directories")
+    p.add_argument("--sweep", help="a sweep directory: its subdirectories holding summary.json")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
+    p.add_argument("--readme", help="rewrite this README's section between the results markers")
+    p.add_argument("--train-text", help="the training text file (default: from the run config)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--no-decoding", action="store_true", help="skip the decoding comparison")
+    p.add_argument("--tb-dir", help="also log the decoding samples as text to this TensorBoard dir")
+    p.add_argument(
+        "--run",
+        metavar="OVERRIDES",
+        help='first train the sweep into --sweep: e.g. "model=dense,moe seed=1,2,3"',
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    with user_errors():
+        written = build_report(args)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
