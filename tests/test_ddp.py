@@ -36,7 +36,7 @@ def outputs_listing() -> set[str]:
 
 def assert_written_once(job_dir: Path) -> None:
     names = sorted(p.name for p in job_dir.iterdir())
-    assert names == [".hydra", "checkpoints", "summary.json", "tb", "train.log"], names
+    assert names == [".hydra", "checkpoints", "plots", "summary.json", "tb", "train.log"], names
     assert len(list((job_dir / "tb").glob("events.out.tfevents.*"))) == 1
     assert sorted(p.name for p in (job_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
