@@ -12,6 +12,7 @@ writes benchmarks/results/training.json. MFU is reported on CUDA (peak from the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from dataclasses import replace
@@ -66,11 +67,9 @@ def bare_loop(config, batch_size, steps, warmup, device) -> list[float]:
     for step in range(steps):
         start = time.perf_counter()
         x, y = (t.to(device, non_blocking=True) for t in next(stream))
-        if amp:
-            with amp:
-                _, loss = module.model(x, y)
-        else:
+        with amp or contextlib.nullcontext():
             _, loss = module.model(x, y)
+            loss = loss + module.model.aux_loss()  # MoE balancing losses, as the module adds
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
