@@ -29,7 +29,13 @@ register_resolvers()
 hydra_ddp.install()
 
 
+# The first job of a process counts its wall time from launch; later jobs of a multirun,
+# which share the process, from their own start.
+_job_starts = [LAUNCHED]
+
+
 def train(cfg: DictConfig) -> float:
+    started = _job_starts.pop() if _job_starts else time.time()
     L.seed_everything(cfg.seed, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -63,7 +69,7 @@ def train(cfg: DictConfig) -> float:
         * trainer.world_size
         * datamodule.batch_size
         * datamodule.block_size,
-        "wall_seconds": round(time.time() - LAUNCHED, 2),
+        "wall_seconds": round(time.time() - started, 2),
         "train_tokens_per_second": round(throughput.tokens / max(throughput.train_seconds, 1e-9)),
         "parameters": module.model.num_parameters(),
     }

@@ -28,7 +28,10 @@ from tinygpt.plots import plot_run
 class TokenThroughput(Callback):
     """Logs training tokens per second, the time spent in validation left out.
 
-    ``tokens`` and ``train_seconds`` accumulate over the whole fit for the run summary.
+    Each step is timed from the previous step's end to its own, so fetching the batch counts.
+    The one interval that holds a validation (with its checkpoint and pictures, whose callbacks
+    may run after this one) is left out whole, step and tokens both. ``tokens`` and
+    ``train_seconds`` accumulate over the whole fit for the run summary.
     """
 
     def __init__(self, log_every_n_steps: int = 50) -> None:
@@ -38,13 +41,20 @@ class TokenThroughput(Callback):
         self._window_tokens = 0
         self._window_seconds = 0.0
         self._last = 0.0
+        self._validated = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last = time.perf_counter()
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = True
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         elapsed, self._last = now - self._last, now
+        if self._validated:
+            self._validated = False
+            return
         tokens = batch[0].numel() * trainer.world_size
         self.tokens += tokens
         self.train_seconds += elapsed
@@ -54,9 +64,6 @@ class TokenThroughput(Callback):
             rate = self._window_tokens / self._window_seconds
             pl_module.log("train/tokens_per_second", rate, prog_bar=True)
             self._window_tokens, self._window_seconds = 0, 0.0
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last = time.perf_counter()  # the next step's time starts after validation
 
 
 class LastCheckpoint(Callback):
