@@ -1,7 +1,10 @@
 """A Hydra callback that gathers every job's samples of a multirun into one summary.
 
 Each ``generate.py`` job writes ``samples.json`` into its own directory; at the end of the
-sweep this writes ``summary.json`` (all jobs) and ``summary.md`` (a table) into the sweep dir.
+sweep this writes ``summary.json`` (all jobs) and ``summary.md`` (a table) into the sweep dir,
+with each job's diversity measured on the generated continuations (prompt left out), so a sweep
+over temperatures reads as numbers: distinct-1/2 over words (pooled over the job's samples) and
+the mean share of repeated word 4-grams within a sample.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from tinygpt.text_metrics import distinct_n, repeated_ngram_share
+
 SAMPLES_FILE = "samples.json"
 PREVIEW_CHARS = 60
 
@@ -23,17 +28,36 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     for path in sweep_dir.glob(f"*/{SAMPLES_FILE}"):
         record = json.loads(path.read_text())
         record["job_dir"] = path.parent.name
+        record["diversity"] = diversity(record)
         jobs.append(record)
     return sorted(jobs, key=lambda job: (len(job["job_dir"]), job["job_dir"]))
 
 
+def diversity(record: dict[str, Any]) -> dict[str, float]:
+    prompt = record["config"].get("prompt", "")
+    continuations = [sample[len(prompt) :] for sample in record["samples"]]
+    repeated = [repeated_ngram_share(text, 4) for text in continuations]
+    return {
+        "distinct_1": round(distinct_n(continuations, 1), 4),
+        "distinct_2": round(distinct_n(continuations, 2), 4),
+        "repeated_4gram_share": round(sum(repeated) / max(len(repeated), 1), 4),
+    }
+
+
 def markdown(jobs: list[dict[str, Any]]) -> str:
-    lines = ["| job | overrides | tokens/s | first sample |", "|---|---|---|---|"]
+    lines = [
+        "| job | overrides | tokens/s | distinct-1 | distinct-2 | repeated 4-grams | sample |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for job in jobs:
         preview = job["samples"][0][:PREVIEW_CHARS] if job["samples"] else ""
         preview = preview.replace("\n", "\\n").replace("|", "\\|")
         overrides = " ".join(job["overrides"]) or "(none)"
-        lines.append(f"| {job['job_dir']} | {overrides} | {job['tokens_per_s']} | {preview} |")
+        d = job["diversity"]
+        lines.append(
+            f"| {job['job_dir']} | {overrides} | {job['tokens_per_s']} | {d['distinct_1']} | "
+            f"{d['distinct_2']} | {d['repeated_4gram_share']} | {preview} |"
+        )
     return "\n".join(lines) + "\n"
 
 
