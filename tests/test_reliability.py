@@ -25,6 +25,7 @@ RUN = [
     "model.block_size=16",
     "model.dropout=0.1",  # resume must also replay the dropout noise
     "data.batch_size=8",
+    "callbacks.attention_heatmap=null",  # off unless a test asks for it
 ]
 
 

@@ -17,6 +17,7 @@ TINY_RUN = [
     "trainer.log_every_n_steps=5",
     "model.block_size=16",
     "data.batch_size=8",
+    "callbacks.attention_heatmap=null",  # off unless a test asks for it
 ]
 SUMMARY_KEYS = {
     "best_val_loss",
