@@ -47,3 +47,13 @@ def shakespeare_cache(tmp_path_factory) -> Path:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+class CreatesFile:
+    """A pickle payload that would create a file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))

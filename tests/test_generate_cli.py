@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CreatesFile
 
 from tinygpt.checkpoint import checkpoint_entry
 from tinygpt.model import TinyGPT, TinyGPTConfig
@@ -168,16 +169,6 @@ def test_bad_input_is_one_error_line_without_traceback(ckpt, tmp_path, overrides
     assert message in errors[0]
     assert not marker.exists()  # the crafted pickle ran nothing
     assert not (tmp_path / "run" / "samples.json").exists()  # nothing half-written
-
-
-class CreatesFile:
-    """A pickle payload that would create a file when unpickled."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def test_sweep_summary_measures_diversity_of_the_continuations():

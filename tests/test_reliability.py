@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TEXT, CreatesFile
 
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.checkpoint_io import SafeCheckpointIO
@@ -59,8 +60,6 @@ def reference_run(tmp_path_factory) -> tuple[Path, Path]:
     """An uninterrupted run: its directory and the text it trained on."""
     root = tmp_path_factory.mktemp("reference")
     text = root / "text.txt"
-    from conftest import TINY_TEXT
-
     text.write_text(TINY_TEXT)
     result = run(f"data.path={text}", f"hydra.run.dir={root / 'run'}")
     assert result.returncode == 0, result.stderr
@@ -129,16 +128,6 @@ def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path):
         io.save_checkpoint({"step": 2, "unpicklable": lambda: None}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
-
-
-class CreatesFile:
-    """A pickle payload that would create a file when unpickled."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def test_crafted_checkpoint_is_refused_and_runs_nothing(tiny_text_file, tmp_path):
