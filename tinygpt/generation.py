@@ -33,12 +33,13 @@ Policies:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from tinygpt.decode_step import DecodeStep
 from tinygpt.decoding import (
     MAX_NEW_TOKENS_LIMIT,
     SamplingParams,
@@ -120,8 +121,23 @@ def intra_op_threads(num_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _last_logits(model: TinyGPT, idx: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
+def _last_logits(
+    model: TinyGPT, idx: torch.Tensor, input_pos: torch.Tensor | None = None
+) -> torch.Tensor:
     return model(idx, input_pos=input_pos)[0][:, -1]
+
+
+StepFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _compiled_step(model: TinyGPT, block_size: int, device: torch.device) -> StepFn:
+    """The module's cached one-token forward through ``torch.compile``: fixed shapes."""
+    # Dynamo caches the compiled step by code and guards, so a fresh wrapper per call
+    # reuses it rather than recompiling.
+    compiled = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False)
+    # One position tensor per cache slot, made once, so a step does not slice or allocate.
+    positions = list(torch.arange(block_size, device=device).split(1))
+    return lambda tokens, pos: _last_logits(compiled, tokens, positions[pos])
 
 
 @torch.inference_mode()
@@ -139,9 +155,9 @@ def _decode(
 
     Nothing here reads a tensor's value on the host, so steps are not synchronised. The model
     runs in eval mode and its KV cache is set up here and cleared at the end (also when a
-    stream is abandoned), so one model serves one generation at a time. With ``compile``, the
-    one-token step (fixed shapes) runs through ``torch.compile``; prefills stay eager, since
-    their lengths vary.
+    stream is abandoned), so one model serves one generation at a time. Cached prefills and
+    steps run :class:`tinygpt.decode_step.DecodeStep`; with ``compile``, the one-token step
+    instead runs the module's forward (fixed shapes) through ``torch.compile``.
     """
     block = model.config.block_size
     total = seq.size(1)
@@ -149,19 +165,19 @@ def _decode(
         return
     penalise = params.repetition_penalty != 1.0
     was_training = model.training
-    model.eval()
+    if was_training:  # train()/eval() walk every module: skip them when there is nothing to do
+        model.eval()
     if use_cache:
         model.setup_kv_cache(seq.size(0))
-        # One position tensor per cache slot, made once, so a step does not slice or allocate.
-        positions = list(torch.arange(block, device=seq.device).split(1))
-        # Dynamo caches the compiled step by code and guards, so a fresh wrapper per call
-        # reuses it rather than recompiling.
-        step = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False) if compile else model
+        cached = DecodeStep(model)
+        one_token = _compiled_step(model, block, seq.device) if compile else cached
     try:
         start = max(0, prompt_len - block)
         filled = prompt_len - start
-        input_pos = torch.arange(filled, device=seq.device) if use_cache else None
-        logits = _last_logits(model, seq[:, start:prompt_len], input_pos)
+        if use_cache:
+            logits = cached(seq[:, start:prompt_len], 0)
+        else:
+            logits = _last_logits(model, seq[:, start:prompt_len])
         for n in range(prompt_len, total):
             guard.add(logits)
             history = seq[:, :n] if penalise else None
@@ -171,19 +187,18 @@ def _decode(
             if n + 1 == total:
                 break
             if not use_cache:
-                logits = _last_logits(model, seq[:, max(0, n + 1 - block) : n + 1], None)
+                logits = _last_logits(model, seq[:, max(0, n + 1 - block) : n + 1])
             elif filled < block:
-                logits = _last_logits(step, token.view(-1, 1), positions[filled])
+                logits = one_token(seq[:, n : n + 1], filled)
                 filled += 1
             else:  # cache full: refill it with the most recent tokens (see module docstring)
                 filled = refill_length(block)
-                logits = _last_logits(
-                    model, seq[:, n + 1 - filled : n + 1], torch.arange(filled, device=seq.device)
-                )
+                logits = cached(seq[:, n + 1 - filled : n + 1], 0)
     finally:
         if use_cache:
             model.clear_kv_cache()
-        model.train(was_training)
+        if was_training:
+            model.train()
 
 
 def _start(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:

@@ -1,0 +1,49 @@
+"""The plain-tensor cached forward computes what the module's forward computes."""
+
+import pytest
+import torch
+
+from tinygpt.decode_step import DecodeStep
+from tinygpt.model import TinyGPT, TinyGPTConfig
+
+SHAPES = {
+    "dense": dict(),
+    "no bias": dict(bias=False),
+    "moe top-1": dict(ffn="moe"),
+    "moe top-2, first layer only": dict(ffn="moe", experts_per_token=2, moe_layers=[0]),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@torch.no_grad()
+def test_a_prefill_and_steps_match_the_full_forward(shape):
+    torch.manual_seed(0)
+    config = TinyGPTConfig(vocab_size=20, block_size=10, n_layer=2, n_head=2, n_embd=16, **shape)
+    model = TinyGPT(config).eval()
+    for param in model.parameters():
+        param.mul_(3)  # spread the logits, so a wrong step cannot hide in rounding
+    seq = torch.randint(0, 20, (3, 10), generator=torch.Generator().manual_seed(1))
+    prompt = 4
+    model.setup_kv_cache(batch_size=3)
+    try:
+        step = DecodeStep(model)
+        outputs = [step(seq[:, :prompt], 0)]  # prefill of positions 0..3
+        outputs += [step(seq[:, pos : pos + 1], pos) for pos in range(prompt, 10)]
+    finally:
+        model.clear_kv_cache()
+    for pos, logits in enumerate(outputs, start=prompt - 1):
+        assert logits.shape == (3, 20)
+        full = model(seq[:, : pos + 1])[0][:, -1]
+        torch.testing.assert_close(logits, full, atol=1e-5, rtol=0)
+
+
+def test_a_prefill_elsewhere_than_position_0_is_refused():
+    model = TinyGPT(TinyGPTConfig(vocab_size=5, block_size=4, n_embd=8, n_head=2))
+    model.setup_kv_cache(batch_size=1)
+    with pytest.raises(ValueError, match="must start at position 0, not 1"):
+        DecodeStep(model)(torch.zeros(1, 2, dtype=torch.long), 1)
+
+
+def test_building_a_step_without_a_cache_is_refused():
+    with pytest.raises(RuntimeError, match="KV cache"):
+        DecodeStep(TinyGPT(TinyGPTConfig(vocab_size=5, block_size=4, n_embd=8, n_head=2)))
