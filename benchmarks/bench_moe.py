@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from tinygpt.model import MLP, TinyGPT, TinyGPTConfig
+from tinygpt.module import fused_adamw
 from tinygpt.moe import MoEFeedForward
 
 SEED_SIZE = dict(n_layer=2, n_head=4, n_embd=64, block_size=32)
@@ -82,12 +83,12 @@ def time_side_by_side(
 
 
 def train_step_fn(
-    config: TinyGPTConfig, batch: int, device: torch.device, fused_adamw: bool
+    config: TinyGPTConfig, batch: int, device: torch.device, fused: bool
 ) -> tuple[Callable[[], None], int, list[float]]:
     """A closure doing one training step on a fixed random batch, the parameter count, and the
     list it appends each AdamW step's seconds to (MoE updates ~3x the dense parameters)."""
     model = TinyGPT(config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=fused_adamw or None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=fused)
     optimizer_times: list[float] = []
     idx = torch.randint(0, config.vocab_size, (batch, config.block_size), device=device)
     targets = torch.randint(0, config.vocab_size, (batch, config.block_size), device=device)
@@ -110,7 +111,7 @@ def bench_train_steps(
     label: str, size: dict, batch: int, device: torch.device, args: argparse.Namespace
 ) -> dict:
     torch.manual_seed(0)
-    fused = args.fused_adamw
+    fused = not args.foreach_adamw and fused_adamw(device)  # as TinyGPTModule chooses
     dense, dense_params, dense_opt = train_step_fn(TinyGPTConfig(**size), batch, device, fused)
     moe, moe_params, moe_opt = train_step_fn(TinyGPTConfig(**size, ffn="moe"), batch, device, fused)
     small = label == "seed size"
@@ -218,7 +219,9 @@ def main() -> None:
     parser.add_argument("--layer-steps", type=int, default=3)
     parser.add_argument("--baby-batch", type=int, default=None, help="default 4 on CPU, 64 on GPU")
     parser.add_argument("--baby-repeats", type=int, default=5)
-    parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True)")
+    parser.add_argument(
+        "--foreach-adamw", action="store_true", help="PyTorch's default foreach AdamW, not fused"
+    )
     parser.add_argument("--out", default="benchmarks/results/moe.json")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -233,7 +236,7 @@ def main() -> None:
     report = {
         "device": device_name(device),
         "torch": torch.__version__,
-        "adamw": "fused" if args.fused_adamw else "foreach (PyTorch default)",
+        "adamw": "foreach" if args.foreach_adamw or not fused_adamw(device) else "fused",
         "results": results,
     }
 

