@@ -66,6 +66,15 @@ def test_standard_names_are_overridable(tmp_path):
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (3, 48, 6)
 
 
+def test_cpu_fast_overrides_the_run_defaults_too(tmp_path):
+    # train.yaml's own keys (optim) must not win over an experiment's.
+    cfg = compose_train(["experiment=cpu_fast"], tmp_path)
+    assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps) == (5e-3, 3e-4, 50)
+    assert (cfg.model.block_size, cfg.data.block_size) == (64, 64)
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (900, 300)
+    assert cfg.callbacks.attention_heatmap is None
+
+
 def test_nanogpt_baby_is_nanogpts_recipe(tmp_path):
     cfg = compose_train(["experiment=nanogpt_baby"], tmp_path)
     m, o, t = cfg.model, cfg.optim, cfg.trainer

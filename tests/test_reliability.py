@@ -199,6 +199,7 @@ def test_resume_last_without_a_checkpoint_is_refused(tiny_text_file, tmp_path):
     [
         ("no_such_key=1", "Could not override 'no_such_key'"),
         ("model=no_such_model", "Could not find 'model/no_such_model'"),
+        ("experiment=no_such_recipe", "Could not find 'experiment/no_such_recipe'"),
     ],
 )
 def test_config_mistakes_are_one_line(override, message):
