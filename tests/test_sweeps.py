@@ -1,12 +1,17 @@
 """Sweeps through Hydra's plugins: parallel local jobs, SLURM job arrays, Optuna searches."""
 
+import os
 import sys
 
 import cloudpickle
 from hydra.core.singleton import Singleton
+from lightning.pytorch.strategies.launchers import subprocess_script
 from omegaconf import OmegaConf
 from omegaconf.basecontainer import BaseContainer
+from test_configs import compose_train
+from test_train import ROOT
 
+from tinygpt import hydra_ddp
 from tinygpt.config import register_resolvers
 
 
@@ -47,3 +52,15 @@ def test_job_names_come_from_the_launching_command_line(monkeypatch):
         }
     )
     assert trial.name == "optim.lr=0.001,model.n_embd=64"
+
+
+def test_ddp_ranks_rerun_the_entry_script_from_a_worker_process(monkeypatch, tmp_path):
+    # In a joblib or submitit worker, sys.argv[0] and __main__ are the worker's own program.
+    monkeypatch.setattr(subprocess_script, "_hydra_subprocess_cmd", None)  # restored afterwards
+    monkeypatch.setattr(sys, "argv", ["/x/loky/backend/popen_loky_posix.py", "--pipe", "7"])
+    compose_train(["trainer=ddp", "seed=5"], tmp_path)
+    hydra_ddp.install(str(ROOT / "train.py"))
+    command, cwd = subprocess_script._hydra_subprocess_cmd(1)
+    assert command[:4] == [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "seed=5"]
+    assert f"hydra.run.dir='{tmp_path}'" in command
+    assert cwd == os.getcwd()
