@@ -1,18 +1,36 @@
 """Sweeps through Hydra's plugins: parallel local jobs, SLURM job arrays, Optuna searches."""
 
+import json
 import os
+import stat
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import cloudpickle
+import pytest
 from hydra.core.singleton import Singleton
 from lightning.pytorch.strategies.launchers import subprocess_script
 from omegaconf import OmegaConf
 from omegaconf.basecontainer import BaseContainer
 from test_configs import compose_train
-from test_train import ROOT
+from test_train import ROOT, TINY_RUN, run_train
 
 from tinygpt import hydra_ddp
 from tinygpt.config import register_resolvers
+
+# Ten steps, one evaluation, no pictures: these tests are about the jobs, not the training.
+TINY_SWEEP = [
+    "-m",
+    *TINY_RUN,
+    "trainer.max_steps=10",
+    "callbacks.metric_plots=null",
+]
+
+
+def summaries(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))}
 
 
 def test_job_names_come_from_the_launching_command_line(monkeypatch):
@@ -64,3 +82,89 @@ def test_ddp_ranks_rerun_the_entry_script_from_a_worker_process(monkeypatch, tmp
     assert command[:4] == [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "seed=5"]
     assert f"hydra.run.dir='{tmp_path}'" in command
     assert cwd == os.getcwd()
+
+
+def test_parallel_launcher_runs_jobs_in_worker_processes(python, tiny_text_file, tmp_path):
+    sweep = tmp_path / "sweep"
+    launched = time.time()
+    result = run_train(
+        python,
+        *TINY_SWEEP,
+        "hydra/launcher=parallel",  # joblib, two jobs at once
+        "seed=1,2",
+        f"data.path={tiny_text_file}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = summaries(sweep)
+    assert list(jobs) == ["0_seed=1", "1_seed=2"]  # named after the swept values in the workers
+    for name, summary in jobs.items():
+        assert summary["steps"] == 10
+        checkpoints = sorted(p.name for p in (sweep / name / "checkpoints").iterdir())
+        assert checkpoints == ["best.ckpt", "last.ckpt"]
+        # A worker's job counts from its own start, not from the launching process's start.
+        finished = (sweep / name / "summary.json").stat().st_mtime
+        assert summary["wall_seconds"] < finished - launched - 1.0
+    assert jobs["0_seed=1"]["best_val_loss"] != jobs["1_seed=2"]["best_val_loss"]
+    # Event files are named ...tfevents.<time>.<host>.<pid>.<n>: two worker processes.
+    pids = {
+        next((sweep / name / "tb").glob("events.out.tfevents.*")).name.split(".")[-2]
+        for name in jobs
+    }
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path) -> Path:
+    """``srun`` and an ``sbatch`` that keeps the script it is given and refuses it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        "srun": "#!/bin/sh\nexit 1\n",
+        "sbatch": f'#!/bin/sh\ncp "$1" "{tmp_path}/sbatch.sh"\necho no cluster here >&2\nexit 1\n',
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    return bin_dir
+
+
+def test_slurm_launcher_submits_one_task_and_gpu_per_ddp_rank(fake_slurm, tiny_text_file, tmp_path):
+    env = {**os.environ, "PATH": f"{fake_slurm}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu",
+            "trainer=ddp",
+            "trainer.devices=4",
+            "seed=range(20)",  # 20 jobs: more than array_parallelism runs at once
+            f"data.path={tiny_text_file}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "no cluster here" in result.stderr  # sbatch refused it
+    directives = [
+        line.removeprefix("#SBATCH ")
+        for line in (tmp_path / "sbatch.sh").read_text().splitlines()
+        if line.startswith("#SBATCH ")
+    ]
+    assert {
+        "--partition=gpu",
+        "--time=240",
+        "--nodes=1",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--cpus-per-task=8",
+        "--mem=32GB",
+        "--array=0-19%16",
+        "--job-name=train",
+    } <= set(directives), directives
+    assert not any(d.startswith("--account") for d in directives)  # null: left to the cluster
