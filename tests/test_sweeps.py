@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+import yaml
 from hydra.core.singleton import Singleton
 from lightning.pytorch.strategies.launchers import subprocess_script
 from omegaconf import OmegaConf
@@ -114,6 +115,44 @@ def test_parallel_launcher_runs_jobs_in_worker_processes(python, tiny_text_file,
     assert len(pids) == 2 and str(os.getpid()) not in pids
 
 
+def test_optuna_search_minimises_the_best_val_loss(python, tiny_text_file, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        python,
+        *TINY_SWEEP,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        f"data.path={tiny_text_file}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "setup plugin" not in result.stdout  # alembic's start-up chatter is silenced
+    jobs = summaries(sweep)
+    assert len(jobs) == 2
+    trials = {}
+    for name in jobs:
+        # Named after the search space's values only: not hparams_search, data.path, ...
+        assert name.startswith(("0_optim.lr=", "1_optim.lr=")), name
+        assert "hparams_search" not in name and "data.path" not in name
+        config = yaml.safe_load((sweep / name / ".hydra" / "config.yaml").read_text())
+        params = {
+            "optim.lr": config["optim"]["lr"],
+            "model.n_embd": config["model"]["n_embd"],
+            "model.dropout": config["model"]["dropout"],
+        }
+        assert 3e-4 <= params["optim.lr"] <= 1e-2
+        assert params["model.n_embd"] in (32, 64, 128)
+        assert 0.0 <= params["model.dropout"] <= 0.2
+        assert config["trainer"]["max_steps"] == 10  # the command line's fixed values hold
+        trials[name] = params
+    assert len({json.dumps(p, sort_keys=True) for p in trials.values()}) == 2  # two trials
+
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = min(jobs, key=lambda name: jobs[name]["best_val_loss"])
+    assert results["best_value"] == jobs[best]["best_val_loss"]
+    assert results["best_params"] == trials[best]
+
+
 @pytest.fixture
 def fake_slurm(tmp_path: Path) -> Path:
     """``srun`` and an ``sbatch`` that keeps the script it is given and refuses it."""
@@ -168,3 +207,15 @@ def test_slurm_launcher_submits_one_task_and_gpu_per_ddp_rank(fake_slurm, tiny_t
         "--job-name=train",
     } <= set(directives), directives
     assert not any(d.startswith("--account") for d in directives)  # null: left to the cluster
+
+
+def test_unknown_search_is_one_line(python, tmp_path):
+    result = run_train(python, "-m", "hparams_search=grid", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].endswith(
+        "Could not find 'hparams_search/grid' Available options in 'hparams_search': optuna"
+    )
+    assert not (tmp_path / "s").exists()
