@@ -9,6 +9,7 @@ import time
 LAUNCHED = time.time()  # before the heavy imports: wall time counts from launch
 
 import json  # noqa: E402
+import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
@@ -26,16 +27,23 @@ from tinygpt.errors import CheckpointError  # noqa: E402
 from tinygpt.module import TinyGPTModule  # noqa: E402
 
 register_resolvers()
-hydra_ddp.install()
 
 
-# The first job of a process counts its wall time from launch; later jobs of a multirun,
-# which share the process, from their own start.
-_job_starts = [LAUNCHED]
+# The first job of the launching process counts its wall time from launch; later jobs of a
+# multirun, which share the process, from their own start. So do jobs in a launcher's worker
+# processes (joblib, submitit): these globals reach them pickled, and the pid tells them apart.
+_unclaimed_launch = [(os.getpid(), LAUNCHED)]
+
+
+def job_start_time() -> float:
+    if _unclaimed_launch and _unclaimed_launch[0][0] == os.getpid():
+        return _unclaimed_launch.pop()[1]
+    return time.time()
 
 
 def train(cfg: DictConfig) -> float:
-    started = _job_starts.pop() if _job_starts else time.time()
+    started = job_start_time()
+    hydra_ddp.install(__file__)
     L.seed_everything(cfg.seed, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     run_dir = Path(HydraConfig.get().runtime.output_dir)

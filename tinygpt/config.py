@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable, Mapping
+from functools import partial
 
 import torch
 from omegaconf import OmegaConf
@@ -43,14 +45,21 @@ def swept_keys(argv: list[str]) -> set[str]:
     return keys
 
 
-def sweep_job_name(task_overrides: list[str]) -> str:
+def sweep_job_name(
+    task_overrides: list[str],
+    sweeper_params: Mapping[str, object] | None = None,
+    *,
+    command_line_sweeps: Iterable[str] = (),
+) -> str:
     """A job directory name from the values this job takes for the swept keys.
 
     ``python train.py -m model=dense,moe seed=1,2 trainer.max_steps=500`` names its jobs
-    ``model=dense,seed=1`` and so on, leaving out what all jobs share. When the sweep is not on
-    the command line (a sweeper plugin's search space), all of the job's overrides are used.
+    ``model=dense,seed=1`` and so on, leaving out what all jobs share. The swept keys are those
+    swept on the command line (``command_line_sweeps``) and in the sweeper's config
+    (``hydra.sweeper.params``: an Optuna search space). With none, all of the job's overrides.
     """
-    swept = swept_keys(sys.argv[1:])
+    swept = set(command_line_sweeps)
+    swept |= swept_keys([f"{key}={value}" for key, value in (sweeper_params or {}).items()])
     chosen = [o for o in task_overrides if o.partition("=")[0].lstrip("+~") in swept]
     return safe_name(",".join(chosen or task_overrides))
 
@@ -58,4 +67,8 @@ def sweep_job_name(task_overrides: list[str]) -> str:
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
-    OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name, replace=True)
+    # The command line is read here, in the process that parses it: launcher plugins (joblib,
+    # submitit, SLURM) resolve a job's directory in a worker process whose sys.argv is not the
+    # sweep's. Hydra hands its registered resolvers, with this argument, to those workers.
+    job_name = partial(sweep_job_name, command_line_sweeps=frozenset(swept_keys(sys.argv[1:])))
+    OmegaConf.register_new_resolver("sweep_job_name", job_name, replace=True)

@@ -13,20 +13,21 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_original_cwd, to_absolute_path
+from hydra.utils import get_original_cwd
 
 # Lightning's launcher sets these in the launching process for its children; while LOCAL_RANK
 # is set, Lightning believes someone else starts the ranks and would wait for ranks that never come.
 LAUNCHER_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def rank_command(local_rank: int) -> tuple[Sequence[str], str]:
+def rank_command(local_rank: int, script: str) -> tuple[Sequence[str], str]:
     """The command and working directory that start DDP rank ``local_rank`` of this job."""
     hydra_config = HydraConfig.get()
-    command = [sys.executable, to_absolute_path(sys.argv[0]), *hydra_config.overrides.task]
+    command = [sys.executable, script, *hydra_config.overrides.task]
     # Quoted: a sweep job's directory name holds '=' and ',' from its overrides.
     output_dir = hydra_config.runtime.output_dir.replace("\\", "\\\\").replace("'", "\\'")
     command += [
@@ -38,11 +39,16 @@ def rank_command(local_rank: int) -> tuple[Sequence[str], str]:
     return command, get_original_cwd()
 
 
-def install() -> None:
-    """Make Lightning's DDP launcher start ranks with :func:`rank_command`."""
+def install(script: str) -> None:
+    """Make Lightning's DDP launcher start this job's ranks by re-running ``script``.
+
+    Each job calls this, in the process that runs it: a launcher plugin's worker (joblib,
+    submitit) runs jobs without importing the entry script, and its sys.argv[0] and __main__ are
+    the worker's own program, which Lightning would otherwise re-run.
+    """
     from lightning.pytorch.strategies.launchers import subprocess_script
 
-    subprocess_script._hydra_subprocess_cmd = rank_command
+    subprocess_script._hydra_subprocess_cmd = partial(rank_command, script=os.path.abspath(script))
 
 
 @contextmanager

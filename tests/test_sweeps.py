@@ -1,0 +1,221 @@
+"""Sweeps through Hydra's plugins: parallel local jobs, SLURM job arrays, Optuna searches."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import yaml
+from hydra.core.singleton import Singleton
+from lightning.pytorch.strategies.launchers import subprocess_script
+from omegaconf import OmegaConf
+from omegaconf.basecontainer import BaseContainer
+from test_configs import compose_train
+from test_train import ROOT, TINY_RUN, run_train
+
+from tinygpt import hydra_ddp
+from tinygpt.config import register_resolvers
+
+# Ten steps, one evaluation, no pictures: these tests are about the jobs, not the training.
+TINY_SWEEP = [
+    "-m",
+    *TINY_RUN,
+    "trainer.max_steps=10",
+    "callbacks.metric_plots=null",
+]
+
+
+def summaries(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))}
+
+
+def test_job_names_come_from_the_launching_command_line(monkeypatch):
+    # The launching process registers the resolvers; a launcher's worker gets them pickled with
+    # Hydra's singleton state and resolves the job directory under a sys.argv of its own.
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "seed=1,2", "trainer.max_steps=5"])
+    register_resolvers()
+    shipped = cloudpickle.loads(cloudpickle.dumps(Singleton.get_state()["omegaconf_resolvers"]))
+    monkeypatch.setattr(sys, "argv", ["/x/submitit/core/_submit.py", "/sweep/.submitit/42"])
+    monkeypatch.setattr(BaseContainer, "_resolvers", shipped)
+    job = OmegaConf.create(
+        {
+            "overrides": ["seed=2", "trainer.max_steps=5", "hparams_search=optuna"],
+            "name": "${sweep_job_name:${overrides}}",
+        }
+    )
+    assert job.name == "seed=2"
+
+    # An Optuna search sweeps the keys of its search space, not the command line's.
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "hparams_search=optuna", "seed=3"])
+    register_resolvers()
+    trial = OmegaConf.create(
+        {
+            "params": {
+                "optim.lr": "tag(log, interval(3e-4, 1e-2))",
+                "model.n_embd": "choice(32, 64)",
+                "trainer.max_steps": "5",  # a fixed value, not a search dimension
+            },
+            "overrides": [
+                "optim.lr=0.001",
+                "model.n_embd=64",
+                "trainer.max_steps=5",
+                "hparams_search=optuna",
+                "seed=3",
+            ],
+            "name": "${sweep_job_name:${overrides},${params}}",
+        }
+    )
+    assert trial.name == "optim.lr=0.001,model.n_embd=64"
+
+
+def test_ddp_ranks_rerun_the_entry_script_from_a_worker_process(monkeypatch, tmp_path):
+    # In a joblib or submitit worker, sys.argv[0] and __main__ are the worker's own program.
+    monkeypatch.setattr(subprocess_script, "_hydra_subprocess_cmd", None)  # restored afterwards
+    monkeypatch.setattr(sys, "argv", ["/x/loky/backend/popen_loky_posix.py", "--pipe", "7"])
+    compose_train(["trainer=ddp", "seed=5"], tmp_path)
+    hydra_ddp.install(str(ROOT / "train.py"))
+    command, cwd = subprocess_script._hydra_subprocess_cmd(1)
+    assert command[:4] == [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "seed=5"]
+    assert f"hydra.run.dir='{tmp_path}'" in command
+    assert cwd == os.getcwd()
+
+
+def test_parallel_launcher_runs_jobs_in_worker_processes(python, tiny_text_file, tmp_path):
+    sweep = tmp_path / "sweep"
+    launched = time.time()
+    result = run_train(
+        python,
+        *TINY_SWEEP,
+        "hydra/launcher=parallel",  # joblib, two jobs at once
+        "seed=1,2",
+        f"data.path={tiny_text_file}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = summaries(sweep)
+    assert list(jobs) == ["0_seed=1", "1_seed=2"]  # named after the swept values in the workers
+    for name, summary in jobs.items():
+        assert summary["steps"] == 10
+        checkpoints = sorted(p.name for p in (sweep / name / "checkpoints").iterdir())
+        assert checkpoints == ["best.ckpt", "last.ckpt"]
+        # A worker's job counts from its own start, not from the launching process's start.
+        finished = (sweep / name / "summary.json").stat().st_mtime
+        assert summary["wall_seconds"] < finished - launched - 1.0
+    assert jobs["0_seed=1"]["best_val_loss"] != jobs["1_seed=2"]["best_val_loss"]
+    # Event files are named ...tfevents.<time>.<host>.<pid>.<n>: two worker processes.
+    pids = {
+        next((sweep / name / "tb").glob("events.out.tfevents.*")).name.split(".")[-2]
+        for name in jobs
+    }
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+
+
+def test_optuna_search_minimises_the_best_val_loss(python, tiny_text_file, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        python,
+        *TINY_SWEEP,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        f"data.path={tiny_text_file}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "setup plugin" not in result.stdout  # alembic's start-up chatter is silenced
+    jobs = summaries(sweep)
+    assert len(jobs) == 2
+    trials = {}
+    for name in jobs:
+        # Named after the search space's values only: not hparams_search, data.path, ...
+        assert name.startswith(("0_optim.lr=", "1_optim.lr=")), name
+        assert "hparams_search" not in name and "data.path" not in name
+        config = yaml.safe_load((sweep / name / ".hydra" / "config.yaml").read_text())
+        params = {
+            "optim.lr": config["optim"]["lr"],
+            "model.n_embd": config["model"]["n_embd"],
+            "model.dropout": config["model"]["dropout"],
+        }
+        assert 3e-4 <= params["optim.lr"] <= 1e-2
+        assert params["model.n_embd"] in (32, 64, 128)
+        assert 0.0 <= params["model.dropout"] <= 0.2
+        assert config["trainer"]["max_steps"] == 10  # the command line's fixed values hold
+        trials[name] = params
+    assert len({json.dumps(p, sort_keys=True) for p in trials.values()}) == 2  # two trials
+
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = min(jobs, key=lambda name: jobs[name]["best_val_loss"])
+    assert results["best_value"] == jobs[best]["best_val_loss"]
+    assert results["best_params"] == trials[best]
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path) -> Path:
+    """``srun`` and an ``sbatch`` that keeps the script it is given and refuses it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        "srun": "#!/bin/sh\nexit 1\n",
+        "sbatch": f'#!/bin/sh\ncp "$1" "{tmp_path}/sbatch.sh"\necho no cluster here >&2\nexit 1\n',
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    return bin_dir
+
+
+def test_slurm_launcher_submits_one_task_and_gpu_per_ddp_rank(fake_slurm, tiny_text_file, tmp_path):
+    env = {**os.environ, "PATH": f"{fake_slurm}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu",
+            "trainer=ddp",
+            "trainer.devices=4",
+            "seed=range(20)",  # 20 jobs: more than array_parallelism runs at once
+            f"data.path={tiny_text_file}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "no cluster here" in result.stderr  # sbatch refused it
+    directives = [
+        line.removeprefix("#SBATCH ")
+        for line in (tmp_path / "sbatch.sh").read_text().splitlines()
+        if line.startswith("#SBATCH ")
+    ]
+    assert {
+        "--partition=gpu",
+        "--time=240",
+        "--nodes=1",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--cpus-per-task=8",
+        "--mem=32GB",
+        "--array=0-19%16",
+        "--job-name=train",
+    } <= set(directives), directives
+    assert not any(d.startswith("--account") for d in directives)  # null: left to the cluster
+
+
+def test_unknown_search_is_one_line(python, tmp_path):
+    result = run_train(python, "-m", "hparams_search=grid", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].endswith(
+        "Could not find 'hparams_search/grid' Available options in 'hparams_search': optuna"
+    )
+    assert not (tmp_path / "s").exists()
