@@ -295,6 +295,26 @@ def test_decoding_runs_single_threaded_and_restores_the_thread_count(model, monk
         generate(model, "ab", 3, num_threads=0)
 
 
+def test_a_large_model_decodes_with_torchs_thread_count_unless_told(monkeypatch):
+    seen = []
+    real_decode = generation._decode
+
+    def spy(*args, **kwargs):
+        for n in real_decode(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            yield n
+
+    monkeypatch.setattr(generation, "_decode", spy)
+    torch.manual_seed(0)
+    large = TinyGPT(TinyGPTConfig(vocab_size=30, block_size=8, n_embd=256, n_layer=2))
+    assert generation.weights_per_token(large.config) >= generation.SINGLE_THREAD_MAX_WEIGHTS
+    before = torch.get_num_threads()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    generate_ids(large, prompt, 2)
+    generate_ids(large, prompt, 2, num_threads=1)
+    assert seen == [before] * 2 + [1] * 2
+
+
 def test_generation_restores_training_mode_and_frees_the_cache():
     model = make_model().train()
     generate(model, "ab", 3, seed=0)

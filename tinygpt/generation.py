@@ -26,9 +26,11 @@ Policies:
   ``block_size`` tokens) sees a longer context and may choose differently. Each cached token
   past the window equals the uncached model's choice given the context that
   :func:`cache_context_start` names.
-* Threads: decoding runs with one torch intra-op thread (``num_threads=1``, restored after):
-  a token's ops are too small to gain from a second thread, and waking it each op costs more.
-  Pass ``num_threads=None`` to keep torch's setting.
+* Threads: ``num_threads="auto"`` (the default) decodes a model with fewer than
+  :data:`SINGLE_THREAD_MAX_WEIGHTS` weights per token on one torch intra-op thread (restored
+  after): its ops are too small to gain from a second thread, and waking it each op costs
+  more. Larger models keep torch's setting, since their matrix-vector products are worth
+  splitting. An integer sets the count; ``None`` keeps torch's setting.
 """
 
 from __future__ import annotations
@@ -48,13 +50,16 @@ from tinygpt.decoding import (
     next_token,
 )
 from tinygpt.errors import ConfigError, NonFiniteLogitsError
-from tinygpt.model import TinyGPT
+from tinygpt.model import TinyGPT, TinyGPTConfig
 from tinygpt.tokenizer import CharTokenizer
 
 EMPTY_PROMPT_START = "\n"
 MAX_NUM_SAMPLES = 10_000
 COMPILE_BACKEND = "inductor"  # tests swap in "eager" to check the compiled path quickly
-DECODE_THREADS = 1  # torch intra-op threads while decoding; see intra_op_threads
+DECODE_THREADS = "auto"  # torch intra-op threads while decoding; see decode_threads
+# Batch-1 tokens per second on the 2-core Xeon, one vs two threads: seed size (0.1M
+# weights per token) 3364 vs 3289; nanoGPT's baby size (10.6M) 278 vs 435.
+SINGLE_THREAD_MAX_WEIGHTS = 1_000_000
 
 
 def refill_length(block_size: int) -> int:
@@ -100,12 +105,26 @@ class _FiniteGuard:
             )
 
 
+def weights_per_token(config: TinyGPTConfig) -> int:
+    """The block weights one token's forward multiplies by: 12 x n_layer x n_embd^2.
+
+    (Attention 4 C^2, feed-forward 8 C^2 per block; a mixture of experts runs one expert's.)
+    From the config, so it costs nothing per call, unlike walking the parameters.
+    """
+    return 12 * config.n_layer * config.n_embd**2
+
+
+def decode_threads(model: TinyGPT, num_threads: int | str | None) -> int | None:
+    """The intra-op thread count to decode ``model`` with: ``"auto"`` resolved, else as given."""
+    if num_threads != "auto":
+        return num_threads
+    return 1 if weights_per_token(model.config) < SINGLE_THREAD_MAX_WEIGHTS else None
+
+
 @contextmanager
 def intra_op_threads(num_threads: int | None) -> Iterator[None]:
     """Run the body with ``num_threads`` torch intra-op threads, then restore the count.
 
-    Batch-1 decoding runs dozens of tiny ops per token; waking a second thread for each costs
-    more than the op (tens of microseconds on a small VM), so decoding defaults to one thread.
     ``None`` leaves torch's setting alone. The setting is process-wide while the body runs.
     """
     if num_threads is not None:
@@ -226,7 +245,7 @@ def generate_ids(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     compile: bool | None = None,
-    num_threads: int | None = DECODE_THREADS,
+    num_threads: int | str | None = DECODE_THREADS,
 ) -> torch.Tensor:
     """Prompt ids ``(batch, t)`` followed by ``max_new_tokens`` generated ids per row.
 
@@ -235,13 +254,13 @@ def generate_ids(
     model's KV cache (``use_cache=True``), clearing it afterwards, and eval mode, restoring
     the model's mode afterwards. ``compile`` (default: ``model.config.compile``) runs the
     cached one-token step through ``torch.compile``: slow the first time, faster per token.
-    ``num_threads``: torch intra-op threads while decoding (see :func:`intra_op_threads`).
+    ``num_threads``: torch intra-op threads while decoding (see the module docstring).
     """
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)
     guard = _FiniteGuard(seq.device)
     compile = model.config.compile if compile is None else compile
-    with intra_op_threads(num_threads):
+    with intra_op_threads(decode_threads(model, num_threads)):
         for _ in _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile):
             pass
     guard.check()
@@ -256,7 +275,7 @@ def stream_ids(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     compile: bool | None = None,
-    num_threads: int | None = DECODE_THREADS,
+    num_threads: int | str | None = DECODE_THREADS,
 ) -> Iterator[torch.Tensor]:
     """Like :func:`generate_ids`, but yields each step's new ids ``(batch,)`` as they come.
 
@@ -268,7 +287,7 @@ def stream_ids(
     compile = model.config.compile if compile is None else compile
     guard = _FiniteGuard(seq.device)
     steps = _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile)
-    return _checked_steps(seq, steps, guard, num_threads)
+    return _checked_steps(seq, steps, guard, decode_threads(model, num_threads))
 
 
 def _checked_steps(
@@ -335,7 +354,7 @@ def generate(
     num_samples: int = 1,
     use_cache: bool = True,
     compile: bool | None = None,
-    num_threads: int | None = DECODE_THREADS,
+    num_threads: int | str | None = DECODE_THREADS,
 ) -> list[str]:
     """``num_samples`` texts, each the prompt followed by ``max_new_tokens`` new characters.
 
@@ -366,7 +385,7 @@ def stream_generate(
     num_samples: int = 1,
     use_cache: bool = True,
     compile: bool | None = None,
-    num_threads: int | None = DECODE_THREADS,
+    num_threads: int | str | None = DECODE_THREADS,
 ) -> Iterator[list[str]]:
     """Yield, per step, the new character of each sample; same arguments as :func:`generate`.
 
