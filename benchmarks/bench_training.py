@@ -5,8 +5,10 @@
 Both sides train the same model on the same batches with the same optimizer, schedule and
 gradient clipping; the Lightning side runs the project's LightningModule with logging, checkpoints
 and the progress bar off (the framework's own cost), then with the default TensorBoard logging
-on. Steady-state step time is the median over the timed steps after a warm-up. Prints a table and
-writes benchmarks/results/training.json. MFU is reported on CUDA (peak from the device name).
+on. Steady-state step time: the median over the timed steps after a warm-up, per run; each loop
+runs ``--rounds`` times, alternating with the others, and the median of its runs is reported.
+Prints a table and writes benchmarks/results/training.json. MFU is reported on CUDA (peak from
+the device name).
 """
 
 from __future__ import annotations
@@ -125,6 +127,17 @@ def lightning_loop(config, batch_size, steps, warmup, device, with_logging) -> l
     return timer.times
 
 
+LOOPS = ("bare", "lightning", "lightning+tb")
+
+
+def run_loop(name: str, config, batch_size: int, args: argparse.Namespace) -> list[float]:
+    """Per-step seconds of one run of the loop ``name`` (one of LOOPS)."""
+    if name == "bare":
+        return bare_loop(config, batch_size, args.steps, args.warmup, args.device)
+    with_logging = name == "lightning+tb"
+    return lightning_loop(config, batch_size, args.steps, args.warmup, args.device, with_logging)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
@@ -133,6 +146,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="seed,baby")
     parser.add_argument("--ffn", default="dense,moe")
     parser.add_argument("--baby-batch", type=int, default=None, help="batch at the baby size")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each loop")
     parser.add_argument("--out", default="training", help="name of the JSON file in results/")
     args = parser.parse_args()
     if args.device.startswith("cuda"):
@@ -150,15 +164,13 @@ def main() -> None:
             config = replace(base, ffn=ffn)
             params = make_module(config, 1).model.num_parameters()
             tokens = batch_size * config.block_size
-            timings = {
-                "bare": bare_loop(config, batch_size, args.steps, args.warmup, args.device),
-                "lightning": lightning_loop(
-                    config, batch_size, args.steps, args.warmup, args.device, False
-                ),
-                "lightning+tb": lightning_loop(
-                    config, batch_size, args.steps, args.warmup, args.device, True
-                ),
-            }
+            # Rounds alternate the loops, so a load swing on a shared machine hits all three;
+            # each loop's step time is the median over its rounds' medians.
+            timings = {name: [] for name in LOOPS}
+            for _ in range(args.rounds):
+                for name in LOOPS:
+                    times = run_loop(name, config, batch_size, args)
+                    timings[name].append(statistics.median(times))
             medians = {k: statistics.median(v) for k, v in timings.items()}
             peak = peak_flops(args.device)
             for loop, step_s in medians.items():
@@ -202,7 +214,13 @@ def main() -> None:
             f"(design card figure, not this run): {ratio:.2f}x"
         )
     path = write_json(
-        args.out, {"device": machine_name(args.device), "steps": args.steps, "results": results}
+        args.out,
+        {
+            "device": machine_name(args.device),
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "results": results,
+        },
     )
     print(f"wrote {path}")
 

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== default run: python train.py (time to val loss 2.0)"
 python benchmarks/time_to_target.py --target 2.0 --name default_run
+echo "== experiment=cpu_fast (time to val loss 1.88, against nanoGPT's CPU recipe)"
+python benchmarks/time_to_target.py experiment=cpu_fast --target 1.88
 echo "== training throughput, seed size"
 python benchmarks/bench_training.py --sizes seed --steps 200 --warmup 40 --out training_seed
 echo "== training throughput, baby size (batch 4 on CPU)"
