@@ -10,6 +10,7 @@ LAUNCHED = time.time()  # before the heavy imports: wall time counts from launch
 
 import json  # noqa: E402
 import os  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
@@ -27,6 +28,8 @@ from tinygpt.errors import CheckpointError  # noqa: E402
 from tinygpt.module import TinyGPTModule  # noqa: E402
 
 register_resolvers()
+# Lightning's own use of a deprecated torch API, printed on every run; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 # The first job of the launching process counts its wall time from launch; later jobs of a

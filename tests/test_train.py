@@ -54,6 +54,9 @@ def test_train_writes_checkpoints_events_and_summary(python, tiny_text_file, tmp
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    # Lightning's messages reach train.log, and the console once (not also through its handler).
+    assert "`Trainer.fit` stopped: `max_steps=20` reached." in (run_dir / "train.log").read_text()
+    assert result.stderr.count("GPU available:") + result.stdout.count("GPU available:") == 1
 
     # The checkpoint alone rebuilds model and tokenizer, through a weights-only load.
     model = load_model(run_dir / "checkpoints" / "last.ckpt")
