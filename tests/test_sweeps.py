@@ -11,6 +11,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 from hydra.core.singleton import Singleton
 from lightning.pytorch.strategies.launchers import subprocess_script
 from omegaconf import OmegaConf
@@ -19,7 +20,7 @@ from test_configs import compose_train
 from test_train import ROOT, TINY_RUN, run_train
 
 from tinygpt import hydra_ddp
-from tinygpt.config import register_resolvers
+from tinygpt.config import parallel_jobs, register_resolvers
 
 # Ten steps, one evaluation, no pictures: these tests are about the jobs, not the training.
 TINY_SWEEP = [
@@ -151,6 +152,25 @@ def test_optuna_search_minimises_the_best_val_loss(python, tiny_text_file, tmp_p
     best = min(jobs, key=lambda name: jobs[name]["best_val_loss"])
     assert results["best_value"] == jobs[best]["best_val_loss"]
     assert results["best_params"] == trials[best]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "trials_at_once"), [("basic", 1), ("parallel", 2), ("joblib", os.cpu_count())]
+)
+def test_optuna_asks_for_as_many_trials_as_the_launcher_runs(launcher, trials_at_once, tmp_path):
+    # joblib's own default, n_jobs=-1 (every core), made the Optuna sweeper divide by zero.
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        overrides = ["hparams_search=optuna", f"hydra/launcher={launcher}"]
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    assert cfg.hydra.sweeper.n_jobs == trials_at_once
+
+
+def test_parallel_jobs_reads_n_jobs_as_joblib_does():
+    cores = os.cpu_count()
+    assert [parallel_jobs(n) for n in (None, 1, 3, -1)] == [1, 1, 3, cores]
+    assert parallel_jobs(-2) == max(1, cores - 1)
+    assert parallel_jobs(-cores - 5) == 1
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -64,9 +65,22 @@ def sweep_job_name(
     return safe_name(",".join(chosen or task_overrides))
 
 
+def parallel_jobs(n_jobs: int | None) -> int:
+    """How many jobs a launcher runs at once, read joblib's way: -1 every core, -2 all but one.
+
+    An Optuna sweeper asks for this many trials at a time; it fails on joblib's default of -1.
+    """
+    if n_jobs is None:
+        return 1
+    if n_jobs < 0:
+        return max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    return max(1, n_jobs)
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
+    OmegaConf.register_new_resolver("parallel_jobs", parallel_jobs, replace=True)
     # The command line is read here, in the process that parses it: launcher plugins (joblib,
     # submitit, SLURM) resolve a job's directory in a worker process whose sys.argv is not the
     # sweep's. Hydra hands its registered resolvers, with this argument, to those workers.
