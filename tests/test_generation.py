@@ -299,6 +299,8 @@ def test_decoding_runs_single_threaded_and_restores_the_thread_count(model, thre
     assert torch.get_num_threads() == before
     with pytest.raises(ConfigError, match="num_threads must be an integer >= 1, got 0"):
         generate(model, "ab", 3, num_threads=0)
+    with pytest.raises(ConfigError, match="num_threads must be an integer >= 1, got 'fast'"):
+        generate(model, "ab", 3, num_threads="fast")  # only "auto" is a name
 
 
 def test_a_large_model_decodes_with_torchs_thread_count_unless_told(threads_per_step):

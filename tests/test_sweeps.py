@@ -239,3 +239,24 @@ def test_unknown_search_is_one_line(python, tmp_path):
         "Could not find 'hparams_search/grid' Available options in 'hparams_search': optuna"
     )
     assert not (tmp_path / "s").exists()
+
+
+def test_zero_parallel_jobs_is_one_line_before_any_job(python, tiny_text_file, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        python,
+        *TINY_SWEEP,
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=0",
+        "seed=1,2",
+        f"data.path={tiny_text_file}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: hydra.launcher.n_jobs must be the number of jobs at once (>= 1) or -1 for every "
+        "core (-2 all but one, ...), got 0"
+    ], result.stderr
+    assert not list(sweep.glob("*/summary.json"))  # no job ran

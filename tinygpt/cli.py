@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 from hydra.errors import (
     ConfigCompositionException,
@@ -30,6 +31,12 @@ def _user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def exit_with_user_error(message: object) -> NoReturn:
+    """Print ``error: <message>`` on stderr, one line, and exit with status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Print a user error as ``error: ...`` on stderr and exit non-zero, without a traceback."""
@@ -39,8 +46,7 @@ def user_errors() -> Iterator[None]:
         cause = _user_error(exc)
         if cause is None:
             raise
-        print(f"error: {cause}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT_CODE)
+        exit_with_user_error(cause)
 
 
 def run_hydra_app(main: Callable[[], object]) -> None:
@@ -60,6 +66,4 @@ def run_hydra_app(main: Callable[[], object]) -> None:
         lines = lines[: next((i for i, ln in enumerate(lines) if "search path" in ln), None)]
         if exc.__cause__ is not None:
             lines.append(str(exc.__cause__).splitlines()[0])
-        message = " ".join(" ".join(line.split()) for line in lines)
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT_CODE)
+        exit_with_user_error(" ".join(" ".join(line.split()) for line in lines))

@@ -1,4 +1,5 @@
-"""OmegaConf resolvers used by the YAML files in conf/; entry points register them first."""
+"""OmegaConf resolvers used by the YAML files in conf/ (entry points register them first), and
+the Hydra callback that checks a sweep's launcher settings before any job starts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from collections.abc import Iterable, Mapping
 from functools import partial
 
 import torch
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from tinygpt.cli import exit_with_user_error
 
 
 def auto_precision() -> str:
@@ -75,6 +79,20 @@ def parallel_jobs(n_jobs: int | None) -> int:
     if n_jobs < 0:
         return max(1, (os.cpu_count() or 1) + 1 + n_jobs)
     return max(1, n_jobs)
+
+
+class ParallelJobsCheck(Callback):
+    """Refuses ``hydra.launcher.n_jobs=0`` (joblib's own error is a traceback), before any job.
+
+    It exits itself: Hydra turns exceptions raised in callbacks into warnings and goes on.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        if OmegaConf.select(config, "hydra.launcher.n_jobs") == 0:
+            exit_with_user_error(
+                "hydra.launcher.n_jobs must be the number of jobs at once (>= 1) or -1 for "
+                "every core (-2 all but one, ...), got 0"
+            )
 
 
 def register_resolvers() -> None:
