@@ -115,20 +115,6 @@ def test_prompt_longer_than_the_window(model, use_cache):
     assert out[len(text)] == model.tokenizer.chars[expected]
 
 
-def test_compiled_step_gives_the_same_tokens(model, monkeypatch):
-    # The "eager" backend traces the step with Dynamo, as inductor would, without a C++ build.
-    monkeypatch.setattr("tinygpt.generation.COMPILE_BACKEND", "eager")
-    idx = prompt_ids(model, "to be", batch=2)
-    for params in (GREEDY, SamplingParams(temperature=0.9, top_k=8)):
-        compiled = generate_ids(
-            model, idx, 3 * BLOCK, params, torch.Generator().manual_seed(0), compile=True
-        )
-        eager = generate_ids(
-            model, idx, 3 * BLOCK, params, torch.Generator().manual_seed(0), compile=False
-        )
-        assert torch.equal(compiled, eager)
-
-
 def test_greedy_is_the_same_with_and_without_cache_text_api(model):
     assert generate_greedy(model, "ab", BLOCK - 1) == generate_greedy(
         model, "ab", BLOCK - 1, use_cache=False

@@ -35,12 +35,14 @@ Policies:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from tinygpt.compiled_step import can_compile, compiled_decode_step
 from tinygpt.decode_step import DecodeStep
 from tinygpt.decoding import (
     MAX_NEW_TOKENS_LIMIT,
@@ -55,7 +57,6 @@ from tinygpt.tokenizer import CharTokenizer
 
 EMPTY_PROMPT_START = "\n"
 MAX_NUM_SAMPLES = 10_000
-COMPILE_BACKEND = "inductor"  # tests swap in "eager" to check the compiled path quickly
 DECODE_THREADS = "auto"  # torch intra-op threads while decoding; see decode_threads
 # Batch-1 tokens per second on the 2-core Xeon, one vs two threads: seed size (0.1M
 # weights per token) 3364 vs 3289; nanoGPT's baby size (10.6M) 278 vs 435.
@@ -146,17 +147,17 @@ def _last_logits(
     return model(idx, input_pos=input_pos)[0][:, -1]
 
 
-StepFn = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-def _compiled_step(model: TinyGPT, block_size: int, device: torch.device) -> StepFn:
-    """The module's cached one-token forward through ``torch.compile``: fixed shapes."""
-    # Dynamo caches the compiled step by code and guards, so a fresh wrapper per call
-    # reuses it rather than recompiling.
-    compiled = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False)
-    # One position tensor per cache slot, made once, so a step does not slice or allocate.
-    positions = list(torch.arange(block_size, device=device).split(1))
-    return lambda tokens, pos: _last_logits(compiled, tokens, positions[pos])
+def _resolve_compile(model: TinyGPT, compile: bool | None) -> bool:
+    """``compile`` with None read from the model's config, and False where it cannot apply."""
+    compile = model.config.compile if compile is None else compile
+    if compile and not can_compile(model):
+        warnings.warn(
+            "the compiled decoding step supports dense feed-forwards only; "
+            "decoding this mixture-of-experts model without compiling",
+            stacklevel=3,
+        )
+        return False
+    return compile
 
 
 @torch.inference_mode()
@@ -176,7 +177,7 @@ def _decode(
     runs in eval mode and its KV cache is set up here and cleared at the end (also when a
     stream is abandoned), so one model serves one generation at a time. Cached prefills and
     steps run :class:`tinygpt.decode_step.DecodeStep`; with ``compile``, the one-token step
-    instead runs the module's forward (fixed shapes) through ``torch.compile``.
+    instead runs :func:`tinygpt.compiled_step.compiled_decode_step`.
     """
     block = model.config.block_size
     total = seq.size(1)
@@ -189,7 +190,7 @@ def _decode(
     if use_cache:
         model.setup_kv_cache(seq.size(0))
         cached = DecodeStep(model)
-        one_token = _compiled_step(model, block, seq.device) if compile else cached
+        one_token = compiled_decode_step(model) if compile else cached
     try:
         start = max(0, prompt_len - block)
         filled = prompt_len - start
@@ -253,13 +254,15 @@ def generate_ids(
     Raises NonFiniteLogitsError if the model produced NaN/inf logits at any step. Uses the
     model's KV cache (``use_cache=True``), clearing it afterwards, and eval mode, restoring
     the model's mode afterwards. ``compile`` (default: ``model.config.compile``) runs the
-    cached one-token step through ``torch.compile``: slow the first time, faster per token.
+    cached one-token step compiled by AOTInductor (:mod:`tinygpt.compiled_step`; dense models
+    only, a mixture of experts decodes uncompiled with a warning): tens of seconds to compile
+    once per shape and process, faster per token after.
     ``num_threads``: torch intra-op threads while decoding (see the module docstring).
     """
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)
     guard = _FiniteGuard(seq.device)
-    compile = model.config.compile if compile is None else compile
+    compile = _resolve_compile(model, compile)
     with intra_op_threads(decode_threads(model, num_threads)):
         for _ in _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile):
             pass
@@ -284,7 +287,7 @@ def stream_ids(
     """
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)  # validates now, not at the first next()
-    compile = model.config.compile if compile is None else compile
+    compile = _resolve_compile(model, compile)
     guard = _FiniteGuard(seq.device)
     steps = _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile)
     return _checked_steps(seq, steps, guard, decode_threads(model, num_threads))

@@ -1,0 +1,108 @@
+"""The AOTInductor-compiled decoding step: same tokens as eager decoding, one build per shape.
+
+Each distinct shape here costs a real C++ build (10-20 s), so the tests share one: batch 2
+(whose token column is not contiguous in the generation buffer) of the same small model.
+"""
+
+import pytest
+import torch
+
+from tinygpt import compiled_step
+from tinygpt.compiled_step import can_compile, compiled_decode_step
+from tinygpt.decoding import SamplingParams
+from tinygpt.generation import generate_ids
+from tinygpt.model import TinyGPT, TinyGPTConfig
+
+BLOCK, BATCH = 8, 2
+
+
+def make_model(**overrides) -> TinyGPT:
+    torch.manual_seed(0)
+    config = TinyGPTConfig(vocab_size=20, block_size=BLOCK, n_embd=32, **overrides)
+    model = TinyGPT(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(4)  # spread the logits, so choices are not decided by rounding
+    return model
+
+
+@pytest.fixture(scope="module")
+def model() -> TinyGPT:
+    return make_model()
+
+
+def prompt(batch: int = BATCH) -> torch.Tensor:
+    return torch.tensor([[3, 1, 4, 1, 5]]).expand(batch, -1)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_k=8, top_p=0.95)],
+    ids=["greedy", "sampled"],
+)
+def test_compiled_decoding_chooses_the_eager_tokens(model, params):
+    # 3 windows long, so the compiled steps also follow the eager refills of the cache.
+    runs = [
+        generate_ids(model, prompt(), 3 * BLOCK, params, torch.Generator().manual_seed(0), **kw)
+        for kw in (dict(compile=True), dict(compile=False))
+    ]
+    assert torch.equal(*runs)
+
+
+def flip_final_norm(model: TinyGPT) -> None:
+    """Negate the last layer norm's affine weights in place, which negates the logits."""
+    model.ln_f.weight.mul_(-1)
+    model.ln_f.bias.mul_(-1)
+
+
+@torch.no_grad()
+def test_the_step_writes_the_models_cache_and_sees_weight_updates(model):
+    seq = torch.randint(0, 20, (BATCH, BLOCK), generator=torch.Generator().manual_seed(1))
+    model.setup_kv_cache(BATCH)
+    try:
+        step = compiled_decode_step(model)
+        for pos in range(BLOCK):
+            logits = step(seq[:, pos : pos + 1], pos)
+            expected = model(seq[:, : pos + 1])[0][:, -1]
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+        filled = model.blocks[0].attn.kv_cache.k.clone()
+        flip_final_norm(model)  # an in-place update, as an optimizer step makes
+        logits = step(seq[:, -1:], BLOCK - 1)
+    finally:
+        flip_final_norm(model)
+        model.clear_kv_cache()
+    torch.testing.assert_close(logits, -expected, atol=1e-5, rtol=0)
+    assert filled.abs().sum() > 0
+
+
+def test_a_second_model_of_the_same_shape_reuses_the_build(model, monkeypatch):
+    generate_ids(model, prompt(), 2, compile=True)  # built here if no other test built it yet
+
+    def refuse(*args):
+        raise AssertionError("compiled a shape that was compiled already")
+
+    monkeypatch.setattr(compiled_step, "_compile", refuse)
+    other = make_model()
+    with torch.no_grad():
+        other.wte.weight.add_(1.0)
+    greedy = SamplingParams(temperature=0.0)
+    compiled = generate_ids(other, prompt(), BLOCK, greedy, compile=True)
+    assert torch.equal(compiled, generate_ids(other, prompt(), BLOCK, greedy, compile=False))
+
+
+def test_a_mixture_of_experts_decodes_uncompiled_with_a_warning():
+    moe = make_model(ffn="moe")
+    assert not can_compile(moe)
+    greedy = SamplingParams(temperature=0.0)
+    with pytest.warns(UserWarning, match="dense feed-forwards only"):
+        compiled = generate_ids(moe, prompt(1), BLOCK, greedy, compile=True)
+    assert torch.equal(compiled, generate_ids(moe, prompt(1), BLOCK, greedy, compile=False))
+
+
+def test_refusals(model):
+    with pytest.raises(RuntimeError, match="KV cache"):
+        compiled_decode_step(model)
+    moe = make_model(ffn="moe")
+    moe.setup_kv_cache(1)
+    with pytest.raises(ValueError, match="dense feed-forwards only"):
+        compiled_decode_step(moe)
