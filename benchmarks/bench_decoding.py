@@ -12,10 +12,10 @@ Fair comparison: GPT-2 cannot generate past ``n_positions``, so the head-to-head
 generate ``block_size - 1`` new tokens (31 and 255) from the same one-token prompt in every
 implementation. A last row per size times TinyGPT generating ``--long-tokens`` tokens, past
 the window (the cache is refilled, see tinygpt.generation). "compiled" rows run the cached
-one-token step through torch.compile (inductor); the first call, which compiles, is a warm-up
-and its time is printed, not counted. Threads: TinyGPT runs with its default
-(tinygpt.generation.DECODE_THREADS: one intra-op thread for models under 1M weights per token,
-torch's default above); HF generate runs twice, with torch's default and with one thread,
+one-token step built by AOTInductor (``compile=True``, tinygpt.compiled_step); the first call,
+which builds it, is a warm-up and its time is printed, not counted. Threads: TinyGPT runs with
+its default (tinygpt.generation.DECODE_THREADS: one intra-op thread for models under 1M weights
+per token, torch's default above); HF generate runs twice, with torch's default and with one thread,
 and the "vs HF" ratios are against the faster of the two.
 Each measurement repeats whole generate calls for at least ``--min-seconds``;
 implementations are interleaved within each repeat, so a load change on a shared machine
