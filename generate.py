@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.checkpoint import load_model
 from tinygpt.cli import run_hydra_app, user_errors
+from tinygpt.compiled_step import can_compile
 from tinygpt.config import register_resolvers
 from tinygpt.decoding import MAX_NEW_TOKENS_LIMIT, SamplingParams, check_int
 from tinygpt.errors import CheckpointError, ConfigError
@@ -111,6 +112,14 @@ def run(cfg: DictConfig) -> None:
     else:
         ckpt_path = Path(cfg.ckpt_path)
     model = load_model(ckpt_path, device=device)
+    compile = model.config.compile if cfg.compile is None else cfg.compile
+    if compile and cfg.use_cache and cfg.max_new_tokens > 1 and can_compile(model):
+        print(
+            "building the compiled decoding step (once per model shape and process; "
+            "tens of seconds on a small CPU)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     start = time.perf_counter()
     texts = stream_to_terminal(model, cfg, params)

@@ -10,6 +10,7 @@ import torch
 from tinygpt import compiled_step
 from tinygpt.compiled_step import can_compile, compiled_decode_step
 from tinygpt.decoding import SamplingParams
+from tinygpt.errors import CompileError
 from tinygpt.generation import generate_ids
 from tinygpt.model import TinyGPT, TinyGPTConfig
 
@@ -106,3 +107,13 @@ def test_refusals(model):
     moe.setup_kv_cache(1)
     with pytest.raises(ValueError, match="dense feed-forwards only"):
         compiled_decode_step(moe)
+
+
+def test_a_failed_build_is_one_clear_error(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Compiler: g++ not found\n(a long inductor log follows)")
+
+    monkeypatch.setattr(compiled_step, "_COMPILED", {})  # so this shape is built afresh
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    with pytest.raises(CompileError, match=r"\(Compiler: g\+\+ not found\); decode without"):
+        generate_ids(make_model(), prompt(), 2, compile=True)

@@ -79,6 +79,25 @@ def test_single_run_streams_and_writes_samples(ckpt, tmp_path):
     assert json.loads((tmp_path / "again" / "samples.json").read_text())["samples"] == [text]
 
 
+def test_compile_true_says_it_builds_and_decodes_the_same_text(ckpt, tmp_path):
+    texts = []
+    for compile in ("true", "false"):
+        run_dir = tmp_path / compile
+        result = run_generate(
+            tmp_path,
+            f"ckpt_path={ckpt}",
+            "prompt=To be",
+            "max_new_tokens=40",  # past the 16-token window: eager refills, compiled steps
+            "decoder=greedy",
+            f"compile={compile}",
+            f"hydra.run.dir={run_dir}",
+        )
+        assert result.returncode == 0, result.stderr
+        assert ("building the compiled decoding step" in result.stderr) == (compile == "true")
+        texts.append(json.loads((run_dir / "samples.json").read_text())["samples"])
+    assert texts[0] == texts[1]
+
+
 def test_multirun_writes_one_directory_per_value_and_a_summary(ckpt, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_generate(

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from tinygpt.errors import CompileError
 from tinygpt.model import MLP, TinyGPT
 
 StepFn = Callable[[torch.Tensor, int], torch.Tensor]
@@ -55,12 +56,18 @@ class _Step(nn.Module):
 
 def _compile(model: TinyGPT, names: tuple[str, ...], inputs: list[torch.Tensor]) -> _Runner:
     tokens, input_pos, *tensors = inputs
-    with warnings.catch_warnings(), torch.no_grad():
-        # torch's own pytree code warns about a deprecation inside export; not ours to fix.
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        exported = torch.export.export(_Step(model, names), (tokens, input_pos, tensors))
-        package = torch._inductor.aoti_compile_and_package(exported)
-    return torch._inductor.aoti_load_package(package).loader.run
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # torch's own pytree code warns about a deprecation inside export; not ours to fix.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            exported = torch.export.export(_Step(model, names), (tokens, input_pos, tensors))
+            package = torch._inductor.aoti_compile_and_package(exported)
+        return torch._inductor.aoti_load_package(package).loader.run
+    except Exception as error:  # a missing compiler, say: one line for the user, not inductor's log
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CompileError(
+            f"could not compile the decoding step ({first_line[:200]}); decode without compile"
+        ) from error
 
 
 def compiled_decode_step(model: TinyGPT) -> StepFn:

@@ -19,3 +19,7 @@ class CheckpointError(TinyGPTError):
 
 class NonFiniteLogitsError(TinyGPTError, ArithmeticError):
     """The model produced NaN or infinite logits, so there is nothing sound to sample from."""
+
+
+class CompileError(TinyGPTError):
+    """The decoding step could not be compiled here (no C++ compiler, for instance)."""
