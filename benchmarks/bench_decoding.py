@@ -15,8 +15,9 @@ the window (the cache is refilled, see tinygpt.generation). "compiled" rows run 
 one-token step built by AOTInductor (``compile=True``, tinygpt.compiled_step); the first call,
 which builds it, is a warm-up and its time is printed, not counted. Threads: TinyGPT runs with
 its default (tinygpt.generation.DECODE_THREADS: one intra-op thread for models under 1M weights
-per token, torch's default above); HF generate runs twice, with torch's default and with one thread,
-and the "vs HF" ratios are against the faster of the two.
+per token, torch's default above) and oneDNN off (tinygpt.generation.onednn_disabled). HF
+generate runs three ways: with torch's defaults, with one thread, and with one thread and
+oneDNN off (TinyGPT's settings); the "vs HF" ratios are against the fastest of the three.
 Each measurement repeats whole generate calls for at least ``--min-seconds``;
 implementations are interleaved within each repeat, so a load change on a shared machine
 hits them alike. Reported: the median tokens/s over repeats, and the median over repeats of
@@ -33,12 +34,13 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from tinygpt.decoding import SamplingParams
-from tinygpt.generation import generate_ids, intra_op_threads
+from tinygpt.generation import generate_ids, intra_op_threads, onednn_disabled
 from tinygpt.model import TinyGPT, TinyGPTConfig
 
 SIZES = {
@@ -50,6 +52,7 @@ TEMPERATURE, TOP_K, TOP_P = 0.8, 10, 0.9
 RESULTS = Path(__file__).parent / "results" / "decoding.json"
 HF = "HF GPT2LMHeadModel.generate"
 HF_1_THREAD = "HF generate, 1 thread"
+HF_NO_ONEDNN = "HF generate, 1 thread, no oneDNN"
 
 
 def tinygpt_runner(
@@ -64,7 +67,7 @@ def tinygpt_runner(
 
 
 def hf_runner(
-    shape: dict[str, int], new_tokens: int, threads: int | None = None
+    shape: dict[str, int], new_tokens: int, threads: int | None = None, onednn: bool = True
 ) -> Callable[[], None]:
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
@@ -92,7 +95,7 @@ def hf_runner(
     mask = torch.ones_like(prompt)
 
     def run() -> None:
-        with intra_op_threads(threads):
+        with intra_op_threads(threads), nullcontext() if onednn else onednn_disabled():
             out = model.generate(prompt, attention_mask=mask, generation_config=generation)
         assert out.shape[1] == 1 + new_tokens, out.shape
 
@@ -130,6 +133,7 @@ def main() -> None:
             ("tinygpt (no cache)", window): tinygpt_runner(shape, window, use_cache=False),
             (HF, window): hf_runner(shape, window),
             (HF_1_THREAD, window): hf_runner(shape, window, threads=1),
+            (HF_NO_ONEDNN, window): hf_runner(shape, window, threads=1, onednn=False),
             ("tinygpt (KV cache)", args.long_tokens): tinygpt_runner(shape, args.long_tokens),
             ("tinygpt (KV cache, compiled)", args.long_tokens): tinygpt_runner(
                 shape, args.long_tokens, compile=True
@@ -145,7 +149,8 @@ def main() -> None:
                 samples[key].append(tokens_per_second(run, key[1], args.min_seconds))
         # Each repeat runs every implementation back to back, so a ratio within one repeat
         # cancels the slow load swings of a shared machine; the median ratio is reported.
-        best_hf = list(map(max, samples[(HF, window)], samples[(HF_1_THREAD, window)]))
+        hf_rows = (HF, HF_1_THREAD, HF_NO_ONEDNN)
+        best_hf = list(map(max, *(samples[(hf, window)] for hf in hf_rows)))
         for (impl, new_tokens), values in samples.items():
             median = statistics.median(values)
             head_to_head = new_tokens == window

@@ -37,11 +37,21 @@ def test_a_prefill_and_steps_match_the_full_forward(shape):
         torch.testing.assert_close(logits, full, atol=1e-5, rtol=0)
 
 
-def test_a_prefill_elsewhere_than_position_0_is_refused():
-    model = TinyGPT(TinyGPTConfig(vocab_size=5, block_size=4, n_embd=8, n_head=2))
-    model.setup_kv_cache(batch_size=1)
-    with pytest.raises(ValueError, match="must start at position 0, not 1"):
-        DecodeStep(model)(torch.zeros(1, 2, dtype=torch.long), 1)
+@torch.no_grad()
+def test_a_prefill_in_chunks_matches_the_full_forward():
+    torch.manual_seed(0)
+    config = TinyGPTConfig(vocab_size=20, block_size=10, n_layer=2, n_head=2, n_embd=16)
+    model = TinyGPT(config).eval()
+    seq = torch.randint(0, 20, (2, 10), generator=torch.Generator().manual_seed(2))
+    model.setup_kv_cache(batch_size=2)
+    try:
+        step = DecodeStep(model)
+        chunks = [(0, 3), (3, 7), (7, 10)]  # each attends to the earlier chunks' cached keys
+        outputs = {end: step(seq[:, start:end], start) for start, end in chunks}
+    finally:
+        model.clear_kv_cache()
+    for end, logits in outputs.items():
+        torch.testing.assert_close(logits, model(seq[:, :end])[0][:, -1], atol=1e-5, rtol=0)
 
 
 def test_building_a_step_without_a_cache_is_refused():

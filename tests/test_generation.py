@@ -262,34 +262,38 @@ def test_non_finite_logits_are_reported_not_sampled(use_cache):
 
 
 @pytest.fixture
-def threads_per_step(monkeypatch) -> list[int]:
-    """The torch thread count seen at each decoding step, appended as generation runs."""
+def settings_per_step(monkeypatch) -> list[tuple[int, bool]]:
+    """(torch thread count, oneDNN enabled) at each decoding step, appended as it runs."""
     seen = []
     real_decode = generation._decode
 
     def spy(*args, **kwargs):
         for n in real_decode(*args, **kwargs):
-            seen.append(torch.get_num_threads())
+            seen.append((torch.get_num_threads(), torch.backends.mkldnn.enabled))
             yield n
 
     monkeypatch.setattr(generation, "_decode", spy)
     return seen
 
 
-def test_decoding_runs_single_threaded_and_restores_the_thread_count(model, threads_per_step):
+def test_decoding_runs_single_threaded_without_onednn_then_restores(model, settings_per_step):
     before = torch.get_num_threads()
+    assert torch.backends.mkldnn.enabled
     generate(model, "ab", 3, seed=0)
-    list(stream_generate(model, "ab", 3, seed=0))
+    stream = stream_generate(model, "ab", 3, seed=0)
+    next(stream)
+    assert (torch.get_num_threads(), torch.backends.mkldnn.enabled) == (before, True)  # between
+    list(stream)
     generate(model, "ab", 3, seed=0, num_threads=None)
-    assert threads_per_step == [1] * 6 + [before] * 3
-    assert torch.get_num_threads() == before
+    assert settings_per_step == [(1, False)] * 6 + [(before, False)] * 3
+    assert (torch.get_num_threads(), torch.backends.mkldnn.enabled) == (before, True)
     with pytest.raises(ConfigError, match="num_threads must be an integer >= 1, got 0"):
         generate(model, "ab", 3, num_threads=0)
     with pytest.raises(ConfigError, match="num_threads must be an integer >= 1, got 'fast'"):
         generate(model, "ab", 3, num_threads="fast")  # only "auto" is a name
 
 
-def test_a_large_model_decodes_with_torchs_thread_count_unless_told(threads_per_step):
+def test_a_large_model_decodes_with_torchs_thread_count_unless_told(settings_per_step):
     torch.manual_seed(0)
     large = TinyGPT(TinyGPTConfig(vocab_size=30, block_size=8, n_embd=256, n_layer=2))
     assert generation.weights_per_token(large.config) >= generation.SINGLE_THREAD_MAX_WEIGHTS
@@ -297,7 +301,7 @@ def test_a_large_model_decodes_with_torchs_thread_count_unless_told(threads_per_
     prompt = torch.zeros(1, 1, dtype=torch.long)
     generate_ids(large, prompt, 2)
     generate_ids(large, prompt, 2, num_threads=1)
-    assert threads_per_step == [before] * 2 + [1] * 2
+    assert [threads for threads, _ in settings_per_step] == [before] * 2 + [1] * 2
 
 
 def test_generation_restores_training_mode_and_frees_the_cache():

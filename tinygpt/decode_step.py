@@ -4,10 +4,11 @@ At batch 1 a token of a small model costs a few dozen tiny ops, and on a CPU the
 calling them, not to the arithmetic: every ``nn.Module.__call__``, module attribute lookup,
 3-D ``linear`` reshape and additive mask costs about as much as the matmul it wraps. A
 :class:`DecodeStep` collects a :class:`~tinygpt.model.TinyGPT`'s weights and KV-cache buffers
-once per generation, keeps activations 2-D ``(batch * t, n_embd)``, and attends to the filled
-part of the cache (a step needs no mask; a prefill starts at 0 and is plainly causal). It
-computes what ``model(tokens, input_pos=...)`` computes, in eval mode (no dropout), and tests
-hold the two equal.
+once per generation, keeps activations 2-D ``(batch * t, n_embd)``, and attends over the whole
+cache with the model's additive cache mask (slicing the filled part instead would make the
+keys and values non-contiguous, and attention would copy them on every call). It computes what
+``model(tokens, input_pos=...)`` computes, in eval mode (no dropout), and tests hold the two
+equal.
 
 The module forward stays the path for training, analysis and ``torch.compile`` (whose static
 shapes need the masked, fixed-length cache); mixture-of-experts feed-forwards are called as
@@ -71,37 +72,37 @@ class DecodeStep:
                     moe=None if dense else ffn,
                 )
             )
+        # (block_size, block_size) additive mask: row p lets a query at p see keys 0 .. p.
+        self.cache_mask = model.cache_mask
+        # A one-token step's row as a ready view: indexing a list is cheaper than slicing.
+        self.step_masks = self.cache_mask.unsqueeze(1).unbind(0)
 
     def __call__(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Logits ``(batch, vocab)`` after ``tokens`` ``(batch, t)`` placed at ``start ..``.
 
-        ``t == 1`` is a decoding step at any position; ``t > 1`` is a prefill, which must
-        start at 0 (the generation loop's prefills and refills always do).
+        ``t == 1`` is a decoding step; ``t > 1`` a prefill (or a chunk of one).
         """
         B, T = tokens.shape
-        if T > 1 and start != 0:
-            raise ValueError(f"a prefill of {T} tokens must start at position 0, not {start}")
         C, H = self.n_embd, self.n_head
         end = start + T
         shape = (C,)
+        mask = self.step_masks[start] if T == 1 else self.cache_mask[start:end]
         # Activations stay 2-D, (batch * t, n_embd): linear then needs no reshapes.
         x = self.wte.index_select(0, tokens.reshape(-1))
         x = (x.view(B, T, C) + self.wpe[start:end]).view(B * T, C)
         for layer in self.layers:
-            h = F.layer_norm(x, shape, *layer.ln_1)
+            h = torch.layer_norm(x, shape, *layer.ln_1)
             qkv = F.linear(h, *layer.qkv).view(B, T, 3, H, C // H)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, head, t, head_dim)
             layer.keys.narrow(2, start, T).copy_(k)
             layer.values.narrow(2, start, T).copy_(v)
-            y = F.scaled_dot_product_attention(
-                q, layer.keys[:, :, :end], layer.values[:, :, :end], is_causal=T > 1
-            )
+            y = F.scaled_dot_product_attention(q, layer.keys, layer.values, attn_mask=mask)
             x = x + F.linear(y.transpose(1, 2).reshape(B * T, C), *layer.proj)
-            h = F.layer_norm(x, shape, *layer.ln_2)
+            h = torch.layer_norm(x, shape, *layer.ln_2)
             if layer.mlp is None:
                 x = x + layer.moe(h)
             else:
                 fc_w, fc_b, proj_w, proj_b = layer.mlp
                 x = x + F.linear(F.gelu(F.linear(h, fc_w, fc_b)), proj_w, proj_b)
-        last = x.view(B, T, C)[:, -1]
-        return F.linear(F.layer_norm(last, shape, *self.ln_f), self.lm_head)
+        last = x if T == 1 else x.view(B, T, C)[:, -1]
+        return F.linear(torch.layer_norm(last, shape, *self.ln_f), self.lm_head)
