@@ -123,7 +123,7 @@ def main() -> None:
 
     load_at_start = os.getloadavg()
     rows = []
-    print(f"{'size':5} {'implementation':29} {'new':>5} {'tokens/s':>16}  {'vs HF':>7}")
+    print(f"{'size':5} {'implementation':33} {'new':>5} {'tokens/s':>16}  {'vs HF':>7}")
     for size in args.sizes:
         shape = SIZES[size]
         window = shape["block_size"] - 1
@@ -168,7 +168,7 @@ def main() -> None:
                 )
             )
             ratio = f"{vs_hf:6.2f}x" if head_to_head else "      -"
-            print(f"{size:5} {impl:29} {new_tokens:5} new tokens {median:9.1f} tok/s  {ratio}")
+            print(f"{size:5} {impl:33} {new_tokens:5} new tokens {median:9.1f} tok/s  {ratio}")
 
     import transformers
 

@@ -74,8 +74,6 @@ class DecodeStep:
             )
         # (block_size, block_size) additive mask: row p lets a query at p see keys 0 .. p.
         self.cache_mask = model.cache_mask
-        # A one-token step's row as a ready view: indexing a list is cheaper than slicing.
-        self.step_masks = self.cache_mask.unsqueeze(1).unbind(0)
 
     def __call__(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Logits ``(batch, vocab)`` after ``tokens`` ``(batch, t)`` placed at ``start ..``.
@@ -86,7 +84,7 @@ class DecodeStep:
         C, H = self.n_embd, self.n_head
         end = start + T
         shape = (C,)
-        mask = self.step_masks[start] if T == 1 else self.cache_mask[start:end]
+        mask = self.cache_mask[start:end]
         # Activations stay 2-D, (batch * t, n_embd): linear then needs no reshapes.
         x = self.wte.index_select(0, tokens.reshape(-1))
         x = (x.view(B, T, C) + self.wpe[start:end]).view(B * T, C)
