@@ -100,9 +100,9 @@ def run(cfg: DictConfig) -> None:
     params = sampling_params(cfg.decoder)
     check_int("max_new_tokens", cfg.max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
     check_int("num_samples", cfg.num_samples, 1, MAX_NUM_SAMPLES)
-    if cfg.compile not in (None, True, False) or cfg.use_cache not in (True, False):
+    if cfg.compile not in (True, False) or cfg.use_cache not in (True, False):
         raise ConfigError(
-            f"compile must be true, false or null and use_cache true or false, got "
+            f"compile and use_cache must be true or false, got "
             f"compile={cfg.compile!r}, use_cache={cfg.use_cache!r}"
         )
     device = resolve_device(cfg.device)
@@ -112,8 +112,7 @@ def run(cfg: DictConfig) -> None:
     else:
         ckpt_path = Path(cfg.ckpt_path)
     model = load_model(ckpt_path, device=device)
-    compile = model.config.compile if cfg.compile is None else cfg.compile
-    if compile and cfg.use_cache and cfg.max_new_tokens > 1 and can_compile(model):
+    if cfg.compile and cfg.use_cache and cfg.max_new_tokens > 1 and can_compile(model):
         print(
             "building the compiled decoding step (once per model shape and process; "
             "tens of seconds on a small CPU)",

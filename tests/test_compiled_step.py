@@ -7,10 +7,10 @@ Each distinct shape here costs a real C++ build (10-20 s), so the tests share on
 import pytest
 import torch
 
-from tinygpt import compiled_step
+from tinygpt import compiled_step, generation
 from tinygpt.compiled_step import can_compile, compiled_decode_step
 from tinygpt.decoding import SamplingParams
-from tinygpt.errors import CompileError
+from tinygpt.errors import CompileError, ConfigError
 from tinygpt.generation import generate_ids
 from tinygpt.model import TinyGPT, TinyGPTConfig
 
@@ -117,3 +117,14 @@ def test_a_failed_build_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
     with pytest.raises(CompileError, match=r"\(Compiler: g\+\+ not found\); decode without"):
         generate_ids(make_model(), prompt(), 2, compile=True)
+
+
+def test_decoding_compiles_only_when_asked(monkeypatch):
+    def refuse(model):
+        raise AssertionError("built a compiled step nobody asked for")
+
+    monkeypatch.setattr(generation, "compiled_decode_step", refuse)
+    trained_compiled = make_model(compile=True)  # model.compile is about training
+    generate_ids(trained_compiled, prompt(1), 3)
+    with pytest.raises(ConfigError, match="compile must be true or false, got 'yes'"):
+        generate_ids(trained_compiled, prompt(1), 3, compile="yes")

@@ -152,6 +152,7 @@ def test_without_ckpt_path_the_newest_checkpoint_is_used_and_named(tmp_path):
         (["ckpt_path={ckpt}", "max_new_tokens=5000000"], "error: max_new_tokens must be"),
         (["ckpt_path={ckpt}", "decoder=greedy", "decoder.temperature=-1"], "temperature must"),
         (["ckpt_path={ckpt}", "+decoder.top_a=1"], "error: unknown decoder parameter(s): top_a"),
+        (["ckpt_path={ckpt}", "compile=maybe"], "error: compile and use_cache must be true or"),
     ],
     ids=[
         "missing",
@@ -164,6 +165,7 @@ def test_without_ckpt_path_the_newest_checkpoint_is_used_and_named(tmp_path):
         "max_new_tokens",
         "temperature",
         "unknown-key",
+        "compile",
     ],
 )
 def test_bad_input_is_one_error_line_without_traceback(ckpt, tmp_path, overrides, message):

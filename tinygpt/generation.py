@@ -169,9 +169,10 @@ def _last_logits(
     return model(idx, input_pos=input_pos)[0][:, -1]
 
 
-def _resolve_compile(model: TinyGPT, compile: bool | None) -> bool:
-    """``compile`` with None read from the model's config, and False where it cannot apply."""
-    compile = model.config.compile if compile is None else compile
+def _compile_applies(model: TinyGPT, compile: bool) -> bool:
+    """Whether the compiled step can run: ``compile`` validated, False for a mixture of experts."""
+    if compile not in (True, False):
+        raise ConfigError(f"compile must be true or false, got {compile!r}")
     if compile and not can_compile(model):
         warnings.warn(
             "the compiled decoding step supports dense feed-forwards only; "
@@ -179,7 +180,7 @@ def _resolve_compile(model: TinyGPT, compile: bool | None) -> bool:
             stacklevel=3,
         )
         return False
-    return compile
+    return bool(compile)
 
 
 @torch.inference_mode()
@@ -267,7 +268,7 @@ def generate_ids(
     params: SamplingParams | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-    compile: bool | None = None,
+    compile: bool = False,
     num_threads: int | str | None = DECODE_THREADS,
 ) -> torch.Tensor:
     """Prompt ids ``(batch, t)`` followed by ``max_new_tokens`` generated ids per row.
@@ -275,16 +276,16 @@ def generate_ids(
     ``params`` defaults to plain sampling at temperature 1; ``generator`` makes it reproducible.
     Raises NonFiniteLogitsError if the model produced NaN/inf logits at any step. Uses the
     model's KV cache (``use_cache=True``), clearing it afterwards, and eval mode, restoring
-    the model's mode afterwards. ``compile`` (default: ``model.config.compile``) runs the
-    cached one-token step compiled by AOTInductor (:mod:`tinygpt.compiled_step`; dense models
-    only, a mixture of experts decodes uncompiled with a warning): tens of seconds to compile
-    once per shape and process, faster per token after.
+    the model's mode afterwards. ``compile=True`` runs the cached one-token step built by
+    AOTInductor (:mod:`tinygpt.compiled_step`; dense models only, a mixture of experts decodes
+    uncompiled with a warning): tens of seconds to build once per shape and process, faster
+    per token after. It is independent of ``model.config.compile``, which is about training.
     ``num_threads``: torch intra-op threads while decoding (see the module docstring).
     """
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)
     guard = _FiniteGuard(seq.device)
-    compile = _resolve_compile(model, compile)
+    compile = _compile_applies(model, compile)
     with decoding_settings(decode_threads(model, num_threads)):
         for _ in _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile):
             pass
@@ -299,7 +300,7 @@ def stream_ids(
     params: SamplingParams | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-    compile: bool | None = None,
+    compile: bool = False,
     num_threads: int | str | None = DECODE_THREADS,
 ) -> Iterator[torch.Tensor]:
     """Like :func:`generate_ids`, but yields each step's new ids ``(batch,)`` as they come.
@@ -309,7 +310,7 @@ def stream_ids(
     """
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)  # validates now, not at the first next()
-    compile = _resolve_compile(model, compile)
+    compile = _compile_applies(model, compile)
     guard = _FiniteGuard(seq.device)
     steps = _decode(model, seq, idx.size(1), params, generator, use_cache, guard, compile)
     return _checked_steps(seq, steps, guard, decode_threads(model, num_threads))
@@ -378,7 +379,7 @@ def generate(
     seed: int | torch.Generator | None = None,
     num_samples: int = 1,
     use_cache: bool = True,
-    compile: bool | None = None,
+    compile: bool = False,
     num_threads: int | str | None = DECODE_THREADS,
 ) -> list[str]:
     """``num_samples`` texts, each the prompt followed by ``max_new_tokens`` new characters.
@@ -409,7 +410,7 @@ def stream_generate(
     seed: int | torch.Generator | None = None,
     num_samples: int = 1,
     use_cache: bool = True,
-    compile: bool | None = None,
+    compile: bool = False,
     num_threads: int | str | None = DECODE_THREADS,
 ) -> Iterator[list[str]]:
     """Yield, per step, the new character of each sample; same arguments as :func:`generate`.

@@ -32,7 +32,7 @@ class TinyGPTConfig:
     dropout: float = 0.0
     bias: bool = True
     ffn: str = "dense"  # feed-forward kind of every block
-    compile: bool = False  # torch.compile training; AOTInductor-compile the decoding step
+    compile: bool = False  # torch.compile the training step (decoding: generate(compile=))
     # Mixture of experts, used only when ffn == "moe" (see tinygpt/moe.py).
     num_experts: int = 4
     experts_per_token: int = 1  # top-k routing; k > 1 renormalises the chosen weights
