@@ -9,6 +9,7 @@ import time
 LAUNCHED = time.time()  # before the heavy imports: wall time counts from launch
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -28,8 +29,14 @@ from tinygpt.errors import CheckpointError  # noqa: E402
 from tinygpt.module import TinyGPTModule  # noqa: E402
 
 register_resolvers()
-# Lightning's own use of a deprecated torch API, printed on every run; nothing a user can act on.
+# Printed on every run and nothing a user can act on: Lightning's own use of a deprecated torch
+# API; its notice that TinyGPTModule moves batches itself (on purpose: Lightning's generic walk
+# over the batch costs about a millisecond a step); its advertisement for its cloud logger.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device`")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not record.getMessage().startswith("💡 Tip")
+)
 
 
 # The first job of the launching process counts its wall time from launch; later jobs of a

@@ -57,6 +57,8 @@ def test_train_writes_checkpoints_events_and_summary(python, tiny_text_file, tmp
     # Lightning's messages reach train.log, and the console once (not also through its handler).
     assert "`Trainer.fit` stopped: `max_steps=20` reached." in (run_dir / "train.log").read_text()
     assert result.stderr.count("GPU available:") + result.stdout.count("GPU available:") == 1
+    for noise in ("Tip:", "transfer_batch_to_device", "LeafSpec"):  # filtered in train.py
+        assert noise not in result.stderr + result.stdout, noise
 
     # The checkpoint alone rebuilds model and tokenizer, through a weights-only load.
     model = load_model(run_dir / "checkpoints" / "last.ckpt")
