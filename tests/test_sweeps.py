@@ -62,7 +62,7 @@ def test_job_names_come_from_the_launching_command_line(monkeypatch):
                 "trainer.max_steps": "5",  # a fixed value, not a search dimension
             },
             "overrides": [
-                "optim.lr=0.001",
+                "optim.lr=0.0012345678901234",  # as Optuna samples it
                 "model.n_embd=64",
                 "trainer.max_steps=5",
                 "hparams_search=optuna",
@@ -71,7 +71,7 @@ def test_job_names_come_from_the_launching_command_line(monkeypatch):
             "name": "${sweep_job_name:${overrides},${params}}",
         }
     )
-    assert trial.name == "optim.lr=0.001,model.n_embd=64"
+    assert trial.name == "optim.lr=0.001235,model.n_embd=64"  # 4 significant digits
 
 
 def test_ddp_ranks_rerun_the_entry_script_from_a_worker_process(monkeypatch, tmp_path):

@@ -66,7 +66,16 @@ def sweep_job_name(
     swept = set(command_line_sweeps)
     swept |= swept_keys([f"{key}={value}" for key, value in (sweeper_params or {}).items()])
     chosen = [o for o in task_overrides if o.partition("=")[0].lstrip("+~") in swept]
-    return safe_name(",".join(chosen or task_overrides))
+    return safe_name(",".join(_short_float(o) for o in chosen or task_overrides))
+
+
+def _short_float(override: str) -> str:
+    """``key=0.0012345678901234`` as ``key=0.001235``: a sampled float's 17 digits make an
+    unreadable directory name, and the job number in front keeps names unique anyway."""
+    key, _, value = override.partition("=")
+    if not re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)", value):
+        return override  # not a float literal: integers, names and lists stay as written
+    return f"{key}={float(value):.4g}"
 
 
 def parallel_jobs(n_jobs: int | None) -> int:
