@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.checkpoint import load_model
 from tinygpt.cli import run_hydra_app, user_errors
-from tinygpt.compiled_step import can_compile
+from tinygpt.compiled_step import can_compile, package_dir
 from tinygpt.config import register_resolvers
 from tinygpt.decoding import MAX_NEW_TOKENS_LIMIT, SamplingParams, check_int
 from tinygpt.errors import CheckpointError, ConfigError
@@ -114,8 +114,8 @@ def run(cfg: DictConfig) -> None:
     model = load_model(ckpt_path, device=device)
     if cfg.compile and cfg.use_cache and cfg.max_new_tokens > 1 and can_compile(model):
         print(
-            "building the compiled decoding step (once per model shape and process; "
-            "tens of seconds on a small CPU)",
+            "compiled decoding: the first run for a model shape builds the step (tens of "
+            f"seconds), kept in {package_dir()}",
             file=sys.stderr,
             flush=True,
         )

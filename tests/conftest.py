@@ -1,3 +1,4 @@
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,18 @@ TINY_TEXT = (
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Compiled decoding steps go to a directory of this run, not the user's ~/.cache."""
+    previous = os.environ.get("TINYGPT_CACHE_DIR")
+    os.environ["TINYGPT_CACHE_DIR"] = str(tmp_path_factory.mktemp("tinygpt_cache"))
+    yield
+    if previous is None:
+        del os.environ["TINYGPT_CACHE_DIR"]
+    else:
+        os.environ["TINYGPT_CACHE_DIR"] = previous
 
 
 @pytest.fixture

@@ -109,11 +109,12 @@ def test_refusals(model):
         compiled_decode_step(moe)
 
 
-def test_a_failed_build_is_one_clear_error(monkeypatch):
+def test_a_failed_build_is_one_clear_error(monkeypatch, tmp_path):
     def no_compiler(*args, **kwargs):
         raise RuntimeError("Compiler: g++ not found\n(a long inductor log follows)")
 
     monkeypatch.setattr(compiled_step, "_COMPILED", {})  # so this shape is built afresh
+    monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path))  # ... and not found on disk
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
     with pytest.raises(CompileError, match=r"\(Compiler: g\+\+ not found\); decode without"):
         generate_ids(make_model(), prompt(), 2, compile=True)
@@ -128,3 +129,39 @@ def test_decoding_compiles_only_when_asked(monkeypatch):
     generate_ids(trained_compiled, prompt(1), 3)
     with pytest.raises(ConfigError, match="compile must be true or false, got 'yes'"):
         generate_ids(trained_compiled, prompt(1), 3, compile="yes")
+
+
+def test_a_later_process_loads_the_build_from_disk_and_rebuilds_a_bad_one(
+    model, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled_step, "_COMPILED", {})
+    greedy = SamplingParams(temperature=0.0)
+    eager = generate_ids(model, prompt(), BLOCK, greedy, compile=False)
+    assert torch.equal(generate_ids(model, prompt(), BLOCK, greedy, compile=True), eager)
+    [package] = compiled_step.package_dir().glob("*.pt2")
+    real_build = compiled_step._build
+
+    def refuse(*args):
+        raise AssertionError("built a step that was on disk")
+
+    monkeypatch.setattr(compiled_step, "_COMPILED", {})  # a new process, as far as memory goes
+    monkeypatch.setattr(compiled_step, "_build", refuse)
+    assert torch.equal(generate_ids(model, prompt(), BLOCK, greedy, compile=True), eager)
+
+    package.write_bytes(b"half a package")  # a crash mid-write, a disk error
+    monkeypatch.setattr(compiled_step, "_COMPILED", {})
+    monkeypatch.setattr(compiled_step, "_build", real_build)
+    assert torch.equal(generate_ids(model, prompt(), BLOCK, greedy, compile=True), eager)
+    assert package.stat().st_size > 1000  # rebuilt in place
+
+
+def test_an_unwritable_cache_costs_a_build_not_an_error(monkeypatch, tmp_path):
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    monkeypatch.setenv("TINYGPT_CACHE_DIR", str(not_a_directory))
+    monkeypatch.setattr(compiled_step, "_COMPILED", {})
+    model = make_model()
+    greedy = SamplingParams(temperature=0.0)
+    compiled = generate_ids(model, prompt(), BLOCK, greedy, compile=True)
+    assert torch.equal(compiled, generate_ids(model, prompt(), BLOCK, greedy, compile=False))

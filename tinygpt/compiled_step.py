@@ -2,15 +2,22 @@
 
 A batch-1 step of a small model is a few dozen tiny ops, so its cost is calling them. Compiled
 with ``torch.compile``, a call still pays Dynamo's guards and the compiled graph's runtime
-wrappers (at the seed's size on a 2-core Xeon: ~175 us a step, no better than the eager
-:class:`~tinygpt.decode_step.DecodeStep`'s ~165 us). Exported once with ``torch.export`` and
-compiled by AOTInductor into a shared library, the step is a single C++ call (~65 us there).
+wrappers (at the seed's size on a 2-core Xeon: ~175 us a step, slower than the eager
+:class:`~tinygpt.decode_step.DecodeStep`'s ~120 us). Exported once with ``torch.export`` and
+compiled by AOTInductor into a shared library, the step is a single C++ call (~60 us there).
 
 Weights and KV-cache buffers are inputs of the compiled step, not constants baked into it, so
-one compilation serves every model of the same shape, batch size, device and dtype (kept for
-the life of the process), sees in-place weight updates, and reads and writes the model's own
-cache, which the eager prefills fill. The step is the module's fixed-shape forward (attention
-over the whole cache, masked), as ``model(tokens, input_pos=...)`` computes it.
+one build serves every model of the same shape, batch size, device and dtype, sees in-place
+weight updates, and reads and writes the model's own cache, which the eager prefills fill. The
+step is the module's fixed-shape forward (attention over the whole cache, masked), as
+``model(tokens, input_pos=...)`` computes it.
+
+A build takes tens of seconds, so it is kept: in memory for the life of the process, and on
+disk as an AOTInductor package under :func:`package_dir` (``$TINYGPT_CACHE_DIR`` or
+``~/.cache/tinygpt``, then ``decode_steps/``), named by a hash of everything the library
+depends on (model shape, batch size, device and its CPU capability or CUDA architecture, dtype,
+torch version). A package that cannot be loaded is rebuilt; a cache that cannot be written
+only costs the next process a build.
 
 Dense feed-forwards only: mixture-of-experts routing has data-dependent shapes, which
 ``torch.export`` cannot capture (see :func:`can_compile`).
@@ -18,8 +25,13 @@ Dense feed-forwards only: mixture-of-experts routing has data-dependent shapes, 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,6 +43,20 @@ from tinygpt.model import MLP, TinyGPT
 StepFn = Callable[[torch.Tensor, int], torch.Tensor]
 _Runner = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 _COMPILED: dict[tuple, _Runner] = {}  # shape key -> compiled step, for the process's life
+CACHE_DIR_ENV = "TINYGPT_CACHE_DIR"
+
+
+def package_dir() -> Path:
+    """Where built steps are kept between processes."""
+    root = os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "tinygpt"
+    return Path(root) / "decode_steps"
+
+
+def _hardware(device: torch.device) -> str:
+    # The library holds machine code: AVX-512 kernels do not run on an AVX2-only CPU.
+    if device.type == "cuda":
+        return f"sm_{''.join(map(str, torch.cuda.get_device_capability(device)))}"
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def can_compile(model: TinyGPT) -> bool:
@@ -54,15 +80,15 @@ class _Step(nn.Module):
         return logits[:, -1]
 
 
-def _compile(model: TinyGPT, names: tuple[str, ...], inputs: list[torch.Tensor]) -> _Runner:
+def _build(model: TinyGPT, names: tuple[str, ...], inputs: list[torch.Tensor], path: Path) -> None:
+    """Export the step and build it into an AOTInductor package at ``path``."""
     tokens, input_pos, *tensors = inputs
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # torch's own pytree code warns about a deprecation inside export; not ours to fix.
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             exported = torch.export.export(_Step(model, names), (tokens, input_pos, tensors))
-            package = torch._inductor.aoti_compile_and_package(exported)
-        return torch._inductor.aoti_load_package(package).loader.run
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
     except Exception as error:  # a missing compiler, say: one line for the user, not inductor's log
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CompileError(
@@ -70,11 +96,46 @@ def _compile(model: TinyGPT, names: tuple[str, ...], inputs: list[torch.Tensor])
         ) from error
 
 
+def _load(path: Path) -> _Runner | None:
+    try:
+        return torch._inductor.aoti_load_package(str(path)).loader.run
+    except Exception:  # a partial, corrupt or incompatible package: rebuild it
+        return None
+
+
+def _compile(
+    model: TinyGPT, names: tuple[str, ...], inputs: list[torch.Tensor], key: tuple
+) -> _Runner:
+    """The step for ``key``: loaded from the on-disk cache, or built and left there."""
+    stamp = repr((key, _hardware(inputs[0].device), torch.__version__))
+    path = package_dir() / f"{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.pt2"
+    if path.is_file() and (run := _load(path)) is not None:
+        return run
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=path.parent))
+    except OSError:  # an unwritable cache: build for this process only
+        path, scratch = None, Path(tempfile.mkdtemp())
+    built = scratch / "step.pt2"
+    try:
+        _build(model, names, inputs, built)
+        if path is not None:  # moved in whole: a concurrent reader never sees half a package
+            os.replace(built, path)
+    finally:
+        if path is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    run = _load(path or built)
+    if run is None:
+        raise CompileError("the built decoding step could not be loaded; decode without compile")
+    return run
+
+
 def compiled_decode_step(model: TinyGPT) -> StepFn:
     """``step(tokens, pos)``: logits ``(batch, vocab)`` after ``tokens`` ``(batch, 1)`` at ``pos``.
 
     Call it after :meth:`TinyGPT.setup_kv_cache` (the step uses that cache), in eval mode. The
-    first call for a new shape compiles (tens of seconds); later ones reuse the compilation.
+    first call for a new shape builds the step (tens of seconds) unless an earlier process on
+    this machine left it in the cache (:func:`package_dir`); later calls reuse it.
     """
     if not can_compile(model):
         raise ValueError("the compiled decoding step supports dense feed-forwards only")
@@ -91,7 +152,7 @@ def compiled_decode_step(model: TinyGPT) -> StepFn:
     inputs = [torch.zeros(batch_size, 1, dtype=torch.long, device=weight.device), positions[0]]
     inputs += [tensor for _, tensor in named]
     if key not in _COMPILED:
-        _COMPILED[key] = _compile(model, names, inputs)
+        _COMPILED[key] = _compile(model, names, inputs, key)
     run = _COMPILED[key]
 
     def step(tokens: torch.Tensor, pos: int) -> torch.Tensor:
