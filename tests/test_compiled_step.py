@@ -1,8 +1,11 @@
 """The AOTInductor-compiled decoding step: same tokens as eager decoding, one build per shape.
 
-Each distinct shape here costs a real C++ build (10-20 s), so the tests share one: batch 2
-(whose token column is not contiguous in the generation buffer) of the same small model.
+A build is a real C++ compile (10-20 s), so most tests share one: batch 2 (whose token column
+is not contiguous in the generation buffer) of the same small model; the cache tests build
+again on purpose, into fresh cache directories.
 """
+
+import tempfile
 
 import pytest
 import torch
@@ -103,6 +106,10 @@ def test_a_mixture_of_experts_decodes_uncompiled_with_a_warning():
 def test_refusals(model):
     with pytest.raises(RuntimeError, match="KV cache"):
         compiled_decode_step(model)
+    training = make_model().train()
+    training.setup_kv_cache(1)
+    with pytest.raises(ValueError, match="in eval mode"):
+        compiled_decode_step(training)
     moe = make_model(ffn="moe")
     moe.setup_kv_cache(1)
     with pytest.raises(ValueError, match="dense feed-forwards only"):
@@ -116,8 +123,12 @@ def test_a_failed_build_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(compiled_step, "_COMPILED", {})  # so this shape is built afresh
     monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path))  # ... and not found on disk
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    training = make_model().train()
     with pytest.raises(CompileError, match=r"\(Compiler: g\+\+ not found\); decode without"):
-        generate_ids(make_model(), prompt(), 2, compile=True)
+        generate_ids(training, prompt(), 2, compile=True)
+    assert training.training  # the model is left as it was: training, no cache
+    assert all(block.attn.kv_cache is None for block in training.blocks)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "decode_steps"]  # no scratch left behind
 
 
 def test_decoding_compiles_only_when_asked(monkeypatch):
@@ -127,6 +138,7 @@ def test_decoding_compiles_only_when_asked(monkeypatch):
     monkeypatch.setattr(generation, "compiled_decode_step", refuse)
     trained_compiled = make_model(compile=True)  # model.compile is about training
     generate_ids(trained_compiled, prompt(1), 3)
+    generate_ids(trained_compiled, prompt(1), 1, compile=True)  # no one-token step: no build
     with pytest.raises(ConfigError, match="compile must be true or false, got 'yes'"):
         generate_ids(trained_compiled, prompt(1), 3, compile="yes")
 
@@ -161,7 +173,24 @@ def test_an_unwritable_cache_costs_a_build_not_an_error(monkeypatch, tmp_path):
     not_a_directory.write_text("")
     monkeypatch.setenv("TINYGPT_CACHE_DIR", str(not_a_directory))
     monkeypatch.setattr(compiled_step, "_COMPILED", {})
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     model = make_model()
     greedy = SamplingParams(temperature=0.0)
     compiled = generate_ids(model, prompt(), BLOCK, greedy, compile=True)
     assert torch.equal(compiled, generate_ids(model, prompt(), BLOCK, greedy, compile=False))
+    assert list(scratch.iterdir()) == []  # the build's scratch directory is gone
+
+
+def test_the_build_key_holds_what_the_library_depends_on(model):
+    key = compiled_step.shape_key(model, batch_size=2)
+    assert key == compiled_step.shape_key(make_model(dropout=0.1, compile=True), batch_size=2)
+    assert key != compiled_step.shape_key(model, batch_size=3)
+    assert key != compiled_step.shape_key(make_model(bias=False), batch_size=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # Inductor emits threaded loops or not from this
+    try:
+        assert key != compiled_step.shape_key(model, batch_size=2)
+    finally:
+        torch.set_num_threads(threads)

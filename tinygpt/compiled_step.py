@@ -7,17 +7,17 @@ wrappers (at the seed's size on a 2-core Xeon: ~175 us a step, slower than the e
 compiled by AOTInductor into a shared library, the step is a single C++ call (~60 us there).
 
 Weights and KV-cache buffers are inputs of the compiled step, not constants baked into it, so
-one build serves every model of the same shape, batch size, device and dtype, sees in-place
-weight updates, and reads and writes the model's own cache, which the eager prefills fill. The
-step is the module's fixed-shape forward (attention over the whole cache, masked), as
+one build serves every model with the same :func:`shape_key`, sees in-place weight updates,
+and reads and writes the model's own cache, which the eager prefills fill. The step is the
+module's fixed-shape forward (attention over the whole cache, masked), as
 ``model(tokens, input_pos=...)`` computes it.
 
 A build takes tens of seconds, so it is kept: in memory for the life of the process, and on
 disk as an AOTInductor package under :func:`package_dir` (``$TINYGPT_CACHE_DIR`` or
-``~/.cache/tinygpt``, then ``decode_steps/``), named by a hash of everything the library
-depends on (model shape, batch size, device and its CPU capability or CUDA architecture, dtype,
-torch version). A package that cannot be loaded is rebuilt; a cache that cannot be written
-only costs the next process a build.
+``~/.cache/tinygpt``, then ``decode_steps/``), named by a hash of :func:`shape_key` (model
+shape, batch size, device, dtype, thread count), the machine (CPU model and flags, or CUDA
+architecture) and the torch version. A package that cannot be loaded is rebuilt; a cache that
+cannot be written only costs the next process a build.
 
 Dense feed-forwards only: mixture-of-experts routing has data-dependent shapes, which
 ``torch.export`` cannot capture (see :func:`can_compile`).
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import tempfile
 import warnings
@@ -44,6 +45,8 @@ StepFn = Callable[[torch.Tensor, int], torch.Tensor]
 _Runner = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 _COMPILED: dict[tuple, _Runner] = {}  # shape key -> compiled step, for the process's life
 CACHE_DIR_ENV = "TINYGPT_CACHE_DIR"
+# The config fields the built step depends on (dropout, say, does not: the step runs in eval mode).
+SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "ffn")
 
 
 def package_dir() -> Path:
@@ -53,10 +56,35 @@ def package_dir() -> Path:
 
 
 def _hardware(device: torch.device) -> str:
-    # The library holds machine code: AVX-512 kernels do not run on an AVX2-only CPU.
+    """What the built machine code depends on: the CUDA architecture, or the CPU model and flags.
+
+    The library is compiled for the building CPU (``-march=native``), so a package built on one
+    machine may use instructions another lacks; a cache in a shared home directory must tell
+    them apart.
+    """
     if device.type == "cuda":
         return f"sm_{''.join(map(str, torch.cuda.get_device_capability(device)))}"
-    return torch.backends.cpu.get_cpu_capability()
+    described = [torch.backends.cpu.get_cpu_capability(), platform.machine()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            described += [line for line in cpuinfo if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        described.append(platform.processor())
+    return "|".join(described)
+
+
+def shape_key(model: TinyGPT, batch_size: int) -> tuple:
+    """Everything a build depends on besides the machine: one build serves all models sharing it.
+
+    The model's shape (not its training-only settings), parameter and buffer names, batch size,
+    device, dtype, and the intra-op thread count, from which Inductor decides whether to emit
+    multi-threaded loops.
+    """
+    config, weight = model.config, model.wte.weight
+    shape = tuple(getattr(config, name) for name in SHAPE_FIELDS)
+    names = tuple(name for name, _ in (*model.named_parameters(), *model.named_buffers()))
+    threads = torch.get_num_threads()
+    return (shape, names, batch_size, str(weight.device), str(weight.dtype), threads)
 
 
 def can_compile(model: TinyGPT) -> bool:
@@ -96,9 +124,10 @@ def _build(model: TinyGPT, names: tuple[str, ...], inputs: list[torch.Tensor], p
         ) from error
 
 
-def _load(path: Path) -> _Runner | None:
+def _load(path: Path, device: torch.device) -> _Runner | None:
+    index = device.index if device.type == "cuda" and device.index is not None else -1
     try:
-        return torch._inductor.aoti_load_package(str(path)).loader.run
+        return torch._inductor.aoti_load_package(str(path), device_index=index).loader.run
     except Exception:  # a partial, corrupt or incompatible package: rebuild it
         return None
 
@@ -107,9 +136,10 @@ def _compile(
     model: TinyGPT, names: tuple[str, ...], inputs: list[torch.Tensor], key: tuple
 ) -> _Runner:
     """The step for ``key``: loaded from the on-disk cache, or built and left there."""
-    stamp = repr((key, _hardware(inputs[0].device), torch.__version__))
+    device = inputs[0].device
+    stamp = repr((key, _hardware(device), torch.__version__))
     path = package_dir() / f"{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.pt2"
-    if path.is_file() and (run := _load(path)) is not None:
+    if path.is_file() and (run := _load(path, device)) is not None:
         return run
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,10 +151,9 @@ def _compile(
         _build(model, names, inputs, built)
         if path is not None:  # moved in whole: a concurrent reader never sees half a package
             os.replace(built, path)
+        run = _load(path or built, device)  # the loader extracts what it needs elsewhere
     finally:
-        if path is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-    run = _load(path or built)
+        shutil.rmtree(scratch, ignore_errors=True)
     if run is None:
         raise CompileError("the built decoding step could not be loaded; decode without compile")
     return run
@@ -139,6 +168,8 @@ def compiled_decode_step(model: TinyGPT) -> StepFn:
     """
     if not can_compile(model):
         raise ValueError("the compiled decoding step supports dense feed-forwards only")
+    if model.training:
+        raise ValueError("compile the decoding step of a model in eval mode (no dropout)")
     cache = model.blocks[0].attn.kv_cache
     if cache is None:
         raise RuntimeError("set up the model's KV cache before compiling its decoding step")
@@ -146,7 +177,7 @@ def compiled_decode_step(model: TinyGPT) -> StepFn:
     names = tuple(name for name, _ in named)
     weight = model.wte.weight
     batch_size = cache.k.size(0)
-    key = (repr(model.config), names, batch_size, weight.device, weight.dtype)
+    key = shape_key(model, batch_size)
     # One position tensor per cache slot, made once, so a step does not allocate one.
     positions = list(torch.arange(model.config.block_size, device=weight.device).split(1))
     inputs = [torch.zeros(batch_size, 1, dtype=torch.long, device=weight.device), positions[0]]

@@ -210,11 +210,11 @@ def _decode(
     was_training = model.training
     if was_training:  # train()/eval() walk every module: skip them when there is nothing to do
         model.eval()
-    if use_cache:
-        model.setup_kv_cache(seq.size(0))
-        cached = DecodeStep(model)
-        one_token = compiled_decode_step(model) if compile else cached
+    one_token = None  # built at its first use: a short generation may need no one-token step
     try:
+        if use_cache:
+            model.setup_kv_cache(seq.size(0))
+            cached = DecodeStep(model)
         start = max(0, prompt_len - block)
         filled = prompt_len - start
         if use_cache:
@@ -232,6 +232,8 @@ def _decode(
             if not use_cache:
                 logits = _last_logits(model, seq[:, max(0, n + 1 - block) : n + 1])
             elif filled < block:
+                if one_token is None:
+                    one_token = compiled_decode_step(model) if compile else cached
                 logits = one_token(seq[:, n : n + 1], filled)
                 filled += 1
             else:  # cache full: refill it with the most recent tokens (see module docstring)
