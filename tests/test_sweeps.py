@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import cloudpickle
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.singleton import Singleton
 from lightning.pytorch.strategies.launchers import subprocess_script
 from omegaconf import OmegaConf
@@ -20,7 +22,7 @@ from test_configs import compose_train
 from test_train import ROOT, TINY_RUN, run_train
 
 from tinygpt import hydra_ddp
-from tinygpt.config import parallel_jobs, register_resolvers
+from tinygpt.config import parallel_jobs, register_resolvers, sweep_job_name
 
 # Ten steps, one evaluation, no pictures: these tests are about the jobs, not the training.
 TINY_SWEEP = [
@@ -49,7 +51,7 @@ def test_job_names_come_from_the_launching_command_line(monkeypatch):
             "name": "${sweep_job_name:${overrides}}",
         }
     )
-    assert job.name == "seed=2"
+    assert job.name == "seed-2"
 
     # An Optuna search sweeps the keys of its search space, not the command line's.
     monkeypatch.setattr(sys, "argv", ["train.py", "-m", "hparams_search=optuna", "seed=3"])
@@ -71,7 +73,34 @@ def test_job_names_come_from_the_launching_command_line(monkeypatch):
             "name": "${sweep_job_name:${overrides},${params}}",
         }
     )
-    assert trial.name == "optim.lr=0.001235,model.n_embd=64"  # 4 significant digits
+    assert trial.name == "optim.lr-0.001235+model.n_embd-64"  # 4 significant digits
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        (["model=dense", "seed=1"], "model-dense+seed-1"),
+        (["model.num_experts=2"], "model.num_experts-2"),
+        (
+            ["optim.lr=0.0012345678901234", "model.dropout=-0.5"],
+            "optim.lr-0.001235+model.dropout--0.5",
+        ),
+        (["model.moe_layers=[0,1]"], "model.moe_layers-_0_1_"),
+        (["prompt='a b, c'"], "prompt-_a_b__c_"),
+        (["+extra=x=y"], "+extra-x_y"),
+        (["data.path=/a/b c.txt"], "data.path-_a_b_c.txt"),
+        (["x=${oc.env:HOME}"], "x-__oc.env_HOME_"),
+        (["decoder.stop=['$', '*']"], "decoder.stop-" + "_" * 10),
+    ],
+)
+def test_job_directories_paste_back_unquoted(overrides, name):
+    # Readable as TensorBoard run names, and a checkpoint path inside one pastes back after
+    # ckpt_path= as it is: one shell word, one plain string to Hydra (no sweep, no syntax).
+    assert sweep_job_name(overrides) == name
+    path = f"/outputs/multirun/2026-01-01_10-00-00/0_{name}/checkpoints/last.ckpt"
+    assert shlex.split(path) == [path]
+    override = OverridesParser.create().parse_override(f"ckpt_path={path}")
+    assert override.value() == path and not override.is_sweep_override()
 
 
 def test_ddp_ranks_rerun_the_entry_script_from_a_worker_process(monkeypatch, tmp_path):
@@ -99,7 +128,7 @@ def test_parallel_launcher_runs_jobs_in_worker_processes(python, tiny_text_file,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = summaries(sweep)
-    assert list(jobs) == ["0_seed=1", "1_seed=2"]  # named after the swept values in the workers
+    assert list(jobs) == ["0_seed-1", "1_seed-2"]  # named after the swept values in the workers
     for name, summary in jobs.items():
         assert summary["steps"] == 10
         checkpoints = sorted(p.name for p in (sweep / name / "checkpoints").iterdir())
@@ -107,7 +136,7 @@ def test_parallel_launcher_runs_jobs_in_worker_processes(python, tiny_text_file,
         # A worker's job counts from its own start, not from the launching process's start.
         finished = (sweep / name / "summary.json").stat().st_mtime
         assert summary["wall_seconds"] < finished - launched - 1.0
-    assert jobs["0_seed=1"]["best_val_loss"] != jobs["1_seed=2"]["best_val_loss"]
+    assert jobs["0_seed-1"]["best_val_loss"] != jobs["1_seed-2"]["best_val_loss"]
     # Event files are named ...tfevents.<time>.<host>.<pid>.<n>: two worker processes.
     pids = {
         next((sweep / name / "tb").glob("events.out.tfevents.*")).name.split(".")[-2]
@@ -133,7 +162,7 @@ def test_optuna_search_minimises_the_best_val_loss(python, tiny_text_file, tmp_p
     trials = {}
     for name in jobs:
         # Named after the search space's values only: not hparams_search, data.path, ...
-        assert name.startswith(("0_optim.lr=", "1_optim.lr=")), name
+        assert name.startswith(("0_optim.lr-", "1_optim.lr-")), name
         assert "hparams_search" not in name and "data.path" not in name
         config = yaml.safe_load((sweep / name / ".hydra" / "config.yaml").read_text())
         params = {

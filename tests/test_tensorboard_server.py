@@ -91,8 +91,8 @@ def test_tensorboard_serves_both_runs_of_a_sweep(python, tiny_text_file, tmp_pat
         runs = sorted(wait_for_runs(base, server, log, count=2))
         # One run per job, named after the job directory (hence its overrides).
         assert len(runs) == 2 and len(set(runs)) == 2
-        assert runs[0].startswith("0_") and "seed=1" in runs[0]
-        assert runs[1].startswith("1_") and "seed=2" in runs[1]
+        assert runs[0].startswith("0_") and "seed-1" in runs[0]
+        assert runs[1].startswith("1_") and "seed-2" in runs[1]
 
         scalar_tags = get_json(base, "/data/plugin/scalars/tags")
         image_tags = get_json(base, "/data/plugin/images/tags")
@@ -116,7 +116,7 @@ def test_tensorboard_serves_both_runs_of_a_sweep(python, tiny_text_file, tmp_pat
             assert png.startswith(PNG_MAGIC) and len(png) > 10_000
 
             texts = get_json(base, "/data/plugin/text/text", run=run, tag=CONFIG_TAG)
-            seed = 1 if "seed=1" in run else 2
+            seed = 1 if "seed-1" in run else 2
             assert f"seed: {seed}" in texts[0]["text"]
 
             # The run's PNG plots, written at the end of training from the same events.

@@ -83,7 +83,7 @@ def test_multirun_writes_one_directory_per_job(python, tiny_text_file, tmp_path)
     assert result.returncode == 0, result.stderr
     job_dirs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
     # Job directories, hence TensorBoard run names, are named after the swept values.
-    assert job_dirs == ["0_seed=1", "1_seed=2"]
+    assert job_dirs == ["0_seed-1", "1_seed-2"]
     assert all(list((sweep / d / "tb").glob("events.out.tfevents.*")) for d in job_dirs)
     losses = [
         json.loads((sweep / d / "summary.json").read_text())["final_val_loss"] for d in job_dirs

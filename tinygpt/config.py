@@ -23,9 +23,17 @@ def auto_precision() -> str:
     return "32-true"
 
 
+# What a directory name may hold, so that a path pasted back unquoted after `ckpt_path=` or
+# `hydra.run.dir=` is one plain string to Hydra and one word to the shell. Hydra's override
+# lexer (hydra/grammar/OverrideLexer.g4) reads `=`, `,`, brackets and quotes as syntax (`,` even
+# makes a multirun sweep); the shell reads `$ * ? | \` and spaces. `:` would pass both but makes
+# scp and rsync see a host name, and Windows refuses it.
+UNSAFE_NAME_CHARACTER = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
 def safe_name(text: str) -> str:
-    """A directory name from Hydra's override string: no path separators or odd characters."""
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)[:120] or "default"
+    """A directory name from any text: characters outside ``[A-Za-z0-9_.+-]`` become ``_``."""
+    return UNSAFE_NAME_CHARACTER.sub("_", text)[:120] or "default"
 
 
 SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(", "tag(")
@@ -59,23 +67,26 @@ def sweep_job_name(
     """A job directory name from the values this job takes for the swept keys.
 
     ``python train.py -m model=dense,moe seed=1,2 trainer.max_steps=500`` names its jobs
-    ``model=dense,seed=1`` and so on, leaving out what all jobs share. The swept keys are those
-    swept on the command line (``command_line_sweeps``) and in the sweeper's config
-    (``hydra.sweeper.params``: an Optuna search space). With none, all of the job's overrides.
+    ``model-dense+seed-1`` and so on (``key-value``, joined by ``+``), leaving out what all jobs
+    share: readable as a TensorBoard run name, and free of the ``=`` and ``,`` that Hydra would
+    read as syntax when the path is pasted back after ``ckpt_path=``. The job number Hydra puts in
+    front keeps names unique. The swept keys are those swept on the command line
+    (``command_line_sweeps``) and in the sweeper's config (``hydra.sweeper.params``: an Optuna
+    search space). With none, all of the job's overrides.
     """
     swept = set(command_line_sweeps)
     swept |= swept_keys([f"{key}={value}" for key, value in (sweeper_params or {}).items()])
     chosen = [o for o in task_overrides if o.partition("=")[0].lstrip("+~") in swept]
-    return safe_name(",".join(_short_float(o) for o in chosen or task_overrides))
+    return safe_name("+".join(_label(o) for o in chosen or task_overrides))
 
 
-def _short_float(override: str) -> str:
-    """``key=0.0012345678901234`` as ``key=0.001235``: a sampled float's 17 digits make an
-    unreadable directory name, and the job number in front keeps names unique anyway."""
+def _label(override: str) -> str:
+    """``key=value`` as ``key-value``, a float to 4 significant digits (``optim.lr-0.001235``):
+    a sampled float's 17 digits make an unreadable name."""
     key, _, value = override.partition("=")
-    if not re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)", value):
-        return override  # not a float literal: integers, names and lists stay as written
-    return f"{key}={float(value):.4g}"
+    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)", value):
+        value = f"{float(value):.4g}"  # integers, names and lists stay as written
+    return f"{key}-{value}"
 
 
 def parallel_jobs(n_jobs: int | None) -> int:
