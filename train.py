@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from tinygpt import hydra_ddp  # noqa: E402
 from tinygpt.callbacks import LastCheckpoint, TokenThroughput  # noqa: E402
-from tinygpt.cli import run_hydra_app, user_errors  # noqa: E402
+from tinygpt.cli import hydra_value, run_hydra_app, shell_word, user_errors  # noqa: E402
 from tinygpt.config import register_resolvers  # noqa: E402
 from tinygpt.errors import CheckpointError  # noqa: E402
 from tinygpt.module import TinyGPTModule  # noqa: E402
@@ -110,13 +110,19 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 
 
 def resume_command(run_dir: Path) -> str:
-    """The command line that continues this run from its last.ckpt."""
-    kept = [
-        o
-        for o in HydraConfig.get().overrides.task
-        if not o.startswith(("ckpt_path=", "hydra.run.dir="))
+    """The command line that continues this run from its last.ckpt, to paste into a shell."""
+    kept = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+    script = Path(__file__).resolve()
+    if script.is_relative_to(Path.cwd().resolve()):
+        script = script.relative_to(Path.cwd().resolve())
+    words = [
+        "python",
+        str(script),
+        *kept,
+        f"hydra.run.dir={hydra_value(str(run_dir))}",
+        "ckpt_path=last",
     ]
-    return " ".join(["python train.py", *kept, f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+    return " ".join(shell_word(word) for word in words)
 
 
 def _number(value) -> float | None:

@@ -19,6 +19,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 
+from tinygpt.cli import hydra_quoted
+
 # Lightning's launcher sets these in the launching process for its children; while LOCAL_RANK
 # is set, Lightning believes someone else starts the ranks and would wait for ranks that never come.
 LAUNCHER_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -28,10 +30,9 @@ def rank_command(local_rank: int, script: str) -> tuple[Sequence[str], str]:
     """The command and working directory that start DDP rank ``local_rank`` of this job."""
     hydra_config = HydraConfig.get()
     command = [sys.executable, script, *hydra_config.overrides.task]
-    # Quoted: a sweep job's directory name holds '=' and ',' from its overrides.
-    output_dir = hydra_config.runtime.output_dir.replace("\\", "\\\\").replace("'", "\\'")
+    # Quoted: a directory given with hydra.run.dir may hold anything, `=` and `,` included.
     command += [
-        f"hydra.run.dir='{output_dir}'",
+        f"hydra.run.dir={hydra_quoted(hydra_config.runtime.output_dir)}",
         "hydra.output_subdir=null",
         "hydra/job_logging=disabled",
         "hydra/hydra_logging=disabled",
