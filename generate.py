@@ -5,7 +5,7 @@
     python generate.py -m decoder=temperature decoder.temperature=0.5,1.0,1.5
 
 Decoders (conf/decoder/): greedy, temperature, top_k, nucleus, combined, min_p. Without
-``ckpt_path`` the newest ``*.ckpt`` under ``outputs/`` is used. Each run writes samples.txt and
+``ckpt_path`` the newest run's best (else last) checkpoint is used. Each run writes samples.txt and
 samples.json (samples, resolved config, speed) into its Hydra run directory; a multirun also
 writes summary.json and summary.md into the sweep directory.
 """
@@ -25,22 +25,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.checkpoint import load_model
+from tinygpt.checkpoint_choice import newest_run_checkpoint
 from tinygpt.cli import run_hydra_app, user_errors
 from tinygpt.compiled_step import can_compile, package_dir
 from tinygpt.config import register_resolvers
 from tinygpt.decoding import MAX_NEW_TOKENS_LIMIT, SamplingParams, check_int
-from tinygpt.errors import CheckpointError, ConfigError
+from tinygpt.errors import ConfigError
 from tinygpt.generation import MAX_NUM_SAMPLES, stream_generate
 
 register_resolvers()
-
-
-def newest_checkpoint(root: Path) -> Path:
-    """The most recently modified ``*.ckpt`` under ``root``."""
-    candidates = [path for path in root.rglob("*.ckpt") if path.is_file()] if root.is_dir() else []
-    if not candidates:
-        raise CheckpointError(f"no ckpt_path given and no *.ckpt file under {root}/")
-    return max(candidates, key=lambda path: path.stat().st_mtime)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,8 +100,9 @@ def run(cfg: DictConfig) -> None:
         )
     device = resolve_device(cfg.device)
     if cfg.ckpt_path is None:
-        ckpt_path = newest_checkpoint(Path(cfg.checkpoints_dir))
-        print(f"using the newest checkpoint: {ckpt_path}", file=sys.stderr, flush=True)
+        chosen = newest_run_checkpoint(cfg.checkpoints_dir)
+        print(chosen.describe(), file=sys.stderr, flush=True)
+        ckpt_path = chosen.path
     else:
         ckpt_path = Path(cfg.ckpt_path)
     model = load_model(ckpt_path, device=device)

@@ -1,0 +1,95 @@
+"""Which checkpoint generate.py uses when it is given none: the newest run's best.ckpt.
+
+A run is a directory whose ``checkpoints/`` holds ``best.ckpt`` (lowest val loss) or ``last.ckpt``
+(the latest step); the newest run is the one whose checkpoint was written last. Picking the newest
+``*.ckpt`` file instead would take a short sweep's ``last.ckpt`` over a finished run's
+``best.ckpt`` just because it was touched later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinygpt.errors import CheckpointError
+
+PREFERRED = ("best.ckpt", "last.ckpt")
+
+
+@dataclass(frozen=True)
+class ChosenCheckpoint:
+    path: Path
+    step: int | None  # the training step it was saved at
+    val_loss: float | None  # best.ckpt: its val loss; last.ckpt: the latest validation's
+
+    def describe(self) -> str:
+        """One line for stderr: which checkpoint of which run, its step and val loss."""
+        step = "step unknown" if self.step is None else f"step {self.step}"
+        loss = "no val loss recorded" if self.val_loss is None else f"val loss {self.val_loss:.4f}"
+        why = "" if self.path.name == PREFERRED[0] else f"no {PREFERRED[0]}; "
+        return f"using the newest run's {self.path.name} ({why}{step}, {loss}): {self.path}"
+
+
+def newest_run_checkpoint(root: str | Path) -> ChosenCheckpoint:
+    """The best.ckpt (else last.ckpt) of the run under ``root`` that wrote a checkpoint last."""
+    root = Path(root)
+    runs: dict[Path, list[Path]] = {}
+    for name in PREFERRED:
+        for path in sorted(root.glob(f"**/checkpoints/{name}")):
+            if path.is_file():
+                runs.setdefault(path.parent.parent, []).append(path)
+    if not runs:
+        raise CheckpointError(
+            f"no ckpt_path given and no run under {root}/ has checkpoints/best.ckpt or "
+            "last.ckpt; give one with ckpt_path=PATH"
+        )
+    newest = max(runs.values(), key=lambda paths: max(p.stat().st_mtime for p in paths))
+    path = newest[0]  # best.ckpt where there is one: PREFERRED's order
+    step, val_loss = _recorded_progress(path)
+    return ChosenCheckpoint(path, step, val_loss)
+
+
+def _recorded_progress(path: Path) -> tuple[int | None, float | None]:
+    """The step and val loss that Lightning stored in the checkpoint, else the run's summary.
+
+    Only for the message: a checkpoint that cannot be read here gives ``None`` and is reported
+    properly by the loader that follows.
+    """
+    best = path.name == PREFERRED[0]
+    step = val_loss = None
+    try:  # weights-only (runs no code); mmap reads the small entries without the weights
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any unreadable file: the loader that follows names the problem
+        checkpoint = {}
+    if isinstance(checkpoint, dict):
+        step = checkpoint.get("global_step")
+        for key, state in (checkpoint.get("callbacks") or {}).items():
+            if not (str(key).startswith("ModelCheckpoint") and isinstance(state, dict)):
+                continue
+            if state.get("monitor") == "val/loss":
+                val_loss = _finite(state.get("best_model_score" if best else "current_score"))
+    if val_loss is None:
+        summary = _read_summary(path.parent.parent / "summary.json")
+        val_loss = _finite(summary.get("best_val_loss" if best else "final_val_loss"))
+    return (step if isinstance(step, int) else None), val_loss
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return number if math.isfinite(number) else None
