@@ -12,7 +12,16 @@ from omegaconf import OmegaConf, open_dict, read_write
 from tinygpt.config import register_resolvers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["data", "model", "trainer", "logger", "callbacks", "experiment", "hparams_search"]
+GROUPS = [
+    "paths",
+    "data",
+    "model",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "hparams_search",
+]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 
 

@@ -34,8 +34,10 @@ def ckpt(tmp_path_factory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
 
 
-def run_generate(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_generate(
+    cwd: Path, *overrides: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "generate.py"), *overrides],
         cwd=cwd,
@@ -113,13 +115,13 @@ def test_multirun_writes_one_directory_per_value_and_a_summary(ckpt, tmp_path):
     assert result.returncode == 0, result.stderr
     temperatures = [
         json.loads((sweep_dir / job / "samples.json").read_text())["decoder"]["temperature"]
-        for job in ("0_decoder.temperature=0.5", "1_decoder.temperature=1.5")
+        for job in ("0_decoder.temperature-0.5", "1_decoder.temperature-1.5")
     ]
     assert temperatures == [0.5, 1.5]
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert [job["job_dir"] for job in summary] == [
-        "0_decoder.temperature=0.5",
-        "1_decoder.temperature=1.5",
+        "0_decoder.temperature-0.5",
+        "1_decoder.temperature-1.5",
     ]
     assert all(len(job["samples"]) == 2 for job in summary)
     assert all(0 <= job["diversity"]["distinct_1"] <= 1 for job in summary)
@@ -127,16 +129,27 @@ def test_multirun_writes_one_directory_per_value_and_a_summary(ckpt, tmp_path):
     assert "decoder.temperature=0.5" in table and "decoder.temperature=1.5" in table
 
 
-def test_without_ckpt_path_the_newest_checkpoint_is_used_and_named(tmp_path):
-    old = save_checkpoint(tmp_path / "outputs" / "a" / "old.ckpt")
-    new = save_checkpoint(tmp_path / "outputs" / "b" / "new.ckpt")
+def test_without_ckpt_path_the_newest_runs_best_checkpoint_is_used_and_named(tmp_path):
+    # Runs live under $TINYGPT_ROOT/outputs/, wherever generate.py is started from.
+    outputs = tmp_path / "root" / "outputs"
+    old = save_checkpoint(outputs / "runs" / "a" / "checkpoints" / "best.ckpt")
+    best = save_checkpoint(outputs / "runs" / "b" / "checkpoints" / "best.ckpt")
+    save_checkpoint(outputs / "runs" / "b" / "checkpoints" / "last.ckpt")  # the newest file
     os.utime(old, (1, 1))
+    os.utime(best, (2, 2))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     result = run_generate(
-        tmp_path, "decoder=greedy", "max_new_tokens=5", f"hydra.run.dir={tmp_path / 'run'}"
+        cwd, "decoder=greedy", "max_new_tokens=5", env={"TINYGPT_ROOT": str(tmp_path / "root")}
     )
     assert result.returncode == 0, result.stderr
-    assert f"using the newest checkpoint: {new.relative_to(tmp_path)}" in result.stderr
-    assert len(json.loads((tmp_path / "run" / "samples.json").read_text())["samples"][0]) == 5
+    # These checkpoints hold no Lightning state; tests/test_paths.py reads a trained one's.
+    assert f"using the newest run's best.ckpt (step unknown, no val loss recorded): {best}" in (
+        result.stderr
+    )
+    (run_dir,) = (outputs / "generate").iterdir()
+    assert len(json.loads((run_dir / "samples.json").read_text())["samples"][0]) == 5
+    assert list(cwd.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,10 @@ def test_one_seed_has_no_std_and_groups_without_kinds_use_overrides(tmp_path):
     assert report.fmt(*report.mean_std([2.0])) == "2.000"
     runs = [
         report.load_run(make_run(tmp_path / "a", "dense", 1, ["model.n_layer=2", "x=1"])),
-        report.load_run(make_run(tmp_path / "b", "dense", 2, ["model.n_layer=2", "x=1"])),
+        # Where a run read and wrote (paths.*) does not make it another group.
+        report.load_run(
+            make_run(tmp_path / "b", "dense", 2, ["model.n_layer=2", "x=1", "paths.data_dir=/d"])
+        ),
         report.load_run(make_run(tmp_path / "c", "dense", 1, ["model.n_layer=4", "x=1"])),
     ]
     groups = report.group_runs(runs)
@@ -327,8 +330,9 @@ def test_bad_input_is_one_error_line_and_exit_2(case, tmp_path, capfd):
     elif case == "run_without_sweep":
         args, message = [str(tmp_path), "--run", "seed=1,2"], "--run needs --sweep"
     elif case == "run_fails":
-        # train.py refuses the override with its own error line; the report adds none.
-        args = ["--sweep", str(tmp_path / "sweep"), "--run", "model=no_such_model"]
+        # train.py refuses the override with its own error line; the report adds none. (The
+        # sweep directory's '=' reaches train.py quoted, or Hydra would complain of it first.)
+        args = ["--sweep", str(tmp_path / "a=b" / "sweep"), "--run", "model=no_such_model"]
         message = "no_such_model"
     else:
         make_run(tmp_path / "sweep" / "0_seed=1", "dense", 1)

@@ -8,12 +8,24 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from functools import partial
+from pathlib import Path
 
 import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.cli import exit_with_user_error
+
+# The checkout that holds train.py, generate.py, conf/ and this package: outputs/ and data/ live
+# here by default, whatever the working directory.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ROOT_ENV = "TINYGPT_ROOT"
+
+
+def root_dir() -> str:
+    """``$TINYGPT_ROOT`` (made absolute) if set and not empty, else the project root."""
+    override = os.environ.get(ROOT_ENV)
+    return str(Path(override).expanduser().absolute()) if override else str(PROJECT_ROOT)
 
 
 def auto_precision() -> str:
@@ -116,6 +128,7 @@ class ParallelJobsCheck(Callback):
 
 
 def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("root_dir", root_dir, replace=True)
     OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
     OmegaConf.register_new_resolver("parallel_jobs", parallel_jobs, replace=True)

@@ -36,7 +36,7 @@ import yaml
 
 from tinygpt.attention import attention_entropy, attention_weights
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
-from tinygpt.cli import USER_ERROR_EXIT_CODE, user_errors
+from tinygpt.cli import USER_ERROR_EXIT_CODE, hydra_value, user_errors
 from tinygpt.decoding_report import (
     DEFAULT_MAX_NEW_TOKENS,
     StrategyResult,
@@ -53,7 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 START_MARKER = "<!-- results:start -->"
 END_MARKER = "<!-- results:end -->"
 DEFAULT_OUT = Path("docs/results")
-# Overrides that never make runs different models: seeds and where things are read or written.
+# Overrides that never make runs different models: seeds and where things are read or written
+# (these, and hydra.* and paths.* keys).
 NEUTRAL_KEYS = ("seed", "data.path", "data.cache_dir", "ckpt_path", "trainer.default_root_dir")
 EXPERT_LOAD = re.compile(r"^moe/layer(\d+)/load/expert(\d+)$")
 
@@ -83,7 +84,7 @@ class Run:
         kept = []
         for override in self.overrides:
             key = override.split("=", 1)[0].lstrip("+~")
-            if key in NEUTRAL_KEYS or key.startswith("hydra."):
+            if key in NEUTRAL_KEYS or key.startswith(("hydra.", "paths.")):
                 continue
             kept.append(override)
         return tuple(sorted(kept))
@@ -506,9 +507,11 @@ def run_sweep(sweep: Path, overrides: str) -> None:
     as it is, so the user sees one line; any other failure is reported here.
     """
     command = [sys.executable, str(REPO / "train.py"), "-m", *shlex.split(overrides)]
-    command.append(f"hydra.sweep.dir={sweep}")
+    # Absolute: train.py runs in this working directory, but the sweep must land where this
+    # process reads it, whatever the path holds (quoted for Hydra where it needs it).
+    command.append(f"hydra.sweep.dir={hydra_value(str(sweep.absolute()))}")
     print("running:", " ".join(shlex.quote(c) for c in command), flush=True)
-    result = subprocess.run(command, cwd=REPO)
+    result = subprocess.run(command)
     if result.returncode == USER_ERROR_EXIT_CODE:
         sys.exit(USER_ERROR_EXIT_CODE)
     if result.returncode != 0:
