@@ -109,9 +109,12 @@ def read_prompt(cfg: DictConfig) -> str:
             raise ConfigError("give prompt or prompt_file, not both")
         return read_prompt_file(Path(str(cfg.prompt_file)))
     if not isinstance(cfg.prompt, str):
+        # Hydra reads an unquoted true, null or 3 as a boolean, null or number, [a] as a list.
+        scalar = isinstance(cfg.prompt, (bool, int, float))
+        quoted = "null" if cfg.prompt is None else str(cfg.prompt) if scalar else "..."
         raise ConfigError(
             f"prompt must be text, got {type(cfg.prompt).__name__} {cfg.prompt!r}: "
-            "quote it for Hydra, e.g. prompt=\"'42'\""
+            f"quote it for Hydra, e.g. \"prompt='{quoted}'\""
         )
     return cfg.prompt
 
