@@ -1,4 +1,4 @@
-"""Sample text from a trained TinyGPT checkpoint, streaming it to the terminal.
+r"""Sample text from a trained TinyGPT checkpoint, streaming it to the terminal.
 
     python generate.py ckpt_path=outputs/.../last.ckpt prompt="To be" max_new_tokens=200 \
         decoder=nucleus decoder.top_p=0.9 seed=1
@@ -77,7 +77,7 @@ def stop_strings(decoder: DictConfig) -> tuple[str, ...]:
 def read_prompt_file(path: Path) -> str:
     """The whole text of a UTF-8 file, kept as written (a final line break too).
 
-    Windows line breaks read as ``\n`` and a UTF-8 byte order mark is dropped.
+    Windows line breaks read as ``\\n`` and a UTF-8 byte order mark is dropped.
     """
     try:
         data = path.read_bytes()
