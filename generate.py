@@ -1,7 +1,9 @@
-"""Sample text from a trained TinyGPT checkpoint, streaming it to the terminal.
+r"""Sample text from a trained TinyGPT checkpoint, streaming it to the terminal.
 
     python generate.py ckpt_path=outputs/.../last.ckpt prompt="To be" max_new_tokens=200 \
         decoder=nucleus decoder.top_p=0.9 seed=1
+    python generate.py "prompt='To be, or not'" decoder.stop=$'"\n\n"'  # quoting: README
+    python generate.py prompt_file=speech.txt   # the file's whole text, line breaks included
     python generate.py -m decoder=temperature decoder.temperature=0.5,1.0,1.5
 
 Decoders (conf/decoder/): greedy, temperature, top_k, nucleus, combined, min_p. Without
@@ -22,7 +24,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tinygpt.checkpoint import load_model
 from tinygpt.checkpoint_choice import newest_run_checkpoint
@@ -30,8 +32,9 @@ from tinygpt.cli import run_hydra_app, user_errors
 from tinygpt.compiled_step import can_compile, package_dir
 from tinygpt.config import register_resolvers
 from tinygpt.decoding import MAX_NEW_TOKENS_LIMIT, SamplingParams, check_int
-from tinygpt.errors import ConfigError
+from tinygpt.errors import ConfigError, DataError
 from tinygpt.generation import MAX_NUM_SAMPLES, stream_generate
+from tinygpt.stop_strings import check_stop
 
 register_resolvers()
 
@@ -49,30 +52,90 @@ def resolve_device(name: str) -> torch.device:
 def sampling_params(decoder: DictConfig) -> SamplingParams:
     values = OmegaConf.to_container(decoder, resolve=True)
     values.pop("name", None)
+    values.pop("stop", None)  # where samples end, not how a token is chosen: see stop_strings
     unknown = sorted(set(values) - {f.name for f in fields(SamplingParams)})
     if unknown:
         raise ConfigError(f"unknown decoder parameter(s): {', '.join(unknown)}")
     return SamplingParams(**values)
 
 
+def stop_strings(decoder: DictConfig) -> tuple[str, ...]:
+    """``decoder.stop`` (null, a string or a list of strings), validated."""
+    stop = decoder.get("stop")
+    if isinstance(stop, ListConfig):
+        stop = OmegaConf.to_container(stop, resolve=True)
+    return check_stop(stop)
+
+
+def read_prompt_file(path: Path) -> str:
+    """The whole text of a UTF-8 file, kept as written (a final line break too).
+
+    Windows line breaks read as ``\\n`` and a UTF-8 byte order mark is dropped.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"prompt_file {path} not found") from None
+    except IsADirectoryError:
+        raise DataError(f"prompt_file {path} is a directory, not a text file") from None
+    except OSError as exc:
+        raise DataError(f"cannot read prompt_file {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"prompt_file {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} "
+            f"(offset {exc.start})"
+        ) from None
+    if not text:
+        raise DataError(
+            f"prompt_file {path} is empty; to start from a line break, leave prompt_file unset"
+        )
+    return text.removeprefix("\ufeff").replace("\r\n", "\n")
+
+
+def read_prompt(cfg: DictConfig) -> str:
+    """The prompt: ``prompt=``, or the whole text of ``prompt_file=`` (not both)."""
+    if cfg.prompt_file is not None:
+        if cfg.prompt != "":
+            raise ConfigError("give prompt or prompt_file, not both")
+        return read_prompt_file(Path(str(cfg.prompt_file)))
+    if not isinstance(cfg.prompt, str):
+        # Hydra reads an unquoted true, null or 3 as a boolean, null or number, [a] as a list.
+        scalar = isinstance(cfg.prompt, (bool, int, float))
+        quoted = "null" if cfg.prompt is None else str(cfg.prompt) if scalar else "..."
+        raise ConfigError(
+            f"prompt must be text, got {type(cfg.prompt).__name__} {cfg.prompt!r}: "
+            f"quote it for Hydra, e.g. \"prompt='{quoted}'\""
+        )
+    return cfg.prompt
+
+
 def stream_to_terminal(
-    model: torch.nn.Module, cfg: DictConfig, params: SamplingParams
+    model: torch.nn.Module,
+    cfg: DictConfig,
+    prompt: str,
+    params: SamplingParams,
+    stop: tuple[str, ...],
 ) -> list[str]:
     """Print sample 1 as it is generated, then the others; return every sample's text."""
     steps = stream_generate(
         model,
-        cfg.prompt,
+        prompt,
         cfg.max_new_tokens,
         **asdict(params),
         seed=cfg.seed,
         num_samples=cfg.num_samples,
+        stop=stop,
         use_cache=cfg.use_cache,
         compile=cfg.compile,
     )
-    pieces: list[list[str]] = [[cfg.prompt] for _ in range(cfg.num_samples)]
     many = cfg.num_samples > 1
-    print(f"--- sample 1/{cfg.num_samples} ---\n" if many else "", end=cfg.prompt, flush=True)
+    pieces: list[list[str]] = [[prompt] for _ in range(cfg.num_samples)]
+    print(f"--- sample 1/{cfg.num_samples} ---\n" if many else "", end=prompt, flush=True)
     for step in steps:
+        step = step if many else [step]  # one sample streams as a string
         print(step[0], end="", flush=True)
         for sample, piece in zip(pieces, step, strict=True):
             sample.append(piece)
@@ -85,12 +148,9 @@ def stream_to_terminal(
 
 def run(cfg: DictConfig) -> None:
     # Validate everything cheap before loading the checkpoint.
-    if not isinstance(cfg.prompt, str):
-        raise ConfigError(
-            f"prompt must be text, got {type(cfg.prompt).__name__} {cfg.prompt!r}: "
-            "quote it for Hydra, e.g. prompt=\"'42'\""
-        )
+    prompt = read_prompt(cfg)
     params = sampling_params(cfg.decoder)
+    stop = stop_strings(cfg.decoder)
     check_int("max_new_tokens", cfg.max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
     check_int("num_samples", cfg.num_samples, 1, MAX_NUM_SAMPLES)
     if cfg.compile not in (True, False) or cfg.use_cache not in (True, False):
@@ -115,16 +175,18 @@ def run(cfg: DictConfig) -> None:
         )
 
     start = time.perf_counter()
-    texts = stream_to_terminal(model, cfg, params)
+    texts = stream_to_terminal(model, cfg, prompt, params, stop)
     seconds = time.perf_counter() - start
+    new_characters = sum(len(text) - len(prompt) for text in texts)  # fewer when stopped
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     record: dict[str, Any] = {
         "ckpt_path": str(ckpt_path),
         "overrides": list(HydraConfig.get().overrides.task),
-        "decoder": {"name": cfg.decoder.name, **asdict(params)},
-        "tokens_per_s": round(cfg.max_new_tokens * cfg.num_samples / seconds, 1),
+        "decoder": {"name": cfg.decoder.name, **asdict(params), "stop": list(stop)},
+        "tokens_per_s": round(new_characters / seconds, 1),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "prompt": prompt,
         "samples": texts,
     }
     (out_dir / "samples.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict, read_write
 
+from tinygpt.config import register_resolvers
 from tinygpt.data import TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_SIZE
 from tinygpt.download import is_verified
 
@@ -70,3 +74,20 @@ class CreatesFile:
 
     def __reduce__(self):
         return (open, (str(self.marker), "w"))
+
+
+def compose_task(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """A script's config as its ``@hydra.main`` function receives it, running in ``output_dir``.
+
+    The command-line overrides go through Hydra's own parser; HydraConfig answers as in a run.
+    """
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with read_write(cfg), open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]  # as in a task function: the hydra node lives in HydraConfig
+    return cfg

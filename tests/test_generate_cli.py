@@ -1,5 +1,7 @@
-"""generate.py end to end, in a subprocess, on a tiny checkpoint made here."""
+"""generate.py end to end on a tiny checkpoint made here: in a subprocess where the command
+line itself is the journey, otherwise in-process (the composed config through ``run``)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -8,13 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CreatesFile
+from conftest import CreatesFile, compose_task
 
-from tinygpt.checkpoint import checkpoint_entry
+from tinygpt.checkpoint import checkpoint_entry, load_model
+from tinygpt.cli import USER_ERROR_EXIT_CODE, user_errors
+from tinygpt.generation import generate, generate_greedy
 from tinygpt.model import TinyGPT, TinyGPTConfig
 from tinygpt.tokenizer import CharTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("generate_script", REPO / "generate.py")
+GENERATE_SCRIPT = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(GENERATE_SCRIPT)
 CHARS = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
@@ -48,6 +55,13 @@ def run_generate(
     )
 
 
+def generate_in_process(run_dir: Path, *overrides: str) -> None:
+    """``python generate.py OVERRIDES hydra.run.dir=RUN_DIR`` without the new process."""
+    cfg = compose_task("generate", list(overrides), run_dir)
+    with user_errors():
+        GENERATE_SCRIPT.run(cfg)
+
+
 def test_single_run_streams_and_writes_samples(ckpt, tmp_path):
     overrides = [
         f"ckpt_path={ckpt}",
@@ -71,6 +85,7 @@ def test_single_run_streams_and_writes_samples(ckpt, tmp_path):
         "top_p": 0.9,
         "min_p": None,
         "repetition_penalty": 1.0,
+        "stop": [],
     }
     assert record["config"]["seed"] == 1
     assert (run_dir / "samples.txt").read_text() == text + "\n"
@@ -209,7 +224,7 @@ def test_sweep_summary_measures_diversity_of_the_continuations():
     from tinygpt.sweep_summary import diversity, markdown
 
     record = {
-        "config": {"prompt": "To be"},
+        "prompt": "To be",
         "samples": ["To be the cat the cat the cat", "To be a b c d e"],
         "job_dir": "0",
         "overrides": ["decoder.temperature=0.5"],
@@ -220,3 +235,97 @@ def test_sweep_summary_measures_diversity_of_the_continuations():
     # 4-grams: sample 1 repeats one of 3 (1/3), sample 2 none (0) -> mean 1/6.
     assert measured == {"distinct_1": 0.6364, "distinct_2": 0.6667, "repeated_4gram_share": 0.1667}
     assert "| 0 | decoder.temperature=0.5 | 1.0 | 0.6364 | 0.6667 | 0.1667 |" in markdown([record])
+
+
+def test_a_quoted_prompt_with_a_comma_and_a_stop_string_on_the_command_line(ckpt, tmp_path):
+    prompt = "To be, or not"
+    full = generate(load_model(ckpt), prompt, 30, top_p=0.9, seed=1)  # decoder=nucleus
+    continuation = full[len(prompt) :]
+    stop = next(continuation[i : i + 2] for i in range(3, 28) if continuation[i : i + 2].isalpha())
+    expected = prompt + continuation[: continuation.index(stop) + len(stop)]
+    assert len(expected) < len(full)
+    run_dir = tmp_path / "run"
+    result = run_generate(
+        tmp_path,
+        f"ckpt_path={ckpt}",
+        "prompt='To be, or not'",  # the shell's "prompt='To be, or not'"
+        "seed=1",
+        f"decoder.stop={stop}",
+        "max_new_tokens=30",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads((run_dir / "samples.json").read_text())
+    assert record["samples"] == [expected]
+    assert record["prompt"] == prompt and record["decoder"]["stop"] == [stop]
+    assert result.stdout == expected + "\n"  # streamed, ending with the stop string
+
+
+def test_a_prompt_file_of_two_lines_is_the_whole_prompt(ckpt, tmp_path, capsys):
+    prompt = "ROMEO:\nBut soft\n"  # the final line break is part of the prompt
+    path = tmp_path / "speech.txt"
+    path.write_text(prompt, encoding="utf-8")
+    run_dir = tmp_path / "run"
+    generate_in_process(
+        run_dir, f"ckpt_path={ckpt}", f"prompt_file={path}", "decoder=greedy", "max_new_tokens=12"
+    )
+    record = json.loads((run_dir / "samples.json").read_text())
+    assert record["prompt"] == prompt and record["config"]["prompt_file"] == str(path)
+    assert record["samples"] == [generate_greedy(load_model(ckpt), prompt, 12)]
+    assert capsys.readouterr().out == record["samples"][0] + "\n"
+
+
+def test_a_prompt_file_drops_a_byte_order_mark_and_windows_line_breaks(tmp_path):
+    path = tmp_path / "notepad.txt"
+    path.write_bytes("\ufeffROMEO:\r\nBut soft\r\n".encode())
+    assert GENERATE_SCRIPT.read_prompt_file(path) == "ROMEO:\nBut soft\n"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["prompt_file={missing}"], "error: prompt_file {missing} not found"),
+        (["prompt_file={tmp}"], "error: prompt_file {tmp} is a directory, not a text file"),
+        (["prompt_file={file}/x"], "error: cannot read prompt_file {file}/x: Not a directory"),
+        (["prompt_file={empty}"], "error: prompt_file {empty} is empty; to start from a line"),
+        (["prompt_file={latin1}"], "error: prompt_file {latin1} is not UTF-8 text: byte 0xe9 on "),
+        (["prompt_file={file}", "prompt=Hi"], "error: give prompt or prompt_file, not both"),
+        (["prompt=true"], "error: prompt must be text, got bool True: quote it for Hydra, e.g. "),
+        (["decoder.stop=5"], "error: stop must be a string or a list of strings, got 5"),
+        (["decoder.stop=''"], "error: stop strings must not be empty"),
+        (["decoder.stop='\\n'"], "error: stop string '\\\\n' can never be generated: '\\\\' not"),
+    ],
+    ids=[
+        "missing",
+        "directory",
+        "unreadable",
+        "empty",
+        "not-utf8",
+        "both",
+        "prompt-bool",
+        "stop-int",
+        "stop-empty",
+        "stop-backslash",
+    ],
+)
+def test_bad_prompt_file_or_stop_is_one_error_line_and_exit_2(
+    ckpt, tmp_path, capsys, overrides, message
+):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("ROMEO:\nSé".encode("latin-1"))
+    (tmp_path / "file.txt").write_text("ROMEO:")
+    paths = dict(
+        tmp=tmp_path,
+        missing=tmp_path / "missing.txt",
+        empty=tmp_path / "empty.txt",
+        latin1=tmp_path / "latin1.txt",
+        file=tmp_path / "file.txt",
+    )
+    run_dir = tmp_path / "run"
+    overrides = [o.format(**paths) for o in overrides]
+    with pytest.raises(SystemExit) as exit_info:
+        generate_in_process(run_dir, f"ckpt_path={ckpt}", "max_new_tokens=5", *overrides)
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(**paths)) and err.count("\n") == 1, err
+    assert not (run_dir / "samples.json").exists()  # nothing written

@@ -7,6 +7,7 @@ from tinygpt import generation
 from tinygpt.decoding import SamplingParams, repetition_penalty
 from tinygpt.errors import ConfigError, NonFiniteLogitsError
 from tinygpt.generation import (
+    STOP_READ_STEPS,
     cache_context_start,
     generate,
     generate_greedy,
@@ -108,7 +109,7 @@ def test_uncached_generation_crops_to_the_last_block(model):
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_prompt_longer_than_the_window(model, use_cache):
     text = "a long prompt, longer than the window"
-    out = generate_greedy(model, text, 5, use_cache=use_cache)[0]
+    out = generate_greedy(model, text, 5, use_cache=use_cache)
     with torch.no_grad():
         expected = model(model.tokenizer.encode(text)[None, -BLOCK:])[0][0, -1].argmax()
     assert out[: len(text)] == text
@@ -144,9 +145,16 @@ def test_num_samples_are_a_batch_of_different_texts(model):
     assert generate(model, "to", 30, temperature=1.5, seed=1, num_samples=4) == texts
 
 
-def test_always_returns_a_list(model):
-    texts = generate(model, "to", 3, seed=0)
-    assert isinstance(texts, list) and len(texts) == 1
+def test_the_result_is_shaped_like_the_prompt_and_num_samples(model):
+    text = generate(model, "to", 3, seed=0)  # the notebook's call: one string back
+    assert isinstance(text, str) and len(text) == 5 and text.startswith("to")
+    samples = generate(model, "to", 3, seed=0, num_samples=3)
+    assert len(samples) == 3 and all(isinstance(t, str) for t in samples)
+    per_prompt = generate(model, ["to", "be"], 3, seed=0)
+    assert [t[:2] for t in per_prompt] == ["to", "be"] and all(len(t) == 5 for t in per_prompt)
+    nested = generate(model, ("to", "be"), 3, seed=0, num_samples=2)  # a tuple is a list too
+    assert [[t[:2] for t in samples] for samples in nested] == [["to", "to"], ["be", "be"]]
+    assert generate(model, ["to"], 3, seed=0) == [text]  # one row in the batch either way
 
 
 def test_stream_yields_the_same_text_as_generate(model):
@@ -181,7 +189,7 @@ def test_min_p_one_is_greedy(model):
 
 
 def test_repetition_penalty_counts_prompt_and_generated_tokens(model):
-    text = generate_greedy(model, "abab", 2 * BLOCK, repetition_penalty=1.8, use_cache=False)[0]
+    text = generate_greedy(model, "abab", 2 * BLOCK, repetition_penalty=1.8, use_cache=False)
     seq = model.tokenizer.encode("abab")[None]
     with torch.no_grad():
         for _ in range(2 * BLOCK):
@@ -189,17 +197,18 @@ def test_repetition_penalty_counts_prompt_and_generated_tokens(model):
             token = repetition_penalty(logits, seq, 1.8).argmax(-1, keepdim=True)
             seq = torch.cat([seq, token], dim=1)
     assert text == model.tokenizer.decode(seq[0])
-    assert text != generate_greedy(model, "abab", 2 * BLOCK, use_cache=False)[0]
+    assert text != generate_greedy(model, "abab", 2 * BLOCK, use_cache=False)
 
 
 def test_zero_new_tokens_returns_the_prompt(model):
-    assert generate(model, "to be", 0, seed=0) == ["to be"]
+    assert generate(model, "to be", 0, seed=0) == "to be"
+    assert generate(model, ["to", "be"], 0, seed=0) == ["to", "be"]
     assert list(stream_generate(model, "to be", 0)) == []
 
 
 def test_empty_prompt_starts_from_a_line_break_not_returned(model):
-    empty = generate_greedy(model, "", 10)[0]
-    newline = generate_greedy(model, "\n", 10)[0]
+    empty = generate_greedy(model, "", 10)
+    newline = generate_greedy(model, "\n", 10)
     assert len(empty) == 10
     assert empty == newline[1:]
 
@@ -228,6 +237,15 @@ def test_unknown_prompt_characters_are_named(model):
         ({"repetition_penalty": 0.0}, "repetition_penalty must be a number > 0"),
         ({"seed": -3}, "seed must be an integer in"),
         ({"prompt": None}, "prompt must be a string"),
+        ({"prompt": []}, "prompt must be a string or a non-empty list of strings, got []"),
+        ({"prompt": ["a", None]}, "prompt must be a string or a list of strings, got NoneType"),
+        ({"prompt": ["a", "b"], "num_samples": 6000}, "prompts x num_samples must be at most"),
+        ({"stop": 5}, "stop must be a string or a list of strings, got 5"),
+        ({"stop": ["a", 3]}, "stop must be a string or a list of strings, got int 3 in the list"),
+        ({"stop": ["a", ""]}, "stop strings must not be empty"),
+        ({"stop": "Z"}, "stop string 'Z' can never be generated: 'Z' not in the vocabulary"),
+        ({"stop": "\\n"}, "stop string '\\\\n' can never be generated: '\\\\' not in the "),
+        ({"num_threads": 0}, "num_threads must be an integer >= 1, got 0"),
     ],
 )
 @pytest.mark.parametrize("function", [generate, stream_generate])
@@ -309,3 +327,101 @@ def test_generation_restores_training_mode_and_frees_the_cache():
     generate(model, "ab", 3, seed=0)
     assert model.training
     assert all(block.attn.kv_cache is None for block in model.blocks)
+
+
+def test_abandoning_a_stream_frees_the_cache():
+    model = make_model()
+    stream = stream_generate(model, "ab", 5, seed=0)
+    next(stream)
+    assert model.blocks[0].attn.kv_cache is not None  # decoding is under way
+    stream.close()
+    assert all(block.attn.kv_cache is None for block in model.blocks)
+
+
+@pytest.fixture
+def batch_rows(monkeypatch) -> list[int]:
+    """The number of rows of each batch decoded, appended as each starts."""
+    rows = []
+    real_decode = generation._decode
+
+    def spy(model, seq, *args, **kwargs):
+        rows.append(seq.size(0))
+        return real_decode(model, seq, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "_decode", spy)
+    return rows
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_list_of_prompts_shares_a_batch_and_each_greedy_text_is_as_alone(
+    model, use_cache, batch_rows
+):
+    # "" starts from a line break (1 token); the last two are longer than the window (8).
+    prompts = ["", "a", "to be", "or not to", "be or not"]
+    texts = generate_greedy(model, prompts, 3 * BLOCK, use_cache=use_cache)
+    assert batch_rows == [3, 2]  # prompts that fit the window together; longer ones by length
+    alone = [generate_greedy(model, p, 3 * BLOCK, use_cache=use_cache) for p in prompts]
+    assert texts == alone  # past the window too: refills happen at the same columns
+    assert [len(t) for t in texts] == [len(p) + 3 * BLOCK for p in prompts]
+
+
+def test_a_stream_of_a_list_yields_nothing_for_a_prompt_still_being_read(model):
+    prompts = ["a", "to be"]  # "to be" reads its last 4 characters while "a" samples
+    steps = list(stream_generate(model, prompts, 6, seed=2))
+    assert len(steps) == 4 + 6
+    assert [step[1] for step in steps[:4]] == [""] * 4
+    assert all(len(step[0]) == 1 for step in steps[:6]) and all(s[0] == "" for s in steps[6:])
+    joined = [p + "".join(step[i] for step in steps) for i, p in enumerate(prompts)]
+    assert joined == generate(model, prompts, 6, seed=2)
+
+
+def cut_after_first_stop(text: str, prompt: str, stops: list[str]) -> str:
+    """The reference: ``text`` ending with the earliest-ending stop string of its continuation."""
+    continuation = text[len(prompt) :]
+    ends = [continuation.find(s) + len(s) for s in stops if s in continuation]
+    return prompt + continuation[: min(ends, default=len(continuation))]
+
+
+STOPS = ["!", "xx"]
+
+
+def test_each_sample_ends_with_its_first_stop_string_same_text_up_to_it(model):
+    kwargs = dict(temperature=1.0, seed=3, num_samples=6)
+    full = generate(model, "to be", 60, **kwargs)
+    stopped = generate(model, "to be", 60, stop=STOPS, **kwargs)
+    assert stopped == [cut_after_first_stop(text, "to be", STOPS) for text in full]
+    assert all(t.endswith(("!", "xx")) for t in stopped)
+    assert len({len(t) for t in stopped}) > 3  # they stop at different places
+    one, one_stopped = (generate(model, "to be", 60, stop=s, seed=3) for s in (None, "!"))
+    assert one_stopped == cut_after_first_stop(one, "to be", ["!"]) != one
+
+
+@pytest.mark.parametrize("read_every", [1, 3])
+def test_stop_strings_cut_the_same_whatever_the_read_interval(model, monkeypatch, read_every):
+    expected = generate(model, "to be", 60, stop=STOPS, seed=3, num_samples=6)
+    monkeypatch.setattr(generation, "STOP_READ_STEPS", read_every)
+    assert generate(model, "to be", 60, stop=STOPS, seed=3, num_samples=6) == expected
+
+
+def test_stop_strings_are_searched_in_the_continuation_only(model):
+    full = generate_greedy(model, "to be", 30)
+    assert full[5:] == "t" + "r" * 29
+    # "be" lies in the prompt, "et" straddles prompt and continuation: neither stops it.
+    assert generate_greedy(model, "to be", 30, stop=["be", "et"]) == full
+
+
+def test_decoding_ends_once_every_sample_has_stopped(model, settings_per_step):
+    text = generate_greedy(model, "to be", 200, stop="rr")
+    assert text == "to be" + "trr"
+    assert len(settings_per_step) == STOP_READ_STEPS  # read after 8 steps: all stopped
+
+
+def test_a_stream_with_stop_strings_ends_as_the_last_sample_stops(model):
+    kwargs = dict(seed=3, stop=STOPS)
+    stopped = generate(model, "to be", 60, num_samples=3, **kwargs)
+    steps = list(stream_generate(model, "to be", 60, num_samples=3, **kwargs))
+    assert ["to be" + "".join(step[i] for step in steps) for i in range(3)] == stopped
+    assert len(steps) == max(len(t) for t in stopped) - len("to be")
+    pieces = list(stream_generate(model, "to be", 60, **kwargs))  # one sample: strings
+    assert all(isinstance(p, str) for p in pieces)
+    assert "to be" + "".join(pieces) == generate(model, "to be", 60, **kwargs)

@@ -51,5 +51,5 @@ def test_moe_run_trains_logs_routing_and_generates(tiny_text_file, tmp_path):
 
     model = load_model(run_dir / "checkpoints" / "last.ckpt")
     assert model.config.ffn == "moe" and model.config.num_experts == 4
-    text = generate(model, "First", max_new_tokens=40, temperature=0.8, seed=1)[0]
+    text = generate(model, "First", max_new_tokens=40, temperature=0.8, seed=1)
     assert text.startswith("First") and len(text) == 45

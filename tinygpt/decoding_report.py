@@ -169,7 +169,7 @@ def compare_decoding(
         result = StrategyResult(strategy)
         for prompt in prompts:
             for seed in seeds:
-                (text,) = generate(model, prompt, max_new_tokens, seed=seed, **strategy.kwargs())
+                text = generate(model, prompt, max_new_tokens, seed=seed, **strategy.kwargs())
                 continuation = text[len(prompt) :]
                 result.samples.append({"prompt": prompt, "seed": seed, "text": continuation})
         result.metrics = score([s["text"] for s in result.samples], model, vocabulary)

@@ -34,7 +34,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def diversity(record: dict[str, Any]) -> dict[str, float]:
-    prompt = record["config"].get("prompt", "")
+    prompt = record["prompt"]  # prompt= or the text of prompt_file=
     continuations = [sample[len(prompt) :] for sample in record["samples"]]
     repeated = [repeated_ngram_share(text, 4) for text in continuations]
     return {
