@@ -4,7 +4,8 @@
 # repository root with data/tinyshakespeare.txt present (the lent machine has no internet).
 #   bash benchmarks/gpu_check.sh 2>&1 | tee benchmarks/results/gpu_log.txt
 # Checks, then times:
-#   1. bf16-mixed training with model.compile=true runs and lowers the loss (50 steps);
+#   1. bf16-mixed training with model.compile=true runs and lowers the loss (50 steps), and so
+#      does 16-mixed, with its real GradScaler (the one path CPU tests cannot take);
 #   2. compiled cached decoding gives the eager path's greedy tokens on the GPU;
 #   3. training throughput and MFU, dense and MoE, seed and baby sizes (bench_training.py);
 #   4. MoE vs dense train step and the MoE layer vs HF Mixtral's (bench_moe.py; HF needs the
@@ -20,20 +21,27 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-echo "== 1. bf16-mixed + compile: 50 training steps"
-python train.py trainer=gpu model.compile=true trainer.max_steps=50 trainer.val_check_interval=50 \
-  "~callbacks.attention_heatmap" "~callbacks.metric_plots" hydra.run.dir="$work/smoke" \
-  | tail -1
-python - "$work/smoke" <<'PY'
+check_run() {  # run directory, precision: it trained in that precision and lowered the loss
+  python - "$1" "$2" <<'PY'
 import json, sys
 from pathlib import Path
-run = Path(sys.argv[1])
+run, precision = Path(sys.argv[1]), sys.argv[2]
 summary = json.loads((run / "summary.json").read_text())
 config = (run / ".hydra" / "config.yaml").read_text()
-assert "precision: bf16-mixed" in config, "trainer=gpu did not train in bf16-mixed"
+assert f"precision: {precision}" in config, f"the run did not train in {precision}"
 assert summary["final_val_loss"] < 4.0, f"loss did not go down: {summary}"
-print(f"ok: bf16-mixed, compiled, val loss {summary['final_val_loss']:.3f} after 50 steps")
+print(f"ok: {precision}, val loss {summary['final_val_loss']:.3f} after {summary['steps']} steps")
 PY
+}
+quiet=("~callbacks.attention_heatmap" "~callbacks.metric_plots")
+
+echo "== 1. bf16-mixed + compile, then 16-mixed: 50 training steps each"
+python train.py trainer=gpu model.compile=true trainer.max_steps=50 trainer.val_check_interval=50 \
+  "${quiet[@]}" hydra.run.dir="$work/smoke" | tail -1
+check_run "$work/smoke" bf16-mixed
+python train.py trainer=gpu trainer.precision=16-mixed trainer.max_steps=50 \
+  trainer.val_check_interval=50 "${quiet[@]}" hydra.run.dir="$work/fp16" | tail -1
+check_run "$work/fp16" 16-mixed
 
 echo "== 2. compiled cached decoding equals eager on the GPU"
 python - "$work/smoke/checkpoints/last.ckpt" <<'PY'

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_precision import assert_clipped
+
 ROOT = Path(__file__).resolve().parents[1]
 DDP_RUN = [
     "trainer=ddp",
@@ -43,14 +45,19 @@ def assert_written_once(job_dir: Path) -> None:
 
 
 def test_ddp_run_writes_one_run_directory(tiny_text_file, tmp_path):
+    # In bf16-mixed, which trainer=ddp picks on a GPU, with the fused AdamW and clipping.
     before = outputs_listing()
     run_dir, probe_dir = tmp_path / "run", tmp_path / "probe"
     probe_dir.mkdir()
     result = run_ddp(
+        "trainer.precision=bf16-mixed",
+        "trainer.gradient_clip_val=0.5",
         f"data.path={tiny_text_file}",
         f"hydra.run.dir={run_dir}",
         "+callbacks.probe._target_=tests.ddp_probe.FirstBatchProbe",
         f"+callbacks.probe.out_dir={probe_dir}",
+        "+callbacks.clipping._target_=tests.precision_probe.ClippingProbe",
+        f"+callbacks.clipping.out_dir={probe_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert outputs_listing() == before  # no stray run directory from rank 1
@@ -64,6 +71,9 @@ def test_ddp_run_writes_one_run_directory(tiny_text_file, tmp_path):
     assert rank0["world"] == rank1["world"] == 2
     assert rank0["batch"] != rank1["batch"]  # ranks draw different batches
     assert sum(line.startswith("{") for line in result.stdout.splitlines()) == 1  # one summary
+    clipping = json.loads((probe_dir / "probe.json").read_text())
+    assert (clipping["precision"], clipping["fused"]) == ("bf16-mixed", True)
+    assert_clipped(clipping)
 
 
 def test_ddp_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):

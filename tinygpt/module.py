@@ -7,6 +7,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.strategies import FSDPStrategy
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torchmetrics import MeanMetric
 
@@ -140,13 +142,41 @@ class TinyGPTModule(L.LightningModule):
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
             self.log("train/lr", optimizer.param_groups[0]["lr"])  # all groups share one lr
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, also in the two cases where Lightning itself refuses to."""
+        precision = self.trainer.precision_plugin
+        by_norm = (gradient_clip_algorithm or "norm") == "norm"
+        if gradient_clip_val and by_norm and isinstance(self.trainer.strategy, FSDPStrategy):
+            # FSDP shards the gradients: only the wrapped root module knows their global norm.
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        elif isinstance(precision, MixedPrecision) and precision.scaler is None:
+            # bf16-mixed: Lightning's MixedPrecision refuses to clip for the fused AdamW, which
+            # "unscales gradients internally", whatever the precision. bf16 has no loss scaler,
+            # so the gradients are the true ones: they are clipped by the base plugin's code,
+            # which MixedPrecision itself runs once its check passes.
+            Precision.clip_gradients(
+                precision, optimizer, gradient_clip_val or 0.0, gradient_clip_algorithm or "norm"
+            )
+        else:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+
     def configure_optimizers(self):
         max_steps = self.trainer.max_steps
         if max_steps is None or max_steps < 1:
             raise ConfigError("trainer.max_steps must be set to a positive number of steps")
-        optimizer, scheduler = build_optimizer(
-            self.parameters(), self.optim, max_steps, fused=fused_adamw(self.device)
-        )
+        # 16-mixed: Lightning divides the loss scale out of the gradients before the hooks, the
+        # logged norm and the clipping read them, but not for an optimizer that does it inside
+        # its step, as the fused AdamW does. So under a loss scaler AdamW runs foreach.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        fused = fused_adamw(self.device) and not scaled
+        optimizer, scheduler = build_optimizer(self.parameters(), self.optim, max_steps, fused)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

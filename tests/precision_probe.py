@@ -1,0 +1,57 @@
+"""A callback the precision tests add by config: what clipping did to the gradients, each step.
+
+It reads the gradients twice: in ``on_before_optimizer_step``, where Lightning has unscaled them
+(16-mixed) but not clipped them yet, and in ``on_train_batch_end``, after clipping and the
+optimizer step (Lightning zeroes them only at the next step). At the end of training, rank 0
+writes ``probe.json`` in ``out_dir``.
+"""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+def _grads(pl_module: L.LightningModule) -> list[torch.Tensor]:
+    return [p.grad.detach().float().clone() for p in pl_module.parameters() if p.grad is not None]
+
+
+class ClippingProbe(L.Callback):
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.before: list[torch.Tensor] = []
+        self.steps: list[dict[str, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.before = _grads(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        after = _grads(pl_module)
+        norm_before = torch.nn.utils.get_total_norm(self.before).item()
+        clip = trainer.gradient_clip_val or float("inf")
+        # Clipping by norm multiplies every gradient by one factor (torch's formula, eps included).
+        factor = min(1.0, clip / (norm_before + 1e-6))
+        pairs = zip(after, self.before, strict=True)
+        deviation = max((a - b * factor).abs().max().item() for a, b in pairs)
+        self.steps.append(
+            {
+                "norm_before": norm_before,
+                "norm_after": torch.nn.utils.get_total_norm(after).item(),
+                "deviation_from_clipped": deviation,
+            }
+        )
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        optimizer = trainer.optimizers[0]
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        report = {
+            "precision": trainer.precision,
+            "scaler": None if scaler is None else type(scaler).__name__,
+            "fused": bool(optimizer.defaults.get("fused")),
+            "clip": trainer.gradient_clip_val,
+            "steps": self.steps,
+        }
+        (self.out_dir / "probe.json").write_text(json.dumps(report))
