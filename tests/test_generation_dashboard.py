@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_generate_cli import CHARS
 from test_hparams import read_session
 
+from tinygpt import generation_dashboard
 from tinygpt.checkpoint import checkpoint_entry, load_model
 from tinygpt.generation_dashboard import (
     generation_hparams,
@@ -134,3 +135,12 @@ def test_empty_continuations_score_nan_which_sessions_leave_out(ckpt):
     metrics = generation_metrics(record, load_model(ckpt), vocabulary={"to", "be"})
     assert math.isnan(metrics["samples/nll_per_char"])
     assert math.isnan(metrics["samples/known_word_share"])
+
+
+def test_the_nll_is_averaged_over_the_first_samples_only(ckpt, monkeypatch):
+    monkeypatch.setattr(generation_dashboard, "NLL_SAMPLES", 1)
+    model = load_model(ckpt)
+    record = make_record(ckpt, [PROMPT + " speak, speak", PROMPT + "zzzzqqqq xxx"])
+    metrics = generation_metrics(record, model, vocabulary=None)
+    assert metrics["samples/nll_per_char"] == pytest.approx(mean_nll(model, " speak, speak"))
+    assert "samples/known_word_share" not in metrics

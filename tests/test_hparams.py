@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 from test_configs import compose_train
+from torch.utils.tensorboard import SummaryWriter
 
 from tinygpt.hparams import (
     NOT_SHAPING,
@@ -121,7 +122,7 @@ def test_a_session_holds_typed_hparams_metrics_and_success_but_no_experiment(tmp
     assert start.hparams["model.bias"].bool_value is True  # not the number 1
     assert start.hparams["optim.lr"].number_value == 0.001
     assert start.hparams["model"].string_value == "moe"
-    assert start.group_name == "2024-01-01_00-00-00/3_seed=2"  # one row per run
+    assert start.group_name == "multirun/2024-01-01_00-00-00/3_seed=2"  # one row per run
     assert start.start_time_secs == 1000.0
     assert end.status == api_pb2.STATUS_SUCCESS
     # No experiment summary: it would fix the dashboard's columns to this run's.
@@ -163,6 +164,7 @@ def test_a_training_session_shows_the_summarys_metrics(tmp_path):
         assert step == 200 and logged == pytest.approx(value, rel=1e-6)  # stored as float32
     start, _, _ = read_session(tmp_path / "run" / "tb" / SESSION_DIR)
     assert set(start.hparams) == {"kind", "model.n_layer", "seed"}
-    # The run's own scalars are still read from tb/, the session aside.
-    with pytest.raises(FileNotFoundError):
-        read_scalars(tmp_path / "run")
+    # The run's own scalars (its plots, the report) are still read from tb/, the session aside.
+    with SummaryWriter(str(tmp_path / "run" / "tb")) as writer:
+        writer.add_scalar("val/loss", 2.5, 199)
+    assert read_scalars(tmp_path / "run") == {"val/loss": [(199, 2.5)]}

@@ -207,6 +207,8 @@ def test_tensorboard_serves_a_training_and_a_generate_sweep(sweeps, server):
     generate_jobs = jobs_of(generate, "samples.json")
     assert len(train_jobs) == 4 and len(generate_jobs) == 3
     exp = wait_for_sessions(base, process, log, count=7)
+    plugins = get_json(base, "/data/plugins_listing")
+    assert all(plugins[name]["enabled"] for name in ("hparams", "custom_scalars", "text"))
 
     check_training_runs(base, train_jobs)
     check_hparams(base, exp, train_jobs, generate_jobs, generate)

@@ -10,7 +10,8 @@ metrics score the generated continuations, the prompt left out:
 * ``samples/known_word_share``: the share of generated words found in the checkpoint's training
   text (left out, with a note on stderr, when that text is not found);
 * ``samples/nll_per_char``: the model's own NLL of each continuation, nats per character, mean
-  over samples;
+  over the first :data:`NLL_SAMPLES` samples (scoring one costs tens of milliseconds: all of a
+  10,000-sample run would take minutes);
 * ``samples/tokens_per_second``: the decoding speed.
 
 So ``python generate.py -m decoder=temperature decoder.temperature=0.5,1.0,1.5`` gives three
@@ -34,6 +35,7 @@ from tinygpt.model import TinyGPT
 from tinygpt.sweep_summary import diversity
 from tinygpt.text_metrics import known_word_share, word_set
 
+NLL_SAMPLES = 100
 TEXT_TAG = "samples"  # torch's SummaryWriter.add_text appends "/text_summary"
 # The generate.yaml keys that shape the samples.
 GENERATION_SECTIONS = (
@@ -72,7 +74,7 @@ def generation_metrics(
     known-word share. Empty continuations give ``nan``, which the session leaves out."""
     texts = continuations(record)
     with intra_op_threads(1):  # tiny forwards: a second thread costs more than it gains
-        nlls = [mean_nll(model, text) for text in texts if len(text) >= 2]
+        nlls = [mean_nll(model, text) for text in texts[:NLL_SAMPLES] if len(text) >= 2]
     metrics = {f"samples/{key}": value for key, value in diversity(record).items()}
     metrics["samples/nll_per_char"] = sum(nlls) / len(nlls) if nlls else math.nan
     if vocabulary is not None:

@@ -186,15 +186,15 @@ def log_session(
     resumed run does); metrics that are ``None`` or not finite are left out. Returns the dir.
 
     ``log_dir`` is the run's TensorBoard directory (``<run>/tb``); the session group is named
-    after the run directory and its parent (``<sweep>/<job>``), so each run is its own row.
+    after the run directory and two above it (``multirun/<date_time>/<job>``), so each run is
+    its own row (a group of sessions with equal names is one row).
     """
     from torch.utils.tensorboard import SummaryWriter
 
     log_dir = Path(log_dir)
     session_dir = log_dir / SESSION_DIR
     shutil.rmtree(session_dir, ignore_errors=True)
-    run_dir = log_dir.resolve().parent
-    group = f"{run_dir.parent.name}/{run_dir.name}"
+    group = "/".join(log_dir.resolve().parent.parts[-3:])  # e.g. multirun/<date_time>/<job>
     now = time.time()
     writer = SummaryWriter(str(session_dir))
     try:
