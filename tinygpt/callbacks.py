@@ -257,6 +257,7 @@ class SampleText(EveryNValidations):
     text, and training's random state is left alone. TensorBoard's Text tab shows the samples
     under ``sample/text_summary``, one per step, so the model can be watched learning. A prompt
     with characters outside the vocabulary is replaced by the start of the validation text.
+    ``last_text`` holds the latest sample (prompt included).
     """
 
     TAG = "sample"  # torch's SummaryWriter.add_text appends "/text_summary"
