@@ -34,6 +34,7 @@ from tinygpt.config import register_resolvers
 from tinygpt.decoding import MAX_NEW_TOKENS_LIMIT, SamplingParams, check_int
 from tinygpt.errors import ConfigError, DataError
 from tinygpt.generation import MAX_NUM_SAMPLES, stream_generate
+from tinygpt.generation_dashboard import log_generation_run
 from tinygpt.stop_strings import check_stop
 
 register_resolvers()
@@ -192,6 +193,7 @@ def run(cfg: DictConfig) -> None:
     (out_dir / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
     separator = "\n\n" + "=" * 40 + "\n\n"
     (out_dir / "samples.txt").write_text(separator.join(texts) + "\n")
+    log_generation_run(out_dir, record, model)  # TensorBoard: samples, HParams row
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")

@@ -22,10 +22,11 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from tinygpt import hydra_ddp  # noqa: E402
-from tinygpt.callbacks import LastCheckpoint, TokenThroughput  # noqa: E402
+from tinygpt.callbacks import LastCheckpoint, TokenThroughput, tensorboard_dir  # noqa: E402
 from tinygpt.cli import hydra_value, run_hydra_app, shell_word, user_errors  # noqa: E402
 from tinygpt.config import register_resolvers  # noqa: E402
 from tinygpt.errors import CheckpointError  # noqa: E402
+from tinygpt.hparams import expert_load_balance, log_training_session  # noqa: E402
 from tinygpt.module import TinyGPTModule  # noqa: E402
 
 register_resolvers()
@@ -90,9 +91,16 @@ def train(cfg: DictConfig) -> float:
         "wall_seconds": round(time.time() - started, 2),
         "train_tokens_per_second": round(throughput.tokens / max(throughput.train_seconds, 1e-9)),
         "parameters": module.model.num_parameters(),
+        # MoE only: from the expert loads last logged, as TensorBoard's moe/ scalars show them.
+        **expert_load_balance(trainer.callback_metrics),
     }
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # The HParams dashboard's row for this run: its settings, and the summary's metrics.
+        overrides = HydraConfig.get().overrides.task
+        log_training_session(
+            tensorboard_dir(trainer), module.run_config, overrides, summary, start=started
+        )
         print(json.dumps(summary))
     return summary["best_val_loss"]
 

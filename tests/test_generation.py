@@ -425,3 +425,10 @@ def test_a_stream_with_stop_strings_ends_as_the_last_sample_stops(model):
     pieces = list(stream_generate(model, "to be", 60, **kwargs))  # one sample: strings
     assert all(isinstance(p, str) for p in pieces)
     assert "to be" + "".join(pieces) == generate(model, "to be", 60, **kwargs)
+
+
+def test_decoding_leaves_no_inference_tensor_among_the_buffers(model):
+    # DDP syncs every buffer before each forward; the text-sample callback decodes on rank 0
+    # between training steps, so an inference tensor left behind would crash the next step.
+    generation.generate(model, "ab", max_new_tokens=40)
+    assert not any(buffer.is_inference() for buffer in model.buffers())

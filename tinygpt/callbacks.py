@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +21,15 @@ from tinygpt.attention import (
     attention_weights,
     figure_to_array,
 )
+from tinygpt.decoding import (
+    MAX_NEW_TOKENS_LIMIT,
+    SamplingParams,
+    check_float,
+    check_int,
+    make_generator,
+)
 from tinygpt.errors import ConfigError
+from tinygpt.generation import encode_prompt, generate_ids
 from tinygpt.moe_analysis import expert_load_figure, specialisation, specialisation_figure
 from tinygpt.plots import plot_run
 
@@ -135,6 +144,27 @@ def _tensorboard_writers(trainer: L.Trainer) -> list:
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
+def tensorboard_dir(trainer: L.Trainer) -> Path | None:
+    """The event directory of the trainer's first TensorBoard logger, if it has one."""
+    dirs = [lg.log_dir for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    return Path(dirs[0]) if dirs else None
+
+
+def prompt_in_vocabulary(prompt: str, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
+    """``prompt`` if the model's vocabulary covers it, else as many characters from the start
+    of the validation text (a model trained on another text than the configured prompt's)."""
+    tokenizer = pl_module.model.tokenizer
+    if set(prompt) <= set(tokenizer.chars):
+        return prompt
+    val_data = getattr(trainer.datamodule, "val_data", None)
+    if val_data is None:
+        raise ValueError(
+            f"prompt {prompt!r} uses characters outside the vocabulary and the datamodule has "
+            "no val_data to fall back on"
+        )
+    return tokenizer.decode(val_data[: len(prompt)])
+
+
 class RunConfigText(Callback):
     """Logs the run's resolved config as text at the start of training, for TensorBoard's Text tab.
 
@@ -155,7 +185,24 @@ class RunConfigText(Callback):
             writer.add_text(self.tag, text, global_step=trainer.global_step)
 
 
-class AttentionHeatmapCallback(Callback):
+class EveryNValidations(Callback):
+    """Base for callbacks that act at the end of every ``every_n_validations``-th validation
+    (sanity checks not counted), on the global-zero process only. ``key`` names the callback in
+    conf/callbacks/, for error messages."""
+
+    def __init__(self, every_n_validations: int, key: str) -> None:
+        self.every_n_validations = check_int(f"{key}.every_n_validations", every_n_validations, 1)
+        self._validations = 0
+
+    def due(self, trainer: L.Trainer) -> bool:
+        """Count a finished validation; whether this one is the callback's to act on."""
+        if trainer.sanity_checking:
+            return False
+        self._validations += 1
+        return self._validations % self.every_n_validations == 0 and trainer.is_global_zero
+
+
+class AttentionHeatmapCallback(EveryNValidations):
     """At the end of every ``every_n_validations``-th validation, logs the attention on ``prompt``.
 
     Logs the grid of heatmaps (layers x heads) as the image ``attention/heatmaps`` to TensorBoard,
@@ -168,36 +215,19 @@ class AttentionHeatmapCallback(Callback):
 
     def __init__(self, prompt: str = "First Citizen:\n", every_n_validations: int = 1) -> None:
         key = "callbacks.attention_heatmap"
-        if not isinstance(every_n_validations, int) or every_n_validations < 1:
-            raise ConfigError(
-                f"{key}.every_n_validations must be an integer >= 1, got {every_n_validations!r}"
-            )
+        super().__init__(every_n_validations, key)
         if not prompt:
             raise ConfigError(f"{key}.prompt must not be empty")
         self.prompt = prompt
-        self.every_n_validations = every_n_validations
-        self._validations = 0
 
     def resolve_prompt(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
         """The prompt to show: the configured one if the vocabulary covers it, else val text."""
-        model = pl_module.model
-        length = min(len(self.prompt), model.config.block_size)
-        tokenizer = model.tokenizer
-        if set(self.prompt) <= set(tokenizer.chars):
-            return self.prompt[-length:]  # the end of a long prompt: the context a model keeps
-        val_data = getattr(trainer.datamodule, "val_data", None)
-        if val_data is None:
-            raise ValueError(
-                f"attention prompt {self.prompt!r} uses characters outside the vocabulary and "
-                "the datamodule has no val_data to fall back on"
-            )
-        return tokenizer.decode(val_data[:length])
+        block_size = pl_module.model.config.block_size
+        # The end of a long prompt: the context a model keeps.
+        return prompt_in_vocabulary(self.prompt[-block_size:], trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._validations += 1
-        if self._validations % self.every_n_validations or not trainer.is_global_zero:
+        if not self.due(trainer):
             return
         prompt = self.resolve_prompt(trainer, pl_module)
         weights = attention_weights(pl_module.model, prompt)
@@ -217,6 +247,104 @@ class AttentionHeatmapCallback(Callback):
             image = figure_to_array(attention_figure(weights, prompt, title))
             for writer in writers:
                 writer.add_image(self.IMAGE_TAG, image, global_step=step, dataformats="HWC")
+
+
+class SampleText(EveryNValidations):
+    """At the end of every ``every_n_validations``-th validation, logs a short sample as text.
+
+    The model continues ``prompt`` by ``max_new_tokens`` characters at ``temperature``, with the
+    KV cache and a generator of its own seeded with ``seed``: the same weights give the same
+    text, and training's random state is left alone. TensorBoard's Text tab shows the samples
+    under ``sample/text_summary``, one per step, so the model can be watched learning. A prompt
+    with characters outside the vocabulary is replaced by the start of the validation text.
+    ``last_text`` holds the latest sample (prompt included).
+    """
+
+    TAG = "sample"  # torch's SummaryWriter.add_text appends "/text_summary"
+
+    def __init__(
+        self,
+        prompt: str = "First Citizen:\n",
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        seed: int = 1,
+        every_n_validations: int = 1,
+    ) -> None:
+        key = "callbacks.sample_text"
+        super().__init__(every_n_validations, key)
+        if not isinstance(prompt, str) or not prompt:
+            raise ConfigError(f"{key}.prompt must be non-empty text, got {prompt!r}")
+        self.prompt = prompt
+        self.max_new_tokens = check_int(
+            f"{key}.max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT
+        )
+        self.params = SamplingParams(check_float(f"{key}.temperature", temperature, 0.0))
+        self.seed = check_int(f"{key}.seed", seed, 0, 2**63 - 1)
+        self.last_text: str | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.due(trainer):
+            return
+        writers = _tensorboard_writers(trainer)
+        if not writers:
+            return
+        model = pl_module.model
+        prompt = prompt_in_vocabulary(self.prompt, trainer, pl_module)
+        device = model.wte.weight.device
+        ids = encode_prompt(model.tokenizer, prompt)[None].to(device)
+        generator = make_generator(self.seed, device)
+        # Token level: the text functions' return type is about to change (str for one prompt).
+        seq = generate_ids(model, ids, self.max_new_tokens, self.params, generator)
+        self.last_text = prompt + model.tokenizer.decode(seq[0, ids.size(1) :].tolist())
+        step = trainer.global_step
+        heading = f"step {step}, temperature {self.params.temperature:g}, seed {self.seed}:"
+        # Indented by four spaces: a Markdown code block keeps the line breaks and spacing.
+        body = "\n".join("    " + line for line in self.last_text.split("\n"))
+        for writer in writers:
+            writer.add_text(self.TAG, f"{heading}\n\n{body}", global_step=step)
+
+
+Layout = dict[str, dict[str, list]]
+
+
+def scalar_layout(n_layer: int, moe_layers: Sequence[int] = (), attention: bool = True) -> Layout:
+    """TensorBoard's Custom Scalars layout (as ``SummaryWriter.add_custom_scalars`` takes it):
+    train and val loss in one chart; per layer, one chart of every head's attention entropy,
+    one of their mean distance, and one of the MoE layer's expert loads.
+
+    Each chart gathers the tags its regular expressions match (anchored at the start).
+    """
+    layout: Layout = {"loss": {"train and val loss": ["Multiline", ["train/loss$", "val/loss$"]]}}
+    if attention:
+        for name, unit in (("entropy", "nats"), ("distance", "characters back")):
+            layout[f"attention {name} per head ({unit})"] = {
+                f"layer {layer}": ["Multiline", [rf"attention/{name}/layer{layer}_head\d+$"]]
+                for layer in range(n_layer)
+            }
+    if moe_layers:
+        layout["MoE expert load (share of tokens)"] = {
+            f"layer {layer}": ["Multiline", [rf"moe/layer{layer}/load/expert\d+$"]]
+            for layer in moe_layers
+        }
+    return layout
+
+
+class CustomScalarsLayout(Callback):
+    """Writes :func:`scalar_layout` for the model at the start of training, so TensorBoard's
+    Custom Scalars tab shows each layer's heads and experts in one chart instead of one card
+    each. Attention charts only with an :class:`AttentionHeatmapCallback` (which logs them)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        config = pl_module.model.config
+        layout = scalar_layout(
+            config.n_layer,
+            moe_layers=[i for i in range(config.n_layer) if config.is_moe_layer(i)],
+            attention=any(isinstance(c, AttentionHeatmapCallback) for c in trainer.callbacks),
+        )
+        for writer in _tensorboard_writers(trainer):
+            writer.add_custom_scalars(layout)
 
 
 class MetricPlots(Callback):

@@ -355,4 +355,8 @@ class TinyGPT(nn.Module):
     def clear_kv_cache(self) -> None:
         for block in self.blocks:
             block.attn.kv_cache = None
-        self.cache_mask = torch.empty(0, dtype=torch.bool, device=self.wte.weight.device)
+        # Made outside inference mode: decoding clears the cache inside it, and an inference
+        # tensor left as a buffer breaks DDP, which syncs every buffer before each forward
+        # (the text-sample callback decodes on rank 0 between training steps).
+        with torch.inference_mode(False):
+            self.cache_mask = torch.empty(0, dtype=torch.bool, device=self.wte.weight.device)

@@ -33,9 +33,15 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted(jobs, key=lambda job: (len(job["job_dir"]), job["job_dir"]))
 
 
+def continuations_of(record: dict[str, Any]) -> list[str]:
+    """Each sample of a ``samples.json`` record without its prompt (``prompt=`` or the text of
+    ``prompt_file=``)."""
+    prompt = record["prompt"]
+    return [sample[len(prompt) :] for sample in record["samples"]]
+
+
 def diversity(record: dict[str, Any]) -> dict[str, float]:
-    prompt = record["prompt"]  # prompt= or the text of prompt_file=
-    continuations = [sample[len(prompt) :] for sample in record["samples"]]
+    continuations = continuations_of(record)
     repeated = [repeated_ngram_share(text, 4) for text in continuations]
     return {
         "distinct_1": round(distinct_n(continuations, 1), 4),

@@ -1,0 +1,146 @@
+"""A generate run logged to TensorBoard in-process: the samples as text, the session's decoder
+hyperparameters and its metrics, checked against the project's own metric functions."""
+
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_generate_cli import CHARS
+from test_hparams import read_session
+
+from tinygpt import generation_dashboard
+from tinygpt.checkpoint import checkpoint_entry, load_model
+from tinygpt.generation_dashboard import (
+    generation_hparams,
+    generation_metrics,
+    log_generation_run,
+)
+from tinygpt.hparams import SESSION_DIR
+from tinygpt.likelihood import mean_nll
+from tinygpt.model import TinyGPT, TinyGPTConfig
+from tinygpt.plots import read_scalars
+from tinygpt.sweep_summary import diversity
+from tinygpt.text_metrics import known_word_share, word_set
+from tinygpt.tokenizer import CharTokenizer
+
+PROMPT = "To be"
+
+
+@pytest.fixture
+def ckpt(tmp_path, tiny_text_file):
+    """A tiny checkpoint whose run config names its training text (for known-word share)."""
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer(CHARS)
+    config = TinyGPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_embd=16)
+    state = {"model." + k: v for k, v in TinyGPT(config).state_dict().items()}
+    entry = checkpoint_entry(config, tokenizer, {"data": {"path": str(tiny_text_file)}})
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": state, "tinygpt": entry}, path)
+    return path
+
+
+def make_record(ckpt, samples, max_new_tokens=20):
+    """What generate.py writes to samples.json for ``decoder=temperature`` at 0.7."""
+    decoder = {"name": "temperature", "temperature": 0.7, "top_k": None, "top_p": None}
+    decoder |= {"min_p": None, "repetition_penalty": 1.0}
+    config = {
+        "decoder": decoder,
+        "ckpt_path": str(ckpt),
+        "checkpoints_dir": "outputs",
+        "prompt": PROMPT,
+        "max_new_tokens": max_new_tokens,
+        "num_samples": len(samples),
+        "seed": 5,
+        "device": "cpu",
+        "use_cache": True,
+        "compile": False,
+    }
+    return {
+        "ckpt_path": str(ckpt),
+        "overrides": ["decoder=temperature", "decoder.temperature=0.7", "seed=5"],
+        "decoder": decoder,
+        "tokens_per_s": 1234.5,
+        "config": config,
+        "samples": samples,
+    }
+
+
+def test_the_decoder_settings_are_the_hyperparameters(ckpt):
+    hparams = generation_hparams(make_record(ckpt, ["To be or"]))
+    assert hparams == {
+        "kind": "generate",
+        "ckpt_path": str(ckpt),
+        "decoder": "temperature",
+        "decoder.name": "temperature",
+        "decoder.temperature": 0.7,
+        "decoder.repetition_penalty": 1.0,
+        "prompt": PROMPT,
+        "max_new_tokens": 20,
+        "num_samples": 1,
+        "seed": 5,
+        "use_cache": True,
+        "compile": False,
+    }
+
+
+def test_a_generate_run_logs_its_samples_and_session(ckpt, tmp_path, tiny_text_file):
+    model = load_model(ckpt)
+    samples = [PROMPT + " Citizen, speak speak:\nall", PROMPT + "rather to die quux"]
+    record = make_record(ckpt, samples)
+    out_dir = tmp_path / "0_decoder.temperature=0.7"
+    log_dir = log_generation_run(out_dir, record, model)
+    assert log_dir == out_dir / "tb"
+
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    [text] = events.Tensors("samples/text_summary")
+    shown = text.tensor_proto.string_val[0].decode()
+    assert shown.startswith("decoder **temperature** (temperature=0.7, top_k=None")
+    assert "sample 2 of 2:\n\n    To berather to die quux" in shown
+    assert "    To be Citizen, speak speak:\n    all" in shown  # one code line per text line
+
+    start, _, _ = read_session(log_dir / SESSION_DIR)
+    assert start.hparams["decoder.temperature"].number_value == 0.7
+    assert start.hparams["kind"].string_value == "generate"
+
+    continuations = [" Citizen, speak speak:\nall", "rather to die quux"]
+    nll = sum(mean_nll(model, c) for c in continuations) / 2
+    known = known_word_share(continuations, word_set(tiny_text_file.read_text()))
+    assert 0 < known < 1  # "speak", "all", "rather", ... are in the text; "quux" is not
+    expected = {
+        **{f"samples/{k}": v for k, v in diversity(record).items()},  # as summary.md has them
+        "samples/nll_per_char": nll,
+        "samples/known_word_share": known,
+        "samples/tokens_per_second": 1234.5,
+    }
+    scalars = read_scalars(log_dir / SESSION_DIR)
+    assert set(scalars) == set(expected)
+    for tag, value in expected.items():
+        [(step, logged)] = scalars[tag]
+        assert step == 0 and logged == pytest.approx(value, rel=1e-6), tag
+
+
+def test_without_its_training_text_the_known_word_share_is_left_out_with_a_note(
+    ckpt, tmp_path, tiny_text_file, capsys
+):
+    tiny_text_file.unlink()
+    log_dir = log_generation_run(tmp_path, make_record(ckpt, ["To be or not"]), load_model(ckpt))
+    assert "note: known-word share not logged" in capsys.readouterr().err
+    assert "samples/known_word_share" not in read_scalars(log_dir / SESSION_DIR)
+
+
+def test_empty_continuations_score_nan_which_sessions_leave_out(ckpt):
+    record = make_record(ckpt, [PROMPT], max_new_tokens=0)
+    metrics = generation_metrics(record, load_model(ckpt), vocabulary={"to", "be"})
+    assert math.isnan(metrics["samples/nll_per_char"])
+    assert math.isnan(metrics["samples/known_word_share"])
+
+
+def test_the_nll_is_averaged_over_the_first_samples_only(ckpt, monkeypatch):
+    monkeypatch.setattr(generation_dashboard, "NLL_SAMPLES", 1)
+    model = load_model(ckpt)
+    record = make_record(ckpt, [PROMPT + " speak, speak", PROMPT + "zzzzqqqq xxx"])
+    metrics = generation_metrics(record, model, vocabulary=None)
+    assert metrics["samples/nll_per_char"] == pytest.approx(mean_nll(model, " speak, speak"))
+    assert "samples/known_word_share" not in metrics
