@@ -43,12 +43,13 @@ def ckpt(tmp_path, tiny_text_file):
 def make_record(ckpt, samples, max_new_tokens=20):
     """What generate.py writes to samples.json for ``decoder=temperature`` at 0.7."""
     decoder = {"name": "temperature", "temperature": 0.7, "top_k": None, "top_p": None}
-    decoder |= {"min_p": None, "repetition_penalty": 1.0}
+    decoder |= {"min_p": None, "repetition_penalty": 1.0, "stop": []}
     config = {
         "decoder": decoder,
         "ckpt_path": str(ckpt),
         "checkpoints_dir": "outputs",
         "prompt": PROMPT,
+        "prompt_file": None,
         "max_new_tokens": max_new_tokens,
         "num_samples": len(samples),
         "seed": 5,
@@ -62,6 +63,7 @@ def make_record(ckpt, samples, max_new_tokens=20):
         "decoder": decoder,
         "tokens_per_s": 1234.5,
         "config": config,
+        "prompt": PROMPT,
         "samples": samples,
     }
 
@@ -75,6 +77,7 @@ def test_the_decoder_settings_are_the_hyperparameters(ckpt):
         "decoder.name": "temperature",
         "decoder.temperature": 0.7,
         "decoder.repetition_penalty": 1.0,
+        "decoder.stop": "[]",
         "prompt": PROMPT,
         "max_new_tokens": 20,
         "num_samples": 1,
