@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from tinygpt.model import MLP, TinyGPT, TinyGPTConfig
-from tinygpt.module import fused_adamw
-from tinygpt.moe import MoEFeedForward
+from tinygpt.models import MoEFeedForward, TinyGPT, TinyGPTConfig
+from tinygpt.models.gpt import MLP
+from tinygpt.training.optim import fused_adamw
 
 SEED_SIZE = dict(n_layer=2, n_head=4, n_embd=64, block_size=32)
 BABY_SIZE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)

@@ -23,10 +23,11 @@ import lightning as L
 import torch
 from common import machine_name, print_table, write_json
 
-from tinygpt.data import RandomWindows
-from tinygpt.model import TinyGPTConfig
-from tinygpt.module import OptimConfig, TinyGPTModule, build_optimizer, fused_adamw
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.data import CharTokenizer
+from tinygpt.data.windows import RandomWindows
+from tinygpt.models import TinyGPTConfig
+from tinygpt.training import OptimConfig, TinyGPTModule
+from tinygpt.training.optim import build_optimizer, fused_adamw
 
 SIZES = {
     "seed": (TinyGPTConfig(vocab_size=65), 64),

@@ -9,9 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
-from tinygpt.config import register_resolvers
-from tinygpt.data import TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_SIZE
-from tinygpt.download import is_verified
+from tinygpt.cli.resolvers import register_resolvers
+from tinygpt.data.download import TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_SIZE, is_verified
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE_CANDIDATES = [

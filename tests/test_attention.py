@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tinygpt.attention import (
+from tinygpt.analysis.attention import (
     attended_distance,
     attention_entropy,
     attention_figure,
@@ -14,8 +14,8 @@ from tinygpt.attention import (
     save_attention_heatmaps,
     visible,
 )
-from tinygpt.model import TinyGPT, TinyGPTConfig
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 PROMPT = "First Citizen:\nSpeak, speak."
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

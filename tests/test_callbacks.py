@@ -9,11 +9,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tinygpt.callbacks import AttentionHeatmapCallback, MetricPlots, RunConfigText
 from tinygpt.data import CharDataModule
 from tinygpt.errors import ConfigError
-from tinygpt.model import TinyGPTConfig
-from tinygpt.module import OptimConfig, TinyGPTModule
+from tinygpt.models import TinyGPTConfig
+from tinygpt.training.callbacks import AttentionHeatmapCallback, MetricPlots, RunConfigText
+from tinygpt.training.module import OptimConfig, TinyGPTModule
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinygpt.checkpoint_choice import newest_run_checkpoint
+from tinygpt.cli.paths import newest_run_checkpoint
 from tinygpt.errors import CheckpointError
 
 # Lightning stores each callback's state under a key naming the callback and its settings.

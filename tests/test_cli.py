@@ -9,7 +9,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from tinygpt.cli import hydra_quoted, hydra_value, quoting_hint, shell_word
+from tinygpt.cli.quoting import hydra_quoted, hydra_value, quoting_hint, shell_word
 
 ROOT = Path(__file__).resolve().parents[1]
 AWKWARD_VALUES = [

@@ -10,12 +10,12 @@ import tempfile
 import pytest
 import torch
 
-from tinygpt import compiled_step, generation
-from tinygpt.compiled_step import can_compile, compiled_decode_step
-from tinygpt.decoding import SamplingParams
 from tinygpt.errors import CompileError, ConfigError
-from tinygpt.generation import generate_ids
-from tinygpt.model import TinyGPT, TinyGPTConfig
+from tinygpt.generation import fast_step as compiled_step
+from tinygpt.generation import generate_ids, loop
+from tinygpt.generation.fast_step import can_compile, compiled_decode_step
+from tinygpt.generation.sampling import SamplingParams
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 BLOCK, BATCH = 8, 2
 
@@ -135,7 +135,7 @@ def test_decoding_compiles_only_when_asked(monkeypatch):
     def refuse(model):
         raise AssertionError("built a compiled step nobody asked for")
 
-    monkeypatch.setattr(generation, "compiled_decode_step", refuse)
+    monkeypatch.setattr(loop, "compiled_decode_step", refuse)
     trained_compiled = make_model(compile=True)  # model.compile is about training
     generate_ids(trained_compiled, prompt(1), 3)
     generate_ids(trained_compiled, prompt(1), 1, compile=True)  # no one-token step: no build

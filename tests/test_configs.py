@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 
-from tinygpt.config import register_resolvers
+from tinygpt.cli.resolvers import register_resolvers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = [

@@ -12,10 +12,10 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from test_callbacks import make_module
 from test_train import TINY_RUN, run_train
 
-from tinygpt.callbacks import CustomScalarsLayout, SampleText, scalar_layout
-from tinygpt.decoding import SamplingParams
 from tinygpt.errors import ConfigError
 from tinygpt.generation import generate_ids
+from tinygpt.generation.sampling import SamplingParams
+from tinygpt.training.callbacks import CustomScalarsLayout, SampleText, scalar_layout
 
 LAYOUT_TAG = "custom_scalars__config__"
 

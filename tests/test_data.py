@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinygpt.data import CharDataModule, RandomWindows, read_text
+from tinygpt.data import CharDataModule, read_text
+from tinygpt.data.windows import RandomWindows
 from tinygpt.errors import ConfigError, DataError
 
 

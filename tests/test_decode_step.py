@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tinygpt.decode_step import DecodeStep
-from tinygpt.model import TinyGPT, TinyGPTConfig
+from tinygpt.generation.fast_step import DecodeStep
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 SHAPES = {
     "dense": dict(),

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tinygpt.decoding import (
+from tinygpt.generation.sampling import (
     SamplingParams,
     apply_temperature,
     filter_logits,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt.download import fetch_verified
+from tinygpt.data.download import fetch_verified
 from tinygpt.errors import DataError
 
 PAYLOAD = b"To be, or not to be, that is the question.\n" * 200

@@ -1,7 +1,6 @@
 """generate.py end to end on a tiny checkpoint made here: in a subprocess where the command
 line itself is the journey, otherwise in-process (the composed config through ``run``)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,15 +12,14 @@ import torch
 from conftest import CreatesFile, compose_task
 
 from tinygpt.checkpoint import checkpoint_entry, load_model
-from tinygpt.cli import USER_ERROR_EXIT_CODE, user_errors
+from tinygpt.cli.errors import USER_ERROR_EXIT_CODE, user_errors
+from tinygpt.cli.generate import generate as generate_run
+from tinygpt.cli.generate import read_prompt_file
+from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.generation import generate, generate_greedy
-from tinygpt.model import TinyGPT, TinyGPTConfig
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("generate_script", REPO / "generate.py")
-GENERATE_SCRIPT = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(GENERATE_SCRIPT)
 CHARS = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
@@ -59,7 +57,7 @@ def generate_in_process(run_dir: Path, *overrides: str) -> None:
     """``python generate.py OVERRIDES hydra.run.dir=RUN_DIR`` without the new process."""
     cfg = compose_task("generate", list(overrides), run_dir)
     with user_errors():
-        GENERATE_SCRIPT.run(cfg)
+        generate_run(cfg)
 
 
 def test_single_run_streams_and_writes_samples(ckpt, tmp_path):
@@ -221,7 +219,7 @@ def test_bad_input_is_one_error_line_without_traceback(ckpt, tmp_path, overrides
 
 
 def test_sweep_summary_measures_diversity_of_the_continuations():
-    from tinygpt.sweep_summary import diversity, markdown
+    from tinygpt.analysis.sweep_summary import diversity, markdown
 
     record = {
         "prompt": "To be",
@@ -278,7 +276,7 @@ def test_a_prompt_file_of_two_lines_is_the_whole_prompt(ckpt, tmp_path, capsys):
 def test_a_prompt_file_drops_a_byte_order_mark_and_windows_line_breaks(tmp_path):
     path = tmp_path / "notepad.txt"
     path.write_bytes("\ufeffROMEO:\r\nBut soft\r\n".encode())
-    assert GENERATE_SCRIPT.read_prompt_file(path) == "ROMEO:\nBut soft\n"
+    assert read_prompt_file(path) == "ROMEO:\nBut soft\n"
 
 
 @pytest.mark.parametrize(

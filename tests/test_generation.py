@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tinygpt import generation
-from tinygpt.decoding import SamplingParams, repetition_penalty
+from tinygpt.data.tokenizer import CharTokenizer, UnknownCharactersError
 from tinygpt.errors import ConfigError, NonFiniteLogitsError
 from tinygpt.generation import (
     STOP_READ_STEPS,
@@ -16,11 +16,13 @@ from tinygpt.generation import (
     generate_temperature,
     generate_top_k,
     generateV2,
+    loop,
     stream_generate,
     stream_ids,
+    text,
 )
-from tinygpt.model import TinyGPT, TinyGPTConfig
-from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
+from tinygpt.generation.sampling import SamplingParams, repetition_penalty
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 BLOCK = 8
 GREEDY = SamplingParams(temperature=0.0)
@@ -283,14 +285,15 @@ def test_non_finite_logits_are_reported_not_sampled(use_cache):
 def settings_per_step(monkeypatch) -> list[tuple[int, bool]]:
     """(torch thread count, oneDNN enabled) at each decoding step, appended as it runs."""
     seen = []
-    real_decode = generation._decode
+    real_decode = loop.decode_columns
 
     def spy(*args, **kwargs):
         for n in real_decode(*args, **kwargs):
             seen.append((torch.get_num_threads(), torch.backends.mkldnn.enabled))
             yield n
 
-    monkeypatch.setattr(generation, "_decode", spy)
+    monkeypatch.setattr(loop, "decode_columns", spy)
+    monkeypatch.setattr(text, "decode_columns", spy)
     return seen
 
 
@@ -342,13 +345,13 @@ def test_abandoning_a_stream_frees_the_cache():
 def batch_rows(monkeypatch) -> list[int]:
     """The number of rows of each batch decoded, appended as each starts."""
     rows = []
-    real_decode = generation._decode
+    real_decode = loop.decode_columns
 
     def spy(model, seq, *args, **kwargs):
         rows.append(seq.size(0))
         return real_decode(model, seq, *args, **kwargs)
 
-    monkeypatch.setattr(generation, "_decode", spy)
+    monkeypatch.setattr(text, "decode_columns", spy)
     return rows
 
 
@@ -399,7 +402,7 @@ def test_each_sample_ends_with_its_first_stop_string_same_text_up_to_it(model):
 @pytest.mark.parametrize("read_every", [1, 3])
 def test_stop_strings_cut_the_same_whatever_the_read_interval(model, monkeypatch, read_every):
     expected = generate(model, "to be", 60, stop=STOPS, seed=3, num_samples=6)
-    monkeypatch.setattr(generation, "STOP_READ_STEPS", read_every)
+    monkeypatch.setattr(text, "STOP_READ_STEPS", read_every)
     assert generate(model, "to be", 60, stop=STOPS, seed=3, num_samples=6) == expected
 
 

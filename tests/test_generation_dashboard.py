@@ -9,20 +9,20 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_generate_cli import CHARS
 from test_hparams import read_session
 
-from tinygpt import generation_dashboard
-from tinygpt.checkpoint import checkpoint_entry, load_model
-from tinygpt.generation_dashboard import (
+from tinygpt.analysis import generation_dashboard
+from tinygpt.analysis.generation_dashboard import (
     generation_hparams,
     generation_metrics,
     log_generation_run,
 )
-from tinygpt.hparams import SESSION_DIR
-from tinygpt.likelihood import mean_nll
-from tinygpt.model import TinyGPT, TinyGPTConfig
-from tinygpt.plots import read_scalars
-from tinygpt.sweep_summary import diversity
-from tinygpt.text_metrics import known_word_share, word_set
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.analysis.hparams import SESSION_DIR
+from tinygpt.analysis.likelihood import mean_nll
+from tinygpt.analysis.plots import read_scalars
+from tinygpt.analysis.sweep_summary import diversity
+from tinygpt.analysis.text_metrics import known_word_share, word_set
+from tinygpt.checkpoint import checkpoint_entry, load_model
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 PROMPT = "To be"
 

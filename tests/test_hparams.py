@@ -10,7 +10,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 from test_configs import compose_train
 from torch.utils.tensorboard import SummaryWriter
 
-from tinygpt.hparams import (
+from tinygpt.analysis.hparams import (
     NOT_SHAPING,
     SESSION_DIR,
     expert_load_balance,
@@ -21,7 +21,7 @@ from tinygpt.hparams import (
     training_hparams,
     training_metrics,
 )
-from tinygpt.plots import read_scalars
+from tinygpt.analysis.plots import read_scalars
 
 
 def test_flatten_keeps_typed_values_dots_keys_and_drops_targets_and_unset():

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinygpt.data import validation_windows
-from tinygpt.likelihood import mean_nll
-from tinygpt.model import TinyGPT, TinyGPTConfig
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.analysis.likelihood import mean_nll
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.data.windows import validation_windows
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 TEXT = "to be or not to be, that is the question: whether 'tis nobler in the mind to suffer"
 

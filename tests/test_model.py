@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tinygpt.errors import ConfigError
-from tinygpt.model import TinyGPT, TinyGPTConfig
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 
 def test_default_config_is_the_seed_size():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tinygpt.errors import ConfigError
-from tinygpt.model import TinyGPT, TinyGPTConfig
-from tinygpt.module import OptimConfig, build_optimizer
+from tinygpt.models import TinyGPT, TinyGPTConfig
+from tinygpt.training.module import OptimConfig, build_optimizer
 
 
 def lrs_over(optim: OptimConfig, max_steps: int) -> list[float]:

@@ -8,12 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinygpt import moe as moe_module
 from tinygpt.checkpoint import checkpoint_entry, load_model
+from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.errors import ConfigError
-from tinygpt.model import MLP, TinyGPT, TinyGPTConfig
-from tinygpt.moe import MoEFeedForward
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.models import TinyGPT, TinyGPTConfig
+from tinygpt.models import moe as moe_module
+from tinygpt.models.gpt import MLP
+from tinygpt.models.moe import MoEFeedForward
 
 
 def make_layer(seed: int = 0, **overrides) -> MoEFeedForward:

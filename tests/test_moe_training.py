@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tinygpt.analysis.plots import read_scalars
 from tinygpt.checkpoint import load_model
 from tinygpt.generation import generate
-from tinygpt.plots import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ from test_reliability import wait_for
 from test_train import ROOT, TINY_RUN
 
 from tinygpt.checkpoint import load_checkpoint
-from tinygpt.config import ROOT_ENV, register_resolvers
+from tinygpt.cli.paths import ROOT_ENV
+from tinygpt.cli.resolvers import register_resolvers
 
 
 def composed(config: str, overrides: list[str] = ()):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from tinygpt.plots import matching_series, plot_run, plot_val_curves, read_scalars
+from tinygpt.analysis.plots import matching_series, plot_run, plot_val_curves, read_scalars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

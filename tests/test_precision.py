@@ -2,12 +2,10 @@
 torch's autocast are the same code on both, so bf16-mixed training, clipping, compile, the MoE
 router and checkpoints are checked here, where CI runs."""
 
-import importlib.util
 import json
 import math
 import os
 import subprocess
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -17,15 +15,16 @@ from hydra.utils import instantiate
 from lightning.pytorch.plugins.precision import MixedPrecision
 from test_configs import compose_train
 
-import tinygpt.module
-from tinygpt.attention import attention_weights
+import tinygpt.training.module
+from tinygpt.analysis.attention import attention_weights
+from tinygpt.analysis.moe import expert_load, specialisation
+from tinygpt.analysis.plots import read_scalars
 from tinygpt.checkpoint import load_checkpoint, load_model
-from tinygpt.compiled_step import shape_key
+from tinygpt.cli.train import train
+from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.generation import generate
-from tinygpt.model import TinyGPT, TinyGPTConfig
-from tinygpt.moe_analysis import expert_load, specialisation
-from tinygpt.plots import read_scalars
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.generation.fast_step import shape_key
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -45,17 +44,8 @@ TINY_RUN = [
 FP16_MIXED = [
     "trainer.precision=null",
     "trainer.plugins=[{_target_:lightning.pytorch.plugins.precision.MixedPrecision,"
-    "precision:16-mixed,device:cpu},{_target_:tinygpt.checkpoint_io.SafeCheckpointIO}]",
+    "precision:16-mixed,device:cpu},{_target_:tinygpt.training.checkpointing.SafeCheckpointIO}]",
 ]
-
-
-@cache
-def train_script():
-    """train.py as a module, to run its ``train`` in this process (no 6 s of imports a run)."""
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def train_in_process(
@@ -69,7 +59,7 @@ def train_in_process(
         + list(overrides),
         run_dir,
     )
-    train_script().train(cfg)
+    train(cfg)
     summary = json.loads((run_dir / "summary.json").read_text())
     return summary, json.loads((run_dir / "probe.json").read_text())
 
@@ -161,7 +151,7 @@ def test_fused_adamw_under_bf16_mixed_steps_as_the_foreach_one(
     # the foreach AdamW (which Lightning lets clip) does with the same clipped gradients.
     short = ["trainer=cpu", "trainer.precision=bf16-mixed", "trainer.max_steps=10"]
     train_in_process(tmp_path / "fused", tiny_text_file, *short)
-    monkeypatch.setattr(tinygpt.module, "fused_adamw", lambda device: False)
+    monkeypatch.setattr(tinygpt.training.module, "fused_adamw", lambda device: False)
     _, probe = train_in_process(tmp_path / "foreach", tiny_text_file, *short)
     assert probe["fused"] is False
     fused, foreach = (

@@ -13,8 +13,8 @@ import torch
 from conftest import TINY_TEXT, CreatesFile
 
 from tinygpt.checkpoint import load_checkpoint
-from tinygpt.checkpoint_io import SafeCheckpointIO
 from tinygpt.errors import CheckpointError
+from tinygpt.training.checkpointing import SafeCheckpointIO
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = [

@@ -13,17 +13,17 @@ import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from tinygpt import report
-from tinygpt.checkpoint import checkpoint_entry
-from tinygpt.decoding_report import (
+from tinygpt.analysis import report
+from tinygpt.analysis.decoding_report import (
     STRATEGIES,
     compare_decoding,
     markdown_table,
     training_text,
     write_decoding_report,
 )
-from tinygpt.model import TinyGPT, TinyGPTConfig
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.checkpoint import checkpoint_entry
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CHARS = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -345,7 +345,7 @@ def test_bad_input_is_one_error_line_and_exit_2(case, tmp_path, capfd):
 
 
 def test_decoding_command_on_a_checkpoint_and_on_a_bad_one(tiny_ckpt, tmp_path, capfd):
-    from tinygpt import decoding_report
+    from tinygpt.analysis import decoding_report
 
     out = tmp_path / "out"
     assert decoding_report.main([str(tiny_ckpt), "--out", str(out), "--max-new-tokens", "8"]) == 0

@@ -21,8 +21,8 @@ from omegaconf.basecontainer import BaseContainer
 from test_configs import compose_train
 from test_train import ROOT, TINY_RUN, run_train
 
-from tinygpt import hydra_ddp
-from tinygpt.config import parallel_jobs, register_resolvers, sweep_job_name
+from tinygpt.cli import hydra_ddp
+from tinygpt.cli.resolvers import parallel_jobs, register_resolvers, sweep_job_name
 
 # Ten steps, one evaluation, no pictures: these tests are about the jobs, not the training.
 TINY_SWEEP = [

@@ -15,7 +15,7 @@ import yaml
 from test_generate_cli import run_generate
 from test_train import TINY_RUN, run_train
 
-from tinygpt.plots import read_scalars
+from tinygpt.analysis.plots import read_scalars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

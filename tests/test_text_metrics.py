@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tinygpt.text_metrics import (
+from tinygpt.analysis.text_metrics import (
     distinct_n,
     known_word_share,
     ngrams,

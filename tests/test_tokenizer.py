@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
+from tinygpt.data.tokenizer import CharTokenizer, UnknownCharactersError
 
 
 def test_vocabulary_is_sorted_and_round_trips():

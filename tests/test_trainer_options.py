@@ -13,10 +13,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from test_configs import compose_train
 from test_precision import assert_clipped, train_in_process, vocab_loss
 
-from tinygpt.config import auto_precision
-from tinygpt.model import TinyGPTConfig
-from tinygpt.module import TinyGPTModule
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.cli.resolvers import auto_precision
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.models import TinyGPTConfig
+from tinygpt.training.module import TinyGPTModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # How each option is checked here, and why where it cannot simply run.

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.errors import CheckpointError
-from tinygpt.model import TinyGPT, TinyGPTConfig
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.models import TinyGPT, TinyGPTConfig
 
 CHECKPOINT_KEY = "tinygpt"
 MODEL_PREFIX = "model."

@@ -9,7 +9,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tinygpt.model import TinyGPT
+from tinygpt.models import TinyGPT
 
 # Characters that would be invisible or break a tick label, drawn as visible symbols instead.
 VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥", "\r": "␍"}

@@ -8,14 +8,15 @@ and temperature 0.8 + top-k 10 + top-p 0.9 combined) this generates a fixed set 
   per sample and averaged over the samples (so a deterministic strategy, whose seeds repeat the
   same text, is not scored down for repeating itself across seeds);
 * coherence: the share of generated words found in the training text's word list
-  (:func:`~tinygpt.text_metrics.known_word_share`), and the mean negative log-likelihood of the
-  continuation under the model itself (:func:`~tinygpt.likelihood.mean_nll`, nats/char; the
-  continuation is scored on its own, without the prompt as context).
+  (:func:`~tinygpt.analysis.text_metrics.known_word_share`), and the mean negative
+  log-likelihood of the continuation under the model itself
+  (:func:`~tinygpt.analysis.likelihood.mean_nll`, nats/char; the continuation is scored on its
+  own, without the prompt as context).
 
 Outputs: a Markdown table, a PNG with one panel per metric, the samples as JSON, and optionally
 the samples as text in TensorBoard. As a command, for one checkpoint:
 
-    python -m tinygpt.decoding_report CKPT [--out DIR] [--train-text FILE] [--tb-dir DIR]
+    python -m tinygpt.analysis.decoding_report CKPT [--out DIR] [--train-text FILE] [--tb-dir DIR]
 """
 
 from __future__ import annotations
@@ -31,16 +32,21 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from tinygpt.analysis.likelihood import mean_nll
+from tinygpt.analysis.text_metrics import (
+    distinct_n,
+    known_word_share,
+    repeated_ngram_share,
+    word_set,
+)
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
-from tinygpt.cli import user_errors
-from tinygpt.data import read_text
+from tinygpt.cli.errors import user_errors
+from tinygpt.cli.paths import root_dir
+from tinygpt.data.text import read_text
 from tinygpt.errors import ConfigError, DataError
 from tinygpt.generation import generate, intra_op_threads
-from tinygpt.likelihood import mean_nll
-from tinygpt.model import TinyGPT
-from tinygpt.text_metrics import distinct_n, known_word_share, repeated_ngram_share, word_set
+from tinygpt.models import TinyGPT
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROMPTS = ("ROMEO:\n", "First Citizen:\n", "KING RICHARD III:\n")
 DEFAULT_SEEDS = (1, 2)
 DEFAULT_MAX_NEW_TOKENS = 300
@@ -96,7 +102,8 @@ def training_text(run_config: dict[str, Any], explicit: str | Path | None = None
     """The text a run trained on: ``explicit`` if given, else ``data.path`` or the cached
     TinyShakespeare (``data.cache_dir/tinyshakespeare.txt``) from the run's resolved config.
 
-    A relative path is looked up from the working directory, then from the repository root.
+    A relative path is looked up from the working directory, then from the project root
+    (:func:`tinygpt.cli.paths.root_dir`, where runs keep data/ by default).
     """
     if explicit is not None:
         return read_text(explicit)
@@ -105,7 +112,7 @@ def training_text(run_config: dict[str, Any], explicit: str | Path | None = None
         path = Path(data["path"])
     else:
         path = Path(data.get("cache_dir") or "data") / "tinyshakespeare.txt"
-    candidates = [path] if path.is_absolute() else [path, REPO / path]
+    candidates = [path] if path.is_absolute() else [path, Path(root_dir()) / path]
     for candidate in candidates:
         if candidate.is_file():
             return read_text(candidate)
@@ -280,7 +287,7 @@ def write_decoding_report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tinygpt.decoding_report",
+        prog="python -m tinygpt.analysis.decoding_report",
         description="Compare decoding strategies on one checkpoint.",
     )
     p.add_argument("checkpoint")

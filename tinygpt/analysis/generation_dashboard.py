@@ -1,12 +1,12 @@
 """A ``generate.py`` run in TensorBoard: its samples as text, and its row in the HParams dashboard.
 
 The run's ``tb/`` directory gets the samples (Text tab, ``samples/text_summary``) and, in
-``tb/hparams/``, a session (:mod:`tinygpt.hparams`) whose hyperparameters are the decoder
+``tb/hparams/``, a session (:mod:`tinygpt.analysis.hparams`) whose hyperparameters are the decoder
 settings, prompt, length, seed and checkpoint (plus whatever the overrides set), and whose
 metrics score the generated continuations, the prompt left out:
 
 * ``samples/distinct_1``, ``samples/distinct_2``, ``samples/repeated_4gram_share``: diversity,
-  exactly as a sweep's ``summary.md`` has it (:func:`tinygpt.sweep_summary.diversity`);
+  exactly as a sweep's ``summary.md`` has it (:func:`tinygpt.analysis.sweep_summary.diversity`);
 * ``samples/known_word_share``: the share of generated words found in the checkpoint's training
   text (left out, with a note on stderr, when that text is not found);
 * ``samples/nll_per_char``: the model's own NLL of each continuation, nats per character, mean
@@ -25,15 +25,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tinygpt.analysis.decoding_report import training_text
+from tinygpt.analysis.hparams import HParamValue, flatten, log_session, override_hparams
+from tinygpt.analysis.likelihood import mean_nll
+from tinygpt.analysis.sweep_summary import continuations_of, diversity
+from tinygpt.analysis.text_metrics import known_word_share, word_set
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint
-from tinygpt.decoding_report import training_text
 from tinygpt.errors import DataError
 from tinygpt.generation import intra_op_threads
-from tinygpt.hparams import HParamValue, flatten, log_session, override_hparams
-from tinygpt.likelihood import mean_nll
-from tinygpt.model import TinyGPT
-from tinygpt.sweep_summary import continuations_of, diversity
-from tinygpt.text_metrics import known_word_share, word_set
+from tinygpt.models import TinyGPT
 
 NLL_SAMPLES = 100
 TEXT_TAG = "samples"  # torch's SummaryWriter.add_text appends "/text_summary"

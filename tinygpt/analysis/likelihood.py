@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinygpt.model import TinyGPT
+from tinygpt.models import TinyGPT
 
 
 @torch.no_grad()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure
 
-from tinygpt.attention import visible
-from tinygpt.model import TinyGPT
+from tinygpt.analysis.attention import visible
+from tinygpt.models import TinyGPT
 
 
 @torch.no_grad()

@@ -10,10 +10,11 @@ overrides that differ between them, seeds and paths aside. Per group: best and f
 (mean ± sample std over seeds), wall time and train tokens/s with their ratio to the first group
 (dense where there is one), parameters, the attention entropy per head of the best checkpoints on
 a fixed prompt (the start of the validation text), and the expert load where the runs logged
-``moe/layer{l}/load/expert{e}``. Then the decoding comparison (:mod:`tinygpt.decoding_report`) on
-the best checkpoint of the best dense run. Writes ``report.md``, ``val_loss.png``,
-``decoding.png``, ``decoding.md`` and ``decoding_samples.json`` into ``--out``; ``--readme``
-rewrites the README between ``<!-- results:start -->`` and ``<!-- results:end -->``.
+``moe/layer{l}/load/expert{e}``. Then the decoding comparison
+(:mod:`tinygpt.analysis.decoding_report`) on the best checkpoint of the best dense run. Writes
+``report.md``, ``val_loss.png``, ``decoding.png``, ``decoding.md`` and ``decoding_samples.json``
+into ``--out``; ``--readme`` rewrites the README between ``<!-- results:start -->`` and
+``<!-- results:end -->``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,8 @@ from typing import Any
 
 import yaml
 
-from tinygpt.attention import attention_entropy, attention_weights
-from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
-from tinygpt.cli import USER_ERROR_EXIT_CODE, hydra_value, user_errors
-from tinygpt.decoding_report import (
+from tinygpt.analysis.attention import attention_entropy, attention_weights
+from tinygpt.analysis.decoding_report import (
     DEFAULT_MAX_NEW_TOKENS,
     StrategyResult,
     compare_decoding,
@@ -46,10 +45,13 @@ from tinygpt.decoding_report import (
     validation_text,
     write_decoding_report,
 )
+from tinygpt.analysis.plots import plot_val_curves, read_scalars
+from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
+from tinygpt.cli.errors import USER_ERROR_EXIT_CODE, user_errors
+from tinygpt.cli.quoting import hydra_value
 from tinygpt.errors import TinyGPTError
-from tinygpt.plots import plot_val_curves, read_scalars
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 START_MARKER = "<!-- results:start -->"
 END_MARKER = "<!-- results:end -->"
 DEFAULT_OUT = Path("docs/results")

@@ -16,7 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tinygpt.text_metrics import distinct_n, repeated_ngram_share
+from tinygpt.analysis.text_metrics import distinct_n, repeated_ngram_share
 
 SAMPLES_FILE = "samples.json"
 PREVIEW_CHARS = 60

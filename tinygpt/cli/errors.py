@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import (
     ConfigCompositionException,
-    HydraException,
     InstantiationException,
     MissingConfigException,
     OverrideParseException,
 )
 
+from tinygpt.cli.quoting import quoting_hint
 from tinygpt.errors import TinyGPTError
 
 USER_ERROR_EXIT_CODE = 2
@@ -55,15 +54,22 @@ def user_errors() -> Iterator[None]:
         exit_with_user_error(cause)
 
 
-def run_hydra_app(main: Callable[[], object]) -> None:
+def run_hydra_app(
+    main: Callable[[], object], argv: Sequence[str] | None = None, script: Path | None = None
+) -> None:
     """Run a ``@hydra.main`` function, turning Hydra's own composition errors into one line.
 
+    Hydra reads its arguments from ``sys.argv``: with ``argv``, it runs as ``python SCRIPT
+    ARGV`` would (``sys.argv`` is restored afterwards); else with this process's command line.
     Hydra prints a bad override (an unknown key, a missing config option) over several lines; it
     re-raises instead when HYDRA_FULL_ERROR is set, which lets this function print one line. An
     override Hydra cannot parse ends with how to quote it. Bugs inside the run keep their full
     traceback.
     """
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    saved = sys.argv
+    if argv is not None:
+        sys.argv = [str(script or saved[0]), *argv]
     try:
         main()
     except OverrideParseException as exc:
@@ -81,6 +87,8 @@ def run_hydra_app(main: Callable[[], object]) -> None:
         if ambiguous:
             message += f"; {quoting_hint(ambiguous.group(1))}"
         exit_with_user_error(message)
+    finally:
+        sys.argv = saved
 
 
 def _parse_error(exc: OverrideParseException) -> str:
@@ -93,45 +101,3 @@ def _parse_error(exc: OverrideParseException) -> str:
         bad = exc.override[column] if 0 <= column < len(exc.override) else ""
         detail = f"a character it cannot read here: {bad!r}" if bad else "an unreadable character"
     return f"Hydra cannot parse {exc.override!r}: {detail} (grammar: {GRAMMAR_DOCS})"
-
-
-def quoting_hint(override: str) -> str:
-    """How to type ``override`` so that Hydra takes its value as it is: quoted for Hydra, and
-    the whole argument quoted for the shell, e.g. ``"ckpt_path='outputs/a=b/last.ckpt'"``."""
-    key, sep, value = override.partition("=")
-    if not sep or not re.fullmatch(r"[+~]{0,2}[\w./@-]+", key):
-        key, value = "ckpt_path", "outputs/a=b/last.ckpt"
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1]  # quoted already, but for the shell only
-    example = shell_word(f"{key}={hydra_quoted(value)}")
-    return f"quote the value for Hydra, inside the shell's quotes: {example}"
-
-
-def hydra_quoted(value: str) -> str:
-    """``value`` in single quotes as Hydra's override grammar reads it back exactly.
-
-    Inside quotes Hydra un-escapes only backslashes that precede a quote or the closing quote.
-    """
-    escaped = re.sub(r"(\\*)('|\Z)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
-    return f"'{escaped}'"
-
-
-def hydra_value(value: str) -> str:
-    """``value`` as written after ``key=`` so that Hydra reads back this string: as it is where
-    Hydra's grammar takes it as plain text (a run directory's path), else quoted."""
-    try:
-        override = OverridesParser.create().parse_override(f"key={value}")
-        plain = not override.is_sweep_override() and override.value() == value
-    except HydraException:
-        plain = False
-    return value if plain else hydra_quoted(value)
-
-
-def shell_word(text: str) -> str:
-    """``text`` as one shell word: bare where it is safe, else in double quotes where they keep
-    it as it is (easier to read than single quotes around single quotes), else shlex's quoting."""
-    if shlex.quote(text) == text:
-        return text
-    if not re.search(r'["$`\\!]', text):
-        return f'"{text}"'
-    return shlex.quote(text)

@@ -1,4 +1,4 @@
-r"""Sample text from a trained TinyGPT checkpoint, streaming it to the terminal.
+r"""The run behind ``python generate.py``: sample text from a checkpoint, streaming it.
 
     python generate.py ckpt_path=outputs/.../last.ckpt prompt="To be" max_new_tokens=200 \
         decoder=nucleus decoder.top_p=0.9 seed=1
@@ -10,6 +10,8 @@ Decoders (conf/decoder/): greedy, temperature, top_k, nucleus, combined, min_p. 
 ``ckpt_path`` the newest run's best (else last) checkpoint is used. Each run writes samples.txt and
 samples.json (samples, resolved config, speed) into its Hydra run directory; a multirun also
 writes summary.json and summary.md into the sweep directory.
+
+:func:`main` is the command; tests compose a config and call :func:`generate` in-process.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -26,18 +29,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tinygpt.analysis.generation_dashboard import log_generation_run
 from tinygpt.checkpoint import load_model
-from tinygpt.checkpoint_choice import newest_run_checkpoint
-from tinygpt.cli import run_hydra_app, user_errors
-from tinygpt.compiled_step import can_compile, package_dir
-from tinygpt.config import register_resolvers
-from tinygpt.decoding import MAX_NEW_TOKENS_LIMIT, SamplingParams, check_int
+from tinygpt.cli.errors import run_hydra_app, user_errors
+from tinygpt.cli.paths import CONFIG_DIR, PROJECT_ROOT, newest_run_checkpoint
+from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.errors import ConfigError, DataError
 from tinygpt.generation import MAX_NUM_SAMPLES, stream_generate
-from tinygpt.generation_dashboard import log_generation_run
-from tinygpt.stop_strings import check_stop
+from tinygpt.generation.fast_step import can_compile, package_dir
+from tinygpt.generation.sampling import MAX_NEW_TOKENS_LIMIT, SamplingParams, check_int
+from tinygpt.generation.stop_strings import check_stop
 
-register_resolvers()
+GENERATE_SCRIPT = PROJECT_ROOT / "generate.py"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,7 +150,9 @@ def stream_to_terminal(
     return texts
 
 
-def run(cfg: DictConfig) -> None:
+def generate(cfg: DictConfig) -> None:
+    """One generate job of a composed config (HydraConfig set): stream the samples, then write
+    samples.json, samples.txt and the TensorBoard record into the run directory."""
     # Validate everything cheap before loading the checkpoint.
     prompt = read_prompt(cfg)
     params = sampling_params(cfg.decoder)
@@ -196,11 +201,13 @@ def run(cfg: DictConfig) -> None:
     log_generation_run(out_dir, record, model)  # TensorBoard: samples, HParams row
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
-def main(cfg: DictConfig) -> None:
+def _job(cfg: DictConfig) -> None:
     with user_errors():
-        run(cfg)
+        generate(cfg)
 
 
-if __name__ == "__main__":
-    run_hydra_app(main)
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python generate.py ARGV`` (``argv`` None: this process's command line)."""
+    register_resolvers(argv)
+    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="generate")
+    run_hydra_app(app(_job), argv, GENERATE_SCRIPT)

@@ -19,7 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 
-from tinygpt.cli import hydra_quoted
+from tinygpt.cli.quoting import hydra_quoted
 
 # Lightning's launcher sets these in the launching process for its children; while LOCAL_RANK
 # is set, Lightning believes someone else starts the ranks and would wait for ranks that never come.

@@ -1,4 +1,5 @@
-"""Which checkpoint generate.py uses when it is given none: the newest run's best.ckpt.
+"""Where runs live: the project root (``$TINYGPT_ROOT`` moves it), and which checkpoint
+generate.py uses when it is given none: the newest run's best.ckpt.
 
 A run is a directory whose ``checkpoints/`` holds ``best.ckpt`` (lowest val loss) or ``last.ckpt``
 (the latest step); the newest run is the one whose checkpoint was written last. Picking the newest
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,19 @@ from typing import Any
 import torch
 
 from tinygpt.errors import CheckpointError
+
+# A checkout of the repository holds this package, conf/, train.py and generate.py side by side;
+# outputs/ and data/ live in it by default, whatever the working directory.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+ROOT_ENV = "TINYGPT_ROOT"
+
+
+def root_dir() -> str:
+    """``$TINYGPT_ROOT`` (made absolute) if set and not empty, else the project root."""
+    override = os.environ.get(ROOT_ENV)
+    return str(Path(override).expanduser().absolute()) if override else str(PROJECT_ROOT)
+
 
 PREFERRED = ("best.ckpt", "last.ckpt")
 

@@ -6,26 +6,15 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 
 import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tinygpt.cli import exit_with_user_error
-
-# The checkout that holds train.py, generate.py, conf/ and this package: outputs/ and data/ live
-# here by default, whatever the working directory.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ROOT_ENV = "TINYGPT_ROOT"
-
-
-def root_dir() -> str:
-    """``$TINYGPT_ROOT`` (made absolute) if set and not empty, else the project root."""
-    override = os.environ.get(ROOT_ENV)
-    return str(Path(override).expanduser().absolute()) if override else str(PROJECT_ROOT)
+from tinygpt.cli.errors import exit_with_user_error
+from tinygpt.cli.paths import root_dir
 
 
 def auto_precision() -> str:
@@ -51,7 +40,7 @@ def safe_name(text: str) -> str:
 SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(", "tag(")
 
 
-def swept_keys(argv: list[str]) -> set[str]:
+def swept_keys(argv: Sequence[str]) -> set[str]:
     """Keys that a multirun command line sweeps over (``key=a,b`` or ``key=range(...)``)."""
     keys = set()
     for arg in argv:
@@ -127,7 +116,9 @@ class ParallelJobsCheck(Callback):
             )
 
 
-def register_resolvers() -> None:
+def register_resolvers(argv: Sequence[str] | None = None) -> None:
+    """Register the resolvers conf/ uses; ``argv``: the command's arguments (None: this
+    process's command line), whose swept keys name a sweep's job directories."""
     OmegaConf.register_new_resolver("root_dir", root_dir, replace=True)
     OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
@@ -135,5 +126,6 @@ def register_resolvers() -> None:
     # The command line is read here, in the process that parses it: launcher plugins (joblib,
     # submitit, SLURM) resolve a job's directory in a worker process whose sys.argv is not the
     # sweep's. Hydra hands its registered resolvers, with this argument, to those workers.
-    job_name = partial(sweep_job_name, command_line_sweeps=frozenset(swept_keys(sys.argv[1:])))
+    arguments = sys.argv[1:] if argv is None else argv
+    job_name = partial(sweep_job_name, command_line_sweeps=frozenset(swept_keys(arguments)))
     OmegaConf.register_new_resolver("sweep_job_name", job_name, replace=True)

@@ -1,35 +1,45 @@
-"""Train TinyGPT: compose the config with Hydra, instantiate, fit, summarise.
+"""The run behind ``python train.py``: compose conf/train.yaml, instantiate, fit, summarise.
 
-python train.py                                  # seed-size dense model on TinyShakespeare
-python train.py -m model.n_layer=2,4 seed=1,2    # a sweep, one run directory per job
+    python train.py                                  # the notebook's dense model on TinyShakespeare
+    python train.py -m model.n_layer=2,4 seed=1,2    # a sweep, one run directory per job
+
+:func:`main` is the command (Hydra reads its arguments and runs the job, or each job of a
+sweep, through :func:`train`); tests compose a config and call :func:`train` in-process.
 """
 
+from __future__ import annotations
+
+import json
+import logging
+import os
 import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-LAUNCHED = time.time()  # before the heavy imports: wall time counts from launch
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+from tinygpt.analysis.hparams import expert_load_balance, log_training_session
+from tinygpt.cli import hydra_ddp
+from tinygpt.cli.errors import run_hydra_app, user_errors
+from tinygpt.cli.paths import CONFIG_DIR, PROJECT_ROOT
+from tinygpt.cli.quoting import hydra_value, shell_word
+from tinygpt.cli.resolvers import register_resolvers
+from tinygpt.data.datamodule import CharDataModule
+from tinygpt.errors import CheckpointError
+from tinygpt.training import TinyGPTModule
+from tinygpt.training.callbacks import TokenThroughput, tensorboard_dir
+from tinygpt.training.checkpointing import LastCheckpoint
 
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+# The entry script next to conf/: what DDP ranks re-run, and what the resume command names.
+TRAIN_SCRIPT = PROJECT_ROOT / "train.py"
 
-from tinygpt import hydra_ddp  # noqa: E402
-from tinygpt.callbacks import LastCheckpoint, TokenThroughput, tensorboard_dir  # noqa: E402
-from tinygpt.cli import hydra_value, run_hydra_app, shell_word, user_errors  # noqa: E402
-from tinygpt.config import register_resolvers  # noqa: E402
-from tinygpt.errors import CheckpointError  # noqa: E402
-from tinygpt.hparams import expert_load_balance, log_training_session  # noqa: E402
-from tinygpt.module import TinyGPTModule  # noqa: E402
-
-register_resolvers()
 # Printed on every run and nothing a user can act on: Lightning's own use of a deprecated torch
 # API; its notice that TinyGPTModule moves batches itself (on purpose: Lightning's generic walk
 # over the batch costs about a millisecond a step); its advertisement for its cloud logger.
@@ -39,22 +49,25 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not record.getMessage().startswith("💡 Tip")
 )
 
-
-# The first job of the launching process counts its wall time from launch; later jobs of a
-# multirun, which share the process, from their own start. So do jobs in a launcher's worker
-# processes (joblib, submitit): these globals reach them pickled, and the pid tells them apart.
-_unclaimed_launch = [(os.getpid(), LAUNCHED)]
+# The first job of the launching process counts its wall time from launch (main's `launched`);
+# later jobs of a multirun, which share the process, from their own start. So do jobs in a
+# launcher's worker processes (joblib, submitit), which import this module afresh or, forked,
+# inherit the list with another process's pid.
+_unclaimed_launch: list[tuple[int, float]] = []
 
 
 def job_start_time() -> float:
+    """When this job started, for its ``wall_seconds``: the launch for the first job, else now."""
     if _unclaimed_launch and _unclaimed_launch[0][0] == os.getpid():
         return _unclaimed_launch.pop()[1]
     return time.time()
 
 
 def train(cfg: DictConfig) -> float:
+    """One training job of a composed config (HydraConfig set): fit, write summary.json, log
+    the run's HParams session; returns the best val loss (what an Optuna search minimises)."""
     started = job_start_time()
-    hydra_ddp.install(__file__)
+    hydra_ddp.install(str(TRAIN_SCRIPT))
     L.seed_everything(cfg.seed, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -76,10 +89,26 @@ def train(cfg: DictConfig) -> float:
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
+    summary = run_summary(trainer, module, datamodule, started)
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # The HParams dashboard's row for this run: its settings, and the summary's metrics.
+        overrides = HydraConfig.get().overrides.task
+        log_training_session(
+            tensorboard_dir(trainer), module.run_config, overrides, summary, start=started
+        )
+        print(json.dumps(summary))
+    return summary["best_val_loss"]
+
+
+def run_summary(
+    trainer: L.Trainer, module: TinyGPTModule, datamodule: CharDataModule, started: float
+) -> dict[str, Any]:
+    """What summary.json holds: the val losses, steps, tokens, wall time and speed of a fit."""
     checkpoint = trainer.checkpoint_callback
-    throughput = next(c for c in callbacks if isinstance(c, TokenThroughput))
+    throughput = next(c for c in trainer.callbacks if isinstance(c, TokenThroughput))
     final_val = trainer.callback_metrics.get("val/loss")
-    summary = {
+    return {
         "best_val_loss": _number(checkpoint.best_model_score if checkpoint else final_val),
         "final_val_loss": _number(final_val),
         "steps": trainer.global_step,
@@ -94,15 +123,6 @@ def train(cfg: DictConfig) -> float:
         # MoE only: from the expert loads last logged, as TensorBoard's moe/ scalars show them.
         **expert_load_balance(trainer.callback_metrics),
     }
-    if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        # The HParams dashboard's row for this run: its settings, and the summary's metrics.
-        overrides = HydraConfig.get().overrides.task
-        log_training_session(
-            tensorboard_dir(trainer), module.run_config, overrides, summary, start=started
-        )
-        print(json.dumps(summary))
-    return summary["best_val_loss"]
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -120,7 +140,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 def resume_command(run_dir: Path) -> str:
     """The command line that continues this run from its last.ckpt, to paste into a shell."""
     kept = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
-    script = Path(__file__).resolve()
+    script = TRAIN_SCRIPT
     if script.is_relative_to(Path.cwd().resolve()):
         script = script.relative_to(Path.cwd().resolve())
     words = [
@@ -133,15 +153,19 @@ def resume_command(run_dir: Path) -> str:
     return " ".join(shell_word(word) for word in words)
 
 
-def _number(value) -> float | None:
+def _number(value: object) -> float | None:
     return None if value is None else round(float(value), 6)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def _job(cfg: DictConfig) -> float:
     with user_errors():
         return train(cfg)
 
 
-if __name__ == "__main__":
-    run_hydra_app(main)
+def main(argv: Sequence[str] | None = None, launched: float | None = None) -> None:
+    """``python train.py ARGV`` (``argv`` None: this process's command line). ``launched``: when
+    the command started, for the first job's wall time (default: now)."""
+    _unclaimed_launch[:] = [(os.getpid(), time.time() if launched is None else launched)]
+    register_resolvers(argv)
+    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+    run_hydra_app(app(_job), argv, TRAIN_SCRIPT)

@@ -1,4 +1,4 @@
-"""Character-level text as training and validation windows, served by a LightningDataModule."""
+"""The LightningDataModule: a text file split into training and validation windows, per rank."""
 
 from __future__ import annotations
 
@@ -6,84 +6,18 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader
 
-from tinygpt.download import fetch_verified
-from tinygpt.errors import ConfigError, DataError
-from tinygpt.tokenizer import CharTokenizer
-
-TINY_SHAKESPEARE_URL = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+from tinygpt.data.download import (
+    TINY_SHAKESPEARE_SHA256,
+    TINY_SHAKESPEARE_SIZE,
+    TINY_SHAKESPEARE_URL,
+    fetch_verified,
 )
-TINY_SHAKESPEARE_SIZE = 1_115_394
-TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-
-
-def read_text(path: str | Path) -> str:
-    """Read a UTF-8 text file, refusing missing, empty and binary files with a clear error."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
-    if not path.is_file():
-        raise DataError(f"data path is not a file: {path}")
-    raw = path.read_bytes()
-    if not raw:
-        raise DataError(f"data file is empty: {path}")
-    if b"\x00" in raw:
-        raise DataError(f"data file looks binary (it contains NUL bytes): {path}")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"data file is not UTF-8 text: {path} (byte {exc.start})") from None
-
-
-def batch_seed(seed: int, batch_index: int, rank: int) -> int:
-    """A generator seed that is a pure function of (seed, batch index, rank).
-
-    Mixing with large odd constants (splitmix64's) keeps nearby triples far apart, so rank 1's
-    batches are not rank 0's batches shifted by one step.
-    """
-    mixed = seed * 0x9E3779B97F4A7C15 + batch_index * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB
-    return mixed % (1 << 63)
-
-
-class RandomWindows(IterableDataset):
-    """An endless stream of batches of random windows, starting at batch ``start``.
-
-    Batch ``i`` depends only on (seed, i, rank): a resumed run draws exactly the batches it would
-    have drawn, and DDP ranks draw different ones.
-    """
-
-    def __init__(
-        self, data: torch.Tensor, block_size: int, batch_size: int, seed: int, rank: int, start: int
-    ) -> None:
-        self.data = data
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.start = start
-        self.offsets = torch.arange(block_size + 1)
-        self.num_starts = len(data) - block_size
-
-    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(batch_seed(self.seed, index, self.rank))
-        starts = torch.randint(self.num_starts, (self.batch_size, 1), generator=generator)
-        windows = self.data[starts + self.offsets]  # one gather: (batch, block_size + 1)
-        return windows[:, :-1], windows[:, 1:].contiguous()
-
-    def __iter__(self):
-        index = self.start
-        while True:
-            yield self.batch(index)
-            index += 1
-
-
-def validation_windows(data: torch.Tensor, block_size: int) -> TensorDataset:
-    """Every non-overlapping window of ``data``, in order, so the val loss is exact."""
-    n = (len(data) - 1) // block_size
-    inputs = data[: n * block_size].view(n, block_size)
-    targets = data[1 : n * block_size + 1].view(n, block_size)
-    return TensorDataset(inputs, targets)
+from tinygpt.data.text import read_text
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.data.windows import RandomWindows, validation_windows
+from tinygpt.errors import ConfigError, DataError
 
 
 class CharDataModule(L.LightningDataModule):

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # model.py imports this module, so the config is imported for typing only
-    from tinygpt.model import TinyGPTConfig
+from tinygpt.models.config import TinyGPTConfig
 
 
 @dataclass

@@ -1,0 +1,25 @@
+"""Analysis with matplotlib and TensorBoard's reader: attention pictures, text metrics, the
+model's likelihood, run plots, MoE routing, and the reports (``python -m tinygpt.report``,
+``python -m tinygpt.decoding_report``)."""
+
+from tinygpt.analysis.attention import save_attention_heatmaps
+from tinygpt.analysis.likelihood import mean_nll
+from tinygpt.analysis.plots import plot_run, plot_val_curves, read_scalars
+from tinygpt.analysis.text_metrics import (
+    distinct_n,
+    known_word_share,
+    repeated_ngram_share,
+    word_set,
+)
+
+__all__ = [
+    "distinct_n",
+    "known_word_share",
+    "mean_nll",
+    "plot_run",
+    "plot_val_curves",
+    "read_scalars",
+    "repeated_ngram_share",
+    "save_attention_heatmaps",
+    "word_set",
+]
