@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tinygpt.errors import CompileError, ConfigError
+from tinygpt.generation import decoding_settings, generate_ids, loop
 from tinygpt.generation import fast_step as compiled_step
-from tinygpt.generation import generate_ids, loop
 from tinygpt.generation.fast_step import can_compile, compiled_decode_step
 from tinygpt.generation.sampling import SamplingParams
 from tinygpt.models import TinyGPT, TinyGPTConfig
@@ -61,21 +61,21 @@ def flip_final_norm(model: TinyGPT) -> None:
 
 @torch.no_grad()
 def test_the_step_writes_the_models_cache_and_sees_weight_updates(model):
+    # That each step computes the plain forward: tests/test_fast_step.py, with the other paths.
     seq = torch.randint(0, 20, (BATCH, BLOCK), generator=torch.Generator().manual_seed(1))
     model.setup_kv_cache(BATCH)
     try:
-        step = compiled_decode_step(model)
-        for pos in range(BLOCK):
-            logits = step(seq[:, pos : pos + 1], pos)
-            expected = model(seq[:, : pos + 1])[0][:, -1]
-            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
-        filled = model.blocks[0].attn.kv_cache.k.clone()
-        flip_final_norm(model)  # an in-place update, as an optimizer step makes
-        logits = step(seq[:, -1:], BLOCK - 1)
+        with decoding_settings(1):  # one thread, as generate_ids runs it: the same build
+            step = compiled_decode_step(model)
+            for pos in range(BLOCK):
+                logits = step(seq[:, pos : pos + 1], pos)
+            filled = model.blocks[0].attn.kv_cache.k.clone()
+            flip_final_norm(model)  # an in-place update, as an optimizer step makes
+            flipped = step(seq[:, -1:], BLOCK - 1)
     finally:
         flip_final_norm(model)
         model.clear_kv_cache()
-    torch.testing.assert_close(logits, -expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(flipped, -logits, atol=1e-5, rtol=0)
     assert filled.abs().sum() > 0
 
 
