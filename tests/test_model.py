@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tinygpt.errors import ConfigError
-from tinygpt.models import TinyGPT, TinyGPTConfig
+from tinygpt.models import TinyGPT, TinyGPTConfig, evaluating
 
 
 def test_default_config_is_the_seed_size():
@@ -79,3 +79,17 @@ def test_sequence_longer_than_block_size_is_refused():
 def test_bad_config_values_are_named(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TinyGPTConfig(**kwargs)
+
+
+def test_evaluating_runs_the_body_in_eval_mode_and_restores_the_mode():
+    model = TinyGPT(TinyGPTConfig(vocab_size=20, block_size=16, dropout=0.5))
+    with evaluating(model) as inside:
+        assert inside is model and not model.training and not model.drop.training
+    assert model.training and model.drop.training
+    with pytest.raises(KeyError), evaluating(model):
+        raise KeyError("a failing body")
+    assert model.training  # restored after an error too
+    model.eval()
+    with evaluating(model):
+        pass
+    assert not model.training  # a model in eval mode stays there

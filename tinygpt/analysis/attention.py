@@ -9,7 +9,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tinygpt.models import TinyGPT
+from tinygpt.models import TinyGPT, evaluating
 
 # Characters that would be invisible or break a tick label, drawn as visible symbols instead.
 VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥", "\r": "␍"}
@@ -24,12 +24,8 @@ def attention_weights(model: TinyGPT, prompt: str) -> torch.Tensor:
     """
     device = next(model.parameters()).device
     idx = model.tokenizer.encode(prompt)[None].to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         _, weights = model.forward_with_attention(idx)
-    finally:
-        model.train(was_training)
     return torch.stack([w[0] for w in weights]).float().cpu()
 
 

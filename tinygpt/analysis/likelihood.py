@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinygpt.models import TinyGPT
+from tinygpt.models import TinyGPT, evaluating
 
 
 @torch.no_grad()
@@ -30,9 +30,7 @@ def mean_nll(model: TinyGPT, text: str, stride: int | None = None) -> float:
     ids = model.tokenizer.encode(text).to(device)
     if len(ids) < 2:
         raise ValueError("a text needs at least 2 characters to be scored")
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         total, scored, end = 0.0, 0, min(block, len(ids) - 1)
         while True:
             # Inputs ids[start:end] predict targets ids[start + 1:end + 1]; score the new ones.
@@ -45,5 +43,3 @@ def mean_nll(model: TinyGPT, text: str, stride: int | None = None) -> float:
             if end == len(ids) - 1:
                 return total / scored
             end = min(end + stride, len(ids) - 1)
-    finally:
-        model.train(was_training)

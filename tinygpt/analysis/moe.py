@@ -6,18 +6,14 @@ import torch
 from matplotlib.figure import Figure
 
 from tinygpt.analysis.attention import visible
-from tinygpt.models import TinyGPT
+from tinygpt.models import TinyGPT, evaluating
 
 
 @torch.no_grad()
 def expert_load(model: TinyGPT, idx: torch.Tensor) -> torch.Tensor:
     """Fraction of token assignments each expert receives, per MoE layer: ``(layers, experts)``."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         model(idx)
-    finally:
-        model.train(was_training)
     return torch.stack([stats.load.float().cpu() for stats in model.moe_stats().values()])
 
 
