@@ -15,7 +15,6 @@ from torch.utils.tensorboard import SummaryWriter
 
 from tinygpt.analysis import report
 from tinygpt.analysis.decoding_report import (
-    STRATEGIES,
     compare_decoding,
     markdown_table,
     training_text,
@@ -23,6 +22,7 @@ from tinygpt.analysis.decoding_report import (
 )
 from tinygpt.checkpoint import checkpoint_entry
 from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.generation import NOTEBOOK_STRATEGIES as STRATEGIES
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,8 +1,10 @@
 """Decoding strategies compared on one checkpoint: diversity and coherence of generated text.
 
 For each strategy of the seed's table (greedy, temperature 0.5 and 1.5, top-k 5, nucleus 0.9,
-and temperature 0.8 + top-k 10 + top-p 0.9 combined) this generates a fixed set of samples
-(prompts x seeds) and scores only the generated continuation, never the prompt:
+and temperature 0.8 + top-k 10 + top-p 0.9 combined: ``NOTEBOOK_STRATEGIES`` of
+:mod:`tinygpt.generation.strategies`, built on the named decoders generate.py uses) this
+generates a fixed set of samples (prompts x seeds) and scores only the generated
+continuation, never the prompt:
 
 * diversity: distinct-1/2/3 over words and the share of repeated word 4-grams, each computed
   per sample and averaged over the samples (so a deterministic strategy, whose seeds repeat the
@@ -16,7 +18,7 @@ and temperature 0.8 + top-k 10 + top-p 0.9 combined) this generates a fixed set 
 Outputs: a Markdown table, a PNG with one panel per metric, the samples as JSON, and optionally
 the samples as text in TensorBoard. As a command, for one checkpoint:
 
-    python -m tinygpt.analysis.decoding_report CKPT [--out DIR] [--train-text FILE] [--tb-dir DIR]
+    python -m tinygpt.decoding_report CKPT [--out DIR] [--train-text FILE] [--tb-dir DIR]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,34 +47,13 @@ from tinygpt.cli.paths import root_dir
 from tinygpt.data.text import read_text
 from tinygpt.errors import ConfigError, DataError
 from tinygpt.generation import generate, intra_op_threads
+from tinygpt.generation.strategies import NOTEBOOK_STRATEGIES, Strategy
 from tinygpt.models import TinyGPT
 
 DEFAULT_PROMPTS = ("ROMEO:\n", "First Citizen:\n", "KING RICHARD III:\n")
 DEFAULT_SEEDS = (1, 2)
 DEFAULT_MAX_NEW_TOKENS = 300
 
-
-@dataclass(frozen=True)
-class Strategy:
-    name: str
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    # The seed's qualitative rating: (coherence, diversity).
-    claimed: tuple[str, str] = ("", "")
-
-    def kwargs(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
-
-
-STRATEGIES = (
-    Strategy("greedy", temperature=0.0, claimed=("high", "low")),
-    Strategy("temperature 0.5", temperature=0.5, claimed=("high", "low")),
-    Strategy("temperature 1.5", temperature=1.5, claimed=("low", "high")),
-    Strategy("top-k 5", top_k=5, claimed=("medium-high", "medium")),
-    Strategy("nucleus 0.9", top_p=0.9, claimed=("high", "medium-high")),
-    Strategy("combined", temperature=0.8, top_k=10, top_p=0.9, claimed=("high", "high")),
-)
 
 # metric key -> (column title, what a higher value means)
 METRICS = {
@@ -164,7 +145,7 @@ def compare_decoding(
     prompts: Sequence[str] = DEFAULT_PROMPTS,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    strategies: Sequence[Strategy] = STRATEGIES,
+    strategies: Sequence[Strategy] = NOTEBOOK_STRATEGIES,
 ) -> list[StrategyResult]:
     """Generate ``len(prompts) * len(seeds)`` samples per strategy and score them."""
     if max_new_tokens < 2:
@@ -176,7 +157,8 @@ def compare_decoding(
         result = StrategyResult(strategy)
         for prompt in prompts:
             for seed in seeds:
-                text = generate(model, prompt, max_new_tokens, seed=seed, **strategy.kwargs())
+                settings = asdict(strategy.params)
+                text = generate(model, prompt, max_new_tokens, seed=seed, **settings)
                 continuation = text[len(prompt) :]
                 result.samples.append({"prompt": prompt, "seed": seed, "text": continuation})
         result.metrics = score([s["text"] for s in result.samples], model, vocabulary)
@@ -237,7 +219,7 @@ def to_json(results: Sequence[StrategyResult]) -> list[dict[str, Any]]:
     return [
         {
             "strategy": r.strategy.name,
-            "settings": r.strategy.kwargs(),
+            "settings": r.strategy.table_settings(),
             "claimed": {"coherence": r.strategy.claimed[0], "diversity": r.strategy.claimed[1]},
             "metrics": {k: (None if math.isnan(v) else v) for k, v in r.metrics.items()},
             "samples": r.samples,
@@ -287,7 +269,7 @@ def write_decoding_report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tinygpt.analysis.decoding_report",
+        prog="python -m tinygpt.decoding_report",
         description="Compare decoding strategies on one checkpoint.",
     )
     p.add_argument("checkpoint")

@@ -65,16 +65,18 @@ NOT_SHAPING = frozenset(
     }
 )
 
+INSTANTIATE_KEYS = frozenset({"_target_", "_convert_", "_recursive_", "_partial_", "_args_"})
 EXPERT_LOAD_TAG = re.compile(r"^moe/layer(\d+)/load/expert(\d+)$")
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, HParamValue]:
     """Nested config values as ``{"model.n_layer": 2, ...}``: numbers, strings and bools as
-    they are, lists as their JSON text; ``None`` (unset) and ``_target_`` keys are left out."""
+    they are, lists as their JSON text; ``None`` (unset) and Hydra's ``_target_`` and
+    ``_convert_`` keys are left out."""
     flat: dict[str, HParamValue] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if key == "_target_" or value is None:
+        if key in INSTANTIATE_KEYS or value is None:
             continue
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))

@@ -20,14 +20,15 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.analysis.generation_dashboard import log_generation_run
 from tinygpt.checkpoint import load_model
@@ -37,8 +38,8 @@ from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.errors import ConfigError, DataError
 from tinygpt.generation import MAX_NUM_SAMPLES, stream_generate
 from tinygpt.generation.fast_step import can_compile, package_dir
-from tinygpt.generation.sampling import MAX_NEW_TOKENS_LIMIT, SamplingParams, check_int
-from tinygpt.generation.stop_strings import check_stop
+from tinygpt.generation.sampling import MAX_NEW_TOKENS_LIMIT, check_int
+from tinygpt.generation.strategies import Decoder
 
 GENERATE_SCRIPT = PROJECT_ROOT / "generate.py"
 
@@ -51,24 +52,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available")
     return device
-
-
-def sampling_params(decoder: DictConfig) -> SamplingParams:
-    values = OmegaConf.to_container(decoder, resolve=True)
-    values.pop("name", None)
-    values.pop("stop", None)  # where samples end, not how a token is chosen: see stop_strings
-    unknown = sorted(set(values) - {f.name for f in fields(SamplingParams)})
-    if unknown:
-        raise ConfigError(f"unknown decoder parameter(s): {', '.join(unknown)}")
-    return SamplingParams(**values)
-
-
-def stop_strings(decoder: DictConfig) -> tuple[str, ...]:
-    """``decoder.stop`` (null, a string or a list of strings), validated."""
-    stop = decoder.get("stop")
-    if isinstance(stop, ListConfig):
-        stop = OmegaConf.to_container(stop, resolve=True)
-    return check_stop(stop)
 
 
 def read_prompt_file(path: Path) -> str:
@@ -120,18 +103,17 @@ def stream_to_terminal(
     model: torch.nn.Module,
     cfg: DictConfig,
     prompt: str,
-    params: SamplingParams,
-    stop: tuple[str, ...],
+    decoder: Decoder,
 ) -> list[str]:
     """Print sample 1 as it is generated, then the others; return every sample's text."""
     steps = stream_generate(
         model,
         prompt,
         cfg.max_new_tokens,
-        **asdict(params),
+        **asdict(decoder.params),
         seed=cfg.seed,
         num_samples=cfg.num_samples,
-        stop=stop,
+        stop=decoder.stop,
         use_cache=cfg.use_cache,
         compile=cfg.compile,
     )
@@ -155,8 +137,7 @@ def generate(cfg: DictConfig) -> None:
     samples.json, samples.txt and the TensorBoard record into the run directory."""
     # Validate everything cheap before loading the checkpoint.
     prompt = read_prompt(cfg)
-    params = sampling_params(cfg.decoder)
-    stop = stop_strings(cfg.decoder)
+    decoder = instantiate(cfg.decoder)  # a named strategy of tinygpt/generation/strategies.py
     check_int("max_new_tokens", cfg.max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
     check_int("num_samples", cfg.num_samples, 1, MAX_NUM_SAMPLES)
     if cfg.compile not in (True, False) or cfg.use_cache not in (True, False):
@@ -181,7 +162,7 @@ def generate(cfg: DictConfig) -> None:
         )
 
     start = time.perf_counter()
-    texts = stream_to_terminal(model, cfg, prompt, params, stop)
+    texts = stream_to_terminal(model, cfg, prompt, decoder)
     seconds = time.perf_counter() - start
     new_characters = sum(len(text) - len(prompt) for text in texts)  # fewer when stopped
 
@@ -189,7 +170,7 @@ def generate(cfg: DictConfig) -> None:
     record: dict[str, Any] = {
         "ckpt_path": str(ckpt_path),
         "overrides": list(HydraConfig.get().overrides.task),
-        "decoder": {"name": cfg.decoder.name, **asdict(params), "stop": list(stop)},
+        "decoder": decoder.record(),
         "tokens_per_s": round(new_characters / seconds, 1),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "prompt": prompt,

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.cli.errors import exit_with_user_error
 from tinygpt.cli.paths import root_dir
+from tinygpt.generation.strategies import decoder_setting
 
 
 def auto_precision() -> str:
@@ -123,6 +124,7 @@ def register_resolvers(argv: Sequence[str] | None = None) -> None:
     OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
     OmegaConf.register_new_resolver("parallel_jobs", parallel_jobs, replace=True)
+    OmegaConf.register_new_resolver("decoder_setting", decoder_setting, replace=True)
     # The command line is read here, in the process that parses it: launcher plugins (joblib,
     # submitit, SLURM) resolve a job's directory in a worker process whose sys.argv is not the
     # sweep's. Hydra hands its registered resolvers, with this argument, to those workers.

@@ -57,6 +57,7 @@ from tinygpt.generation.sampling import (
     make_generator,
 )
 from tinygpt.generation.stop_strings import StopStrings, check_stop, check_stop_characters
+from tinygpt.generation.strategies import DECODERS
 from tinygpt.models import TinyGPT
 
 Prompt = str | Sequence[str]
@@ -354,7 +355,8 @@ def generate_greedy(
     model: TinyGPT, prompt: Prompt, max_new_tokens: int = 200, **kwargs: Any
 ) -> Generated:
     """Argmax decoding (``temperature=0``); other keywords as in :func:`generate`."""
-    return generate(model, prompt, max_new_tokens, temperature=0.0, **kwargs)
+    greedy = DECODERS["greedy"].temperature
+    return generate(model, prompt, max_new_tokens, temperature=greedy, **kwargs)
 
 
 def generate_temperature(
@@ -369,14 +371,22 @@ def generate_temperature(
 
 
 def generate_top_k(
-    model: TinyGPT, prompt: Prompt, max_new_tokens: int = 200, top_k: int = 10, **kwargs: Any
+    model: TinyGPT,
+    prompt: Prompt,
+    max_new_tokens: int = 200,
+    top_k: int = DECODERS["top_k"].top_k,
+    **kwargs: Any,
 ) -> Generated:
     """Sampling from the ``top_k`` most probable tokens."""
     return generate(model, prompt, max_new_tokens, top_k=top_k, **kwargs)
 
 
 def generate_nucleus(
-    model: TinyGPT, prompt: Prompt, max_new_tokens: int = 200, top_p: float = 0.9, **kwargs: Any
+    model: TinyGPT,
+    prompt: Prompt,
+    max_new_tokens: int = 200,
+    top_p: float = DECODERS["nucleus"].top_p,
+    **kwargs: Any,
 ) -> Generated:
     """Nucleus (top-p) sampling."""
     return generate(model, prompt, max_new_tokens, top_p=top_p, **kwargs)
