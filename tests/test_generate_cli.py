@@ -137,7 +137,7 @@ def test_multirun_writes_one_directory_per_value_and_a_summary(ckpt, tmp_path):
         "1_decoder.temperature-1.5",
     ]
     assert all(len(job["samples"]) == 2 for job in summary)
-    assert all(0 <= job["diversity"]["distinct_1"] <= 1 for job in summary)
+    assert all(0 <= job["diversity"]["pooled_distinct_1"] <= 1 for job in summary)
     table = (sweep_dir / "summary.md").read_text()
     assert "decoder.temperature=0.5" in table and "decoder.temperature=1.5" in table
 
@@ -231,7 +231,11 @@ def test_sweep_summary_measures_diversity_of_the_continuations():
     record["diversity"] = measured = diversity(record)
     # Words: the cat x3 | a b c d e -> 7 unique of 11; bigrams 2 of 5 | 4 of 4 -> 6 of 9;
     # 4-grams: sample 1 repeats one of 3 (1/3), sample 2 none (0) -> mean 1/6.
-    assert measured == {"distinct_1": 0.6364, "distinct_2": 0.6667, "repeated_4gram_share": 0.1667}
+    assert measured == {
+        "pooled_distinct_1": 0.6364,
+        "pooled_distinct_2": 0.6667,
+        "repeated_4gram_share": 0.1667,
+    }
     assert "| 0 | decoder.temperature=0.5 | 1.0 | 0.6364 | 0.6667 | 0.1667 |" in markdown([record])
 
 

@@ -223,9 +223,9 @@ def test_decoding_report_scores_continuations_and_writes_outputs(tiny_ckpt, tmp_
         assert len(r.samples) == 6  # 3 prompts x 2 seeds
         assert all(len(s["text"]) == 24 for s in r.samples)  # the continuation only
         assert set(r.metrics) == {
-            "distinct_1",
-            "distinct_2",
-            "distinct_3",
+            "mean_distinct_1",
+            "mean_distinct_2",
+            "mean_distinct_3",
             "repeated_4gram",
             "known_words",
             "nll",

@@ -41,8 +41,8 @@ TRAINING_METRICS = {
     "summary/expert_load_min_over_max",
 }
 GENERATION_METRICS = {
-    "samples/distinct_1",
-    "samples/distinct_2",
+    "samples/pooled_distinct_1",
+    "samples/pooled_distinct_2",
     "samples/repeated_4gram_share",
     "samples/known_word_share",
     "samples/nll_per_char",

@@ -7,6 +7,7 @@ import pytest
 from tinygpt.analysis.text_metrics import (
     distinct_n,
     known_word_share,
+    mean_distinct_n,
     ngrams,
     repeated_ngram_share,
     word_set,
@@ -40,6 +41,15 @@ def test_distinct_n_pools_samples_without_crossing_their_boundaries():
     assert distinct_n(["a b", "b a"], 2) == 2 / 2
     assert distinct_n(["a b", "a b"], 2) == 1 / 2  # samples repeating each other count
     assert distinct_n(["a b", "a b"], 1) == 2 / 4
+
+
+def test_mean_distinct_n_averages_each_samples_own():
+    # "a a b" 2/3 and "c d" 1: the pooled measure counts 4 distinct of 5 words instead.
+    assert mean_distinct_n(["a a b", "c d"], 1) == (2 / 3 + 1) / 2
+    assert distinct_n(["a a b", "c d"], 1) == 4 / 5
+    assert mean_distinct_n(["a b", "a b"], 1) == 1.0  # samples repeating each other: not counted
+    assert mean_distinct_n(["one", "a b"], 2) == 1.0  # a sample without a bigram is left out
+    assert math.isnan(mean_distinct_n(["one", ""], 2))
 
 
 def test_metrics_with_nothing_to_count_are_nan():

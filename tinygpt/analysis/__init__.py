@@ -8,6 +8,7 @@ from tinygpt.analysis.plots import plot_run, plot_val_curves, read_scalars
 from tinygpt.analysis.text_metrics import (
     distinct_n,
     known_word_share,
+    mean_distinct_n,
     repeated_ngram_share,
     word_set,
 )
@@ -15,6 +16,7 @@ from tinygpt.analysis.text_metrics import (
 __all__ = [
     "distinct_n",
     "known_word_share",
+    "mean_distinct_n",
     "mean_nll",
     "plot_run",
     "plot_val_curves",

@@ -6,9 +6,10 @@ and temperature 0.8 + top-k 10 + top-p 0.9 combined: ``NOTEBOOK_STRATEGIES`` of
 generates a fixed set of samples (prompts x seeds) and scores only the generated
 continuation, never the prompt:
 
-* diversity: distinct-1/2/3 over words and the share of repeated word 4-grams, each computed
-  per sample and averaged over the samples (so a deterministic strategy, whose seeds repeat the
-  same text, is not scored down for repeating itself across seeds);
+* diversity: mean distinct-1/2/3 over words
+  (:func:`~tinygpt.analysis.text_metrics.mean_distinct_n`) and the share of repeated word
+  4-grams, each computed per sample and averaged over the samples (so a deterministic strategy,
+  whose seeds repeat the same text, is not scored down for repeating itself across seeds);
 * coherence: the share of generated words found in the training text's word list
   (:func:`~tinygpt.analysis.text_metrics.known_word_share`), and the mean negative
   log-likelihood of the continuation under the model itself
@@ -36,8 +37,8 @@ from matplotlib.figure import Figure
 
 from tinygpt.analysis.likelihood import mean_nll
 from tinygpt.analysis.text_metrics import (
-    distinct_n,
     known_word_share,
+    mean_distinct_n,
     repeated_ngram_share,
     word_set,
 )
@@ -57,14 +58,14 @@ DEFAULT_MAX_NEW_TOKENS = 300
 
 # metric key -> (column title, what a higher value means)
 METRICS = {
-    "distinct_1": ("distinct-1", "more diverse"),
-    "distinct_2": ("distinct-2", "more diverse"),
-    "distinct_3": ("distinct-3", "more diverse"),
+    "mean_distinct_1": ("mean distinct-1", "more diverse"),
+    "mean_distinct_2": ("mean distinct-2", "more diverse"),
+    "mean_distinct_3": ("mean distinct-3", "more diverse"),
     "repeated_4gram": ("repeated 4-gram share", "more repetitive"),
     "known_words": ("known-word share", "more coherent"),
     "nll": ("NLL (nats/char)", "less likely under the model"),
 }
-SHARES = ("distinct_1", "distinct_2", "distinct_3", "repeated_4gram", "known_words")
+SHARES = ("mean_distinct_1", "mean_distinct_2", "mean_distinct_3", "repeated_4gram", "known_words")
 
 
 @dataclass
@@ -130,9 +131,7 @@ def score(continuations: Sequence[str], model: TinyGPT, vocabulary: set[str]) ->
     with intra_op_threads(1):  # tiny forwards: a second thread costs more than it gains
         nll = _mean([mean_nll(model, c) if len(c) >= 2 else math.nan for c in continuations])
     return {
-        "distinct_1": _mean([distinct_n(c, 1) for c in continuations]),
-        "distinct_2": _mean([distinct_n(c, 2) for c in continuations]),
-        "distinct_3": _mean([distinct_n(c, 3) for c in continuations]),
+        **{f"mean_distinct_{n}": mean_distinct_n(continuations, n) for n in (1, 2, 3)},
         "repeated_4gram": _mean([repeated_ngram_share(c, 4) for c in continuations]),
         "known_words": _mean([known_word_share(c, vocabulary) for c in continuations]),
         "nll": nll,
@@ -205,7 +204,7 @@ def plot_metrics(results: Sequence[StrategyResult], path: str | Path, title: str
     n = len(results[0].samples) if results else 0
     fig.suptitle(
         title
-        or f"Decoding strategies, mean over {n} samples each: diversity (distinct-n, repeated "
+        or f"Decoding strategies, mean over {n} samples each: diversity (mean distinct-n, repeated "
         "4-grams) and coherence (known words, NLL)",
         fontsize=11,
     )

@@ -5,7 +5,8 @@ The run's ``tb/`` directory gets the samples (Text tab, ``samples/text_summary``
 settings, prompt, length, seed and checkpoint (plus whatever the overrides set), and whose
 metrics score the generated continuations, the prompt left out:
 
-* ``samples/distinct_1``, ``samples/distinct_2``, ``samples/repeated_4gram_share``: diversity,
+* ``samples/pooled_distinct_1``, ``samples/pooled_distinct_2``, ``samples/repeated_4gram_share``:
+  diversity,
   exactly as a sweep's ``summary.md`` has it (:func:`tinygpt.analysis.sweep_summary.diversity`);
 * ``samples/known_word_share``: the share of generated words found in the checkpoint's training
   text (left out, with a note on stderr, when that text is not found);

@@ -380,11 +380,11 @@ def agrees(claimed: str, measured: str) -> bool:
 
 def decoding_claims(results: Sequence[StrategyResult]) -> str:
     coherence = measured_ratings([r.metrics["known_words"] for r in results])
-    # distinct-1: on a few hundred characters distinct-2/3 of any sampled text are near 1.
-    diversity = measured_ratings([r.metrics["distinct_1"] for r in results])
+    # Distinct-1: on a few hundred characters distinct-2/3 of any sampled text are near 1.
+    diversity = measured_ratings([r.metrics["mean_distinct_1"] for r in results])
     lines = [
         "| strategy | seed's coherence | measured: known-word share, NLL | rank | "
-        "seed's diversity | measured: distinct-1, distinct-2, repeated 4-grams | rank |",
+        "seed's diversity | measured: mean distinct-1, mean distinct-2, repeated 4-grams | rank |",
         "|---|---|---|---|---|---|---|",
     ]
     for r, coh, div in zip(results, coherence, diversity, strict=True):
@@ -395,7 +395,7 @@ def decoding_claims(results: Sequence[StrategyResult]) -> str:
         lines.append(
             f"| {r.strategy.name} | {claim_c} | {fmt(m['known_words'], digits=2)}, "
             f"{fmt(m['nll'], digits=2)} | {coh} {mark_c} | {claim_d} | "
-            f"{fmt(m['distinct_1'], digits=2)}, {fmt(m['distinct_2'], digits=2)}, "
+            f"{fmt(m['mean_distinct_1'], digits=2)}, {fmt(m['mean_distinct_2'], digits=2)}, "
             f"{fmt(m['repeated_4gram'], digits=2)} | "
             f"{div} {mark_d} |"
         )
@@ -479,7 +479,7 @@ def claims_markdown(groups: Sequence[Group], decoding: Sequence[StrategyResult] 
         "**(a) Attention heads learn different patterns.** " + entropy_claim(groups) + "\n",
         "**(b) Decoding strategies** (the seed's rating next to ours; ours ranks the six "
         "strategies: top third high, middle third medium, bottom third low, ties sharing a "
-        "rank; coherence by known-word share, diversity by distinct-1):\n",
+        "rank; coherence by known-word share, diversity by mean distinct-1):\n",
         decoding_claims(decoding) if decoding else "Not measured.\n",
         '**(c) MoE: "slightly better" val loss than dense, "about 40% slower".** '
         + moe_claim(groups)

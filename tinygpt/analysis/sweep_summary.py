@@ -3,7 +3,8 @@
 Each ``generate.py`` job writes ``samples.json`` into its own directory; at the end of the
 sweep this writes ``summary.json`` (all jobs) and ``summary.md`` (a table) into the sweep dir,
 with each job's diversity measured on the generated continuations (prompt left out), so a sweep
-over temperatures reads as numbers: distinct-1/2 over words (pooled over the job's samples) and
+over temperatures reads as numbers: pooled distinct-1/2 over words (the n-grams of all the job's
+samples pooled, :func:`~tinygpt.analysis.text_metrics.distinct_n`) and
 the mean share of repeated word 4-grams within a sample.
 """
 
@@ -44,15 +45,16 @@ def diversity(record: dict[str, Any]) -> dict[str, float]:
     continuations = continuations_of(record)
     repeated = [repeated_ngram_share(text, 4) for text in continuations]
     return {
-        "distinct_1": round(distinct_n(continuations, 1), 4),
-        "distinct_2": round(distinct_n(continuations, 2), 4),
+        "pooled_distinct_1": round(distinct_n(continuations, 1), 4),
+        "pooled_distinct_2": round(distinct_n(continuations, 2), 4),
         "repeated_4gram_share": round(sum(repeated) / max(len(repeated), 1), 4),
     }
 
 
 def markdown(jobs: list[dict[str, Any]]) -> str:
     lines = [
-        "| job | overrides | tokens/s | distinct-1 | distinct-2 | repeated 4-grams | sample |",
+        "| job | overrides | tokens/s | pooled distinct-1 | pooled distinct-2 | repeated 4-grams "
+        "| sample |",
         "|---|---|---|---|---|---|---|",
     ]
     for job in jobs:
@@ -61,8 +63,9 @@ def markdown(jobs: list[dict[str, Any]]) -> str:
         overrides = " ".join(job["overrides"]) or "(none)"
         d = job["diversity"]
         lines.append(
-            f"| {job['job_dir']} | {overrides} | {job['tokens_per_s']} | {d['distinct_1']} | "
-            f"{d['distinct_2']} | {d['repeated_4gram_share']} | {preview} |"
+            f"| {job['job_dir']} | {overrides} | {job['tokens_per_s']} | "
+            f"{d['pooled_distinct_1']} | {d['pooled_distinct_2']} | {d['repeated_4gram_share']} | "
+            f"{preview} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -42,15 +42,26 @@ def _samples(texts: str | Iterable[str]) -> list[str]:
 
 
 def distinct_n(texts: str | Iterable[str], n: int) -> float:
-    """Distinct-n: unique word n-grams / total word n-grams, pooled over the samples.
+    """Pooled distinct-n: unique word n-grams / total word n-grams, pooled over the samples.
 
     1.0 means no n-gram repeats anywhere; low values mean repetitive or mode-collapsed text.
-    Pooling across samples also penalises samples that repeat each other.
+    Pooling across samples also penalises samples that repeat each other. Reports call it
+    "pooled distinct-n", apart from :func:`mean_distinct_n`.
     """
     all_ngrams = [g for text in _samples(texts) for g in ngrams(words(text), n)]
     if not all_ngrams:
         return math.nan
     return len(set(all_ngrams)) / len(all_ngrams)
+
+
+def mean_distinct_n(texts: Iterable[str], n: int) -> float:
+    """Mean distinct-n: each sample's distinct-n, averaged over the samples that have an n-gram.
+
+    Unlike the pooled :func:`distinct_n`, samples that repeat each other (a greedy decoder's
+    seeds) are not scored down for it.
+    """
+    values = [v for v in (distinct_n(text, n) for text in texts) if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
 
 
 def repeated_ngram_share(text: str, n: int = 4) -> float:
