@@ -11,10 +11,24 @@ from tinygpt.models import TinyGPT, evaluating
 
 @torch.no_grad()
 def expert_load(model: TinyGPT, idx: torch.Tensor) -> torch.Tensor:
-    """Fraction of token assignments each expert receives, per MoE layer: ``(layers, experts)``."""
+    """Fraction of token assignments each expert receives, per MoE layer: ``(layers, experts)``.
+
+    Every one of a token's top-k assignments counts, as in the ``moe/layer{l}/load`` scalars
+    that training logs.
+    """
     with evaluating(model):
         model(idx)
     return torch.stack([stats.load.float().cpu() for stats in model.moe_stats().values()])
+
+
+def text_windows(model: TinyGPT, text: str) -> torch.Tensor:
+    """``text`` as one batch of non-overlapping ``block_size`` windows, on the model's device."""
+    block = model.config.block_size
+    ids = model.tokenizer.encode(text)
+    n = len(ids) // block
+    if n == 0:
+        raise ValueError(f"text must hold at least block_size = {block} characters")
+    return ids[: n * block].view(n, block).to(model.wte.weight.device)
 
 
 @torch.no_grad()
@@ -22,17 +36,13 @@ def specialisation(model: TinyGPT, text: str) -> tuple[list[str], torch.Tensor]:
     """For each character of ``text``'s vocabulary, how often each expert is chosen per layer.
 
     Returns the characters (sorted) and counts ``(layers, characters, experts)``. The text is cut
-    into non-overlapping windows of ``block_size`` and routed as one batch.
+    into :func:`text_windows`, routed as one batch; with top-k routing each character counts
+    once, for its highest-weighted expert.
     """
     tokenizer = model.tokenizer
-    block = model.config.block_size
-    ids = tokenizer.encode(text)
-    n = len(ids) // block
-    if n == 0:
-        raise ValueError(f"text must hold at least block_size = {block} characters")
-    windows = ids[: n * block].view(n, block).to(model.wte.weight.device)
+    windows = text_windows(model, text)
     choices = model.expert_assignments(windows).flatten(1).cpu()  # (layers, n * block)
-    tokens = ids[: n * block]
+    tokens = windows.flatten().cpu()
     present = tokens.unique()
     num_experts = model.config.num_experts
     counts = torch.zeros(choices.size(0), len(present), num_experts)

@@ -19,7 +19,13 @@ from tinygpt.analysis.attention import (
     attention_weights,
     figure_to_array,
 )
-from tinygpt.analysis.moe import expert_load_figure, specialisation, specialisation_figure
+from tinygpt.analysis.moe import (
+    expert_load,
+    expert_load_figure,
+    specialisation,
+    specialisation_figure,
+    text_windows,
+)
 from tinygpt.analysis.plots import plot_run
 from tinygpt.errors import ConfigError
 from tinygpt.generation import encode_prompt, generate_ids
@@ -320,8 +326,8 @@ class MoEDashboard(Callback):
     def _figures(self, trainer: L.Trainer, pl_module: L.LightningModule):
         model = pl_module.model
         text = model.tokenizer.decode(trainer.datamodule.val_data[: self.chars])
+        load = expert_load(model, text_windows(model, text))
         chars, counts = specialisation(model, text)
-        load = counts.sum(1) / counts.sum((1, 2)).unsqueeze(-1)  # (layers, experts)
         return expert_load_figure(load), specialisation_figure(chars, counts)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
