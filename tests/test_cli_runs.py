@@ -15,6 +15,7 @@ from conftest import compose_task
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from tinygpt.cli import generate as generate_cli
+from tinygpt.cli import paths
 from tinygpt.cli import train as train_cli
 from tinygpt.errors import CheckpointError, ConfigError
 
@@ -133,3 +134,16 @@ def test_a_bad_override_in_process_is_one_line_and_exit_2(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Could not override 'no_such_key'") and err.count("\n") == 1
+
+
+def test_without_the_checkouts_configs_the_commands_say_so_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(paths, "CONFIG_DIR", tmp_path / "conf")  # as in a wheel: no conf/
+    for main in (train_cli.main, generate_cli.main):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["seed=1"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: no training configs at {tmp_path / 'conf'}: train.py")
+        assert err.count("\n") == 1

@@ -3,9 +3,6 @@ decoding report on a tiny checkpoint, the README rewrite, and the command end to
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -243,51 +240,19 @@ def test_decoding_report_scores_continuations_and_writes_outputs(tiny_ckpt, tmp_
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
-def run_report(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tinygpt.report", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
-def test_command_end_to_end_on_a_tiny_sweep(tiny_text_file, tmp_path):
+def test_run_trains_the_sweep_in_this_process_then_writes_the_pages(
+    tiny_text_file, tmp_path, capsys
+):
     sweep = tmp_path / "sweep"
-    trained = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "-m",
-            *TINY_RUN,
-            "seed=1,2",
-            f"data.path={tiny_text_file}",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert trained.returncode == 0, trained.stderr
     readme = tmp_path / "README.md"
     readme.write_text("# X\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\n## Tail\n")
-    out = tmp_path / "docs" / "results"
-    result = run_report(
-        "--sweep",
-        str(sweep),
-        "--out",
-        str(out),
-        "--readme",
-        str(readme),
-        "--max-new-tokens",
-        "24",
-        "--tb-dir",
-        str(tmp_path / "tb"),
-    )
-    assert result.returncode == 0, result.stderr
+    out, page = tmp_path / "docs" / "results", tmp_path / "docs" / "results.md"
+    overrides = " ".join([*TINY_RUN, "seed=1,2", f"data.path={tiny_text_file}"])
+    args = ["--sweep", str(sweep), "--run", overrides, "--out", str(out), "--readme", str(readme)]
+    args += ["--results", str(page), "--max-new-tokens", "24", "--tb-dir", str(tmp_path / "tb")]
+    assert report.main(args) == 0
+    assert "running: python train.py -m trainer=cpu " in capsys.readouterr().out
+    assert [p.parent.name for p in sorted(sweep.glob("*/summary.json"))] == ["0_seed-1", "1_seed-2"]
     for name in (
         "report.md",
         "val_loss.png",
@@ -304,6 +269,13 @@ def test_command_end_to_end_on_a_tiny_sweep(tiny_text_file, tmp_path):
     assert "\nold\n" not in new and "### Runs" in new
     assert new.endswith("<!-- results:end -->\n\n## Tail\n")
     assert "](docs/results/val_loss.png)" in new
+    # The results page: its own regenerate command, its sections, the pictures beside it.
+    results = page.read_text()
+    assert results.startswith(
+        f"# Results\n\nRegenerate with `python -m tinygpt.report --sweep {sweep}"
+    )
+    assert f"--results {page}`" in results and "\n## Runs\n" in results
+    assert "](results/val_loss.png)" in results and "](results/decoding.png)" in results
 
 
 def in_process(capfd, *args: str) -> tuple[int, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -68,6 +69,8 @@ def run_hydra_app(
     """
     os.environ["HYDRA_FULL_ERROR"] = "1"
     saved = sys.argv
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     if argv is not None:
         sys.argv = [str(script or saved[0]), *argv]
     try:
@@ -89,6 +92,12 @@ def run_hydra_app(
         exit_with_user_error(message)
     finally:
         sys.argv = saved
+        # Hydra points logging at the job's log file; a caller that goes on (a report after its
+        # sweep) logs where it did before.
+        for handler in set(root.handlers) - set(handlers):
+            handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _parse_error(exc: OverrideParseException) -> str:

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from tinygpt.analysis.generation_dashboard import log_generation_run
 from tinygpt.checkpoint import load_model
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import CONFIG_DIR, PROJECT_ROOT, newest_run_checkpoint
+from tinygpt.cli.paths import PROJECT_ROOT, config_dir, newest_run_checkpoint
 from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.errors import ConfigError, DataError
 from tinygpt.generation import MAX_NUM_SAMPLES, stream_generate
@@ -189,6 +189,8 @@ def _job(cfg: DictConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python generate.py ARGV`` (``argv`` None: this process's command line)."""
+    with user_errors():
+        configs = config_dir()
     register_resolvers(argv)
-    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="generate")
+    app = hydra.main(version_base="1.3", config_path=str(configs), config_name="generate")
     run_hydra_app(app(_job), argv, GENERATE_SCRIPT)

@@ -18,13 +18,27 @@ from typing import Any
 
 import torch
 
-from tinygpt.errors import CheckpointError
+from tinygpt.errors import CheckpointError, ConfigError
 
 # A checkout of the repository holds this package, conf/, train.py and generate.py side by side;
 # outputs/ and data/ live in it by default, whatever the working directory.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 ROOT_ENV = "TINYGPT_ROOT"
+
+
+def config_dir() -> Path:
+    """conf/ of the checkout that holds this package: where train.py and generate.py compose
+    their configs. A package installed on its own (``pip install .``) has none: training and
+    generate.py run from a checkout, and this error says so."""
+    if not (CONFIG_DIR / "train.yaml").is_file():
+        raise ConfigError(
+            f"no training configs at {CONFIG_DIR}: train.py, generate.py and report --run need "
+            "a checkout of the TinyGPT repository (git clone, then pip install -e . in it); "
+            "this tinygpt is installed without one (reports over finished runs and "
+            "checkpoints work anywhere)"
+        )
+    return CONFIG_DIR
 
 
 def root_dir() -> str:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tinygpt.analysis.hparams import expert_load_balance, log_training_session
 from tinygpt.cli import hydra_ddp
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import CONFIG_DIR, PROJECT_ROOT
+from tinygpt.cli.paths import PROJECT_ROOT, config_dir
 from tinygpt.cli.quoting import hydra_value, shell_word
 from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.data.datamodule import CharDataModule
@@ -166,6 +166,8 @@ def main(argv: Sequence[str] | None = None, launched: float | None = None) -> No
     """``python train.py ARGV`` (``argv`` None: this process's command line). ``launched``: when
     the command started, for the first job's wall time (default: now)."""
     _unclaimed_launch[:] = [(os.getpid(), time.time() if launched is None else launched)]
+    with user_errors():
+        configs = config_dir()
     register_resolvers(argv)
-    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+    app = hydra.main(version_base="1.3", config_path=str(configs), config_name="train")
     run_hydra_app(app(_job), argv, TRAIN_SCRIPT)
