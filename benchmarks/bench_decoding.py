@@ -2,11 +2,12 @@
 
 Run from the repository root (needs the ``bench`` extra, i.e. transformers):
 
-    PYTHONPATH=. python benchmarks/bench_decoding.py [--repeats 3] [--sizes seed baby]
+    PYTHONPATH=. python benchmarks/bench_decoding.py [--repeats 3] [--sizes notebook baby]
 
 Batch 1, sampling with temperature 0.8, top-k 10, top-p 0.9, from a one-token prompt, with
-untrained random weights, at two sizes: the seed's (2 layers, 4 heads, 64 dims, context 32)
-and nanoGPT's baby Shakespeare model (6 layers, 6 heads, 384 dims, context 256), vocab 65.
+untrained random weights, at two sizes: the TinyGPT notebook's (2 layers, 4 heads, 64 dims,
+context 32) and nanoGPT's baby Shakespeare model (6 layers, 6 heads, 384 dims, context 256),
+vocab 65.
 
 Fair comparison: GPT-2 cannot generate past ``n_positions``, so the head-to-head rows
 generate ``block_size - 1`` new tokens (31 and 255) from the same one-token prompt in every
@@ -43,7 +44,7 @@ from tinygpt.generation import SamplingParams, generate_ids, intra_op_threads, o
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
 SIZES = {
-    "seed": dict(n_layer=2, n_head=4, n_embd=64, block_size=32),
+    "notebook": dict(n_layer=2, n_head=4, n_embd=64, block_size=32),
     "baby": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
 }
 VOCAB = 65
@@ -122,7 +123,7 @@ def main() -> None:
 
     load_at_start = os.getloadavg()
     rows = []
-    print(f"{'size':5} {'implementation':33} {'new':>5} {'tokens/s':>16}  {'vs HF':>7}")
+    print(f"{'size':8} {'implementation':33} {'new':>5} {'tokens/s':>16}  {'vs HF':>7}")
     for size in args.sizes:
         shape = SIZES[size]
         window = shape["block_size"] - 1
@@ -167,7 +168,7 @@ def main() -> None:
                 )
             )
             ratio = f"{vs_hf:6.2f}x" if head_to_head else "      -"
-            print(f"{size:5} {impl:33} {new_tokens:5} new tokens {median:9.1f} tok/s  {ratio}")
+            print(f"{size:8} {impl:33} {new_tokens:5} new tokens {median:9.1f} tok/s  {ratio}")
 
     import transformers
 

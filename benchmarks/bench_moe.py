@@ -5,8 +5,8 @@
 
 1. Training step (forward, backward, AdamW step) of TinyGPT with ffn="moe" (4 experts, top-1,
    each expert the dense MLP's shape, so the same active parameters) over the dense model, at
-   the seed's size (2 layers, 4 heads, 64 dims, context 32, batch 64) and nanoGPT's "baby" size
-   (6 layers, 6 heads, 384 dims, context 256; batch 4 on CPU).
+   the TinyGPT notebook's size (2 layers, 4 heads, 64 dims, context 32, batch 64) and nanoGPT's
+   "baby" size (6 layers, 6 heads, 384 dims, context 256; batch 4 on CPU).
 2. The MoE layer alone (forward + backward) against Hugging Face transformers'
    MixtralSparseMoeBlock with the same hidden size, intermediate size 4C, 4 experts, top-1
    (needs the ``bench`` extra). Mixtral's experts are SwiGLU (three matrices, not two), so it
@@ -33,7 +33,7 @@ from tinygpt.models import MoEFeedForward, TinyGPT, TinyGPTConfig
 from tinygpt.models.gpt import MLP
 from tinygpt.training.optim import fused_adamw
 
-SEED_SIZE = dict(n_layer=2, n_head=4, n_embd=64, block_size=32)
+NOTEBOOK_SIZE = dict(n_layer=2, n_head=4, n_embd=64, block_size=32)
 BABY_SIZE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)
 
 
@@ -114,7 +114,7 @@ def bench_train_steps(
     fused = not args.foreach_adamw and fused_adamw(device)  # as TinyGPTModule chooses
     dense, dense_params, dense_opt = train_step_fn(TinyGPTConfig(**size), batch, device, fused)
     moe, moe_params, moe_opt = train_step_fn(TinyGPTConfig(**size, ffn="moe"), batch, device, fused)
-    small = label == "seed size"
+    small = label == "notebook size"
     t = time_side_by_side(
         {"dense": dense, "moe": moe},
         device,
@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3, help="steps per repeat, seed size")
+    parser.add_argument("--steps", type=int, default=3, help="steps per repeat, notebook size")
     parser.add_argument("--layer-steps", type=int, default=3)
     parser.add_argument("--baby-batch", type=int, default=None, help="default 4 on CPU, 64 on GPU")
     parser.add_argument("--baby-repeats", type=int, default=5)
@@ -228,9 +228,9 @@ def main() -> None:
     baby_batch = args.baby_batch or (64 if device.type == "cuda" else 4)
 
     results = [
-        bench_train_steps("seed size", SEED_SIZE, 64, device, args),
+        bench_train_steps("notebook size", NOTEBOOK_SIZE, 64, device, args),
         bench_train_steps("baby size", BABY_SIZE, baby_batch, device, args),
-        bench_layers("seed size", 64, (64, 32), device, args),
+        bench_layers("notebook size", 64, (64, 32), device, args),
         bench_layers("baby size", 384, (baby_batch, 256), device, args),
     ]
     report = {

@@ -1,6 +1,6 @@
 """Training throughput: TinyGPT through the Lightning Trainer against a bare PyTorch loop.
 
-    python benchmarks/bench_training.py [--steps 150] [--device cpu|cuda] [--sizes seed,baby]
+    python benchmarks/bench_training.py [--steps 150] [--device cpu|cuda] [--sizes notebook,baby]
 
 Both sides train the same model on the same batches with the same optimizer, schedule and
 gradient clipping; the Lightning side runs the project's LightningModule with logging, checkpoints
@@ -30,7 +30,7 @@ from tinygpt.training import OptimConfig, TinyGPTModule
 from tinygpt.training.optim import build_optimizer, fused_adamw
 
 SIZES = {
-    "seed": (TinyGPTConfig(vocab_size=65), 64),
+    "notebook": (TinyGPTConfig(vocab_size=65), 64),
     "baby": (
         TinyGPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, bias=False),
         64,
@@ -38,7 +38,7 @@ SIZES = {
 }
 # Dense bf16 tensor-core peaks, FLOP/s, looked up by the device name.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-NANOGPT_SEED_STEP_MS = 16.0  # design card: nanoGPT at the seed's size on this machine kind
+NANOGPT_NOTEBOOK_STEP_MS = 16.0  # design card: nanoGPT at the notebook's size on this machine kind
 
 
 def flops_per_token(config: TinyGPTConfig, params: int) -> float:
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", default="seed,baby")
+    parser.add_argument("--sizes", default="notebook,baby")
     parser.add_argument("--ffn", default="dense,moe")
     parser.add_argument("--baby-batch", type=int, default=None, help="batch at the baby size")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each loop")
@@ -206,13 +206,13 @@ def main() -> None:
     print_table(
         ["size", "ffn", "loop", "batch", "step ms", "tokens/s", "speed vs bare", "MFU"], rows
     )
-    seed_dense = [r for r in results if r["size"] == "seed" and r["ffn"] == "dense"]
-    if seed_dense and not args.device.startswith("cuda"):
-        lightning = next(r for r in seed_dense if r["loop"] == "lightning+tb")
-        ratio = NANOGPT_SEED_STEP_MS / lightning["step_ms"]
+    notebook_dense = [r for r in results if r["size"] == "notebook" and r["ffn"] == "dense"]
+    if notebook_dense and not args.device.startswith("cuda"):
+        lightning = next(r for r in notebook_dense if r["loop"] == "lightning+tb")
+        ratio = NANOGPT_NOTEBOOK_STEP_MS / lightning["step_ms"]
         print(
-            f"seed size, Lightning with logging vs nanoGPT's {NANOGPT_SEED_STEP_MS} ms/step "
-            f"(design card figure, not this run): {ratio:.2f}x"
+            f"notebook size, Lightning with logging vs nanoGPT's {NANOGPT_NOTEBOOK_STEP_MS} "
+            f"ms/step (design card figure, not this run): {ratio:.2f}x"
         )
     path = write_json(
         args.out,

@@ -7,8 +7,8 @@ echo "== default run: python train.py (time to val loss 2.0)"
 python benchmarks/time_to_target.py --target 2.0 --name default_run
 echo "== experiment=cpu_fast (time to val loss 1.88, against nanoGPT's CPU recipe)"
 python benchmarks/time_to_target.py experiment=cpu_fast --target 1.88
-echo "== training throughput, seed size"
-python benchmarks/bench_training.py --sizes seed --steps 200 --warmup 40 --out training_seed
+echo "== training throughput, the TinyGPT notebook's size"
+python benchmarks/bench_training.py --sizes notebook --steps 200 --warmup 40 --out training_notebook
 echo "== training throughput, baby size (batch 4 on CPU)"
 python benchmarks/bench_training.py --sizes baby --steps 30 --warmup 8 --out training_baby
 echo "== MoE"

@@ -7,7 +7,7 @@ from tinygpt.errors import ConfigError
 from tinygpt.models import TinyGPT, TinyGPTConfig, evaluating
 
 
-def test_default_config_is_the_seed_size():
+def test_default_config_is_the_notebooks_size():
     config = TinyGPTConfig()
     assert (config.n_embd, config.n_head, config.n_layer, config.block_size) == (64, 4, 2, 32)
 

@@ -1,7 +1,7 @@
 """Decoding strategies compared on one checkpoint: diversity and coherence of generated text.
 
-For each strategy of the seed's table (greedy, temperature 0.5 and 1.5, top-k 5, nucleus 0.9,
-and temperature 0.8 + top-k 10 + top-p 0.9 combined: ``NOTEBOOK_STRATEGIES`` of
+For each strategy of the TinyGPT notebook's table (greedy, temperature 0.5 and 1.5, top-k 5,
+nucleus 0.9, and temperature 0.8 + top-k 10 + top-p 0.9 combined: ``NOTEBOOK_STRATEGIES`` of
 :mod:`tinygpt.generation.strategies`, built on the named decoders generate.py uses) this
 generates a fixed set of samples (prompts x seeds) and scores only the generated
 continuation, never the prompt:
@@ -170,10 +170,10 @@ def _cell(value: float, digits: int = 3) -> str:
 
 
 def markdown_table(results: Sequence[StrategyResult]) -> str:
-    """One row per strategy: its settings, the seed's rating, and every metric."""
+    """One row per strategy: its settings, the notebook's rating, and every metric."""
     titles = [title for title, _ in METRICS.values()]
     lines = [
-        "| strategy | seed's claim (coherence / diversity) | " + " | ".join(titles) + " |",
+        "| strategy | notebook's claim (coherence / diversity) | " + " | ".join(titles) + " |",
         "|---|---|" + "---:|" * len(titles),
     ]
     for r in results:

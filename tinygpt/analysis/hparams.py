@@ -122,7 +122,7 @@ def override_hparams(config: Mapping[str, Any], overrides: Sequence[str]) -> dic
 
 def training_hparams(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, HParamValue]:
     """A training run's hyperparameters: the model, optimizer, data and trainer values that
-    shape it, the seed, and whatever its overrides set (so a sweep's varied keys are columns)."""
+    shape it, ``seed``, and whatever its overrides set (so a sweep's varied keys are columns)."""
     shaping = flatten({k: config[k] for k in TRAINING_SECTIONS if k in config})
     hparams = {k: v for k, v in shaping.items() if k not in NOT_SHAPING}
     return {"kind": "train", **hparams, **override_hparams(config, overrides)}

@@ -21,13 +21,13 @@ The module forward stays the path for training, analysis and the AOTInductor-bui
 (``torch.export`` traces modules); mixture-of-experts
 feed-forwards are called as modules, since their routing is already a handful of batched ops.
 Layer norms are called as ``torch.layer_norm``: ``F.layer_norm``'s Python wrapper costs about a
-microsecond a call, a few percent of a step at the seed's size.
+microsecond a call, a few percent of a step at the notebook's size.
 
 The compiled step
 -----------------
 A batch-1 step of a small model is a few dozen tiny ops, so its cost is calling them. Compiled
 with ``torch.compile``, a call still pays Dynamo's guards and the compiled graph's runtime
-wrappers (at the seed's size on a 2-core Xeon: ~175 us a step, slower than the eager
+wrappers (at the notebook's size on a 2-core Xeon: ~175 us a step, slower than the eager
 :class:`DecodeStep`'s ~120 us). Exported once with ``torch.export`` and
 compiled by AOTInductor into a shared library, the step is a single C++ call (~60 us there).
 

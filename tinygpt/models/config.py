@@ -12,7 +12,8 @@ FFN_KINDS = ("dense", "moe")
 
 @dataclass
 class TinyGPTConfig:
-    """Model shape. Defaults are the seed's size: 2 layers, 4 heads, 64 dims, context 32."""
+    """Model shape. Defaults are the TinyGPT notebook's size: 2 layers, 4 heads, 64 dims,
+    context 32."""
 
     vocab_size: int = 65
     block_size: int = 32

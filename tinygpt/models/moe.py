@@ -37,8 +37,8 @@ class MoEStats:
 class _ExpertMLPs(torch.autograd.Function):
     """Every token's k expert MLPs, gated and summed: dispatch, per-expert matmuls, combine.
 
-    One autograd node with a hand-written backward instead of a dozen small ones: at the seed's
-    size autograd's per-op bookkeeping costs as much as the arithmetic, the permutations'
+    One autograd node with a hand-written backward instead of a dozen small ones: at the
+    notebook's size autograd's per-op bookkeeping costs as much as the arithmetic, the permutations'
     gradients can be gathers by the inverse permutation rather than scatter-adds, and each
     expert's matmuls write straight into row ranges of one buffer, biases fused into addmm as
     in ``nn.Linear``.
@@ -171,7 +171,7 @@ class _Router(torch.autograd.Function):
     """Top-k gates, the load-balancing loss and the z-loss from router logits, in one node.
 
     The gradient is written out (below) rather than left to a dozen tiny autograd ops on
-    (E, tokens) tensors, whose bookkeeping dominated the router's cost at the seed's size.
+    (E, tokens) tensors, whose bookkeeping dominated the router's cost at the notebook's size.
 
     Input logits (E, N) float32. Outputs: gate (k, N), expert (k, N) best first, counts (E,)
     assignments per expert, aux and z losses (coefficients applied), probs and log_probs (E, N)

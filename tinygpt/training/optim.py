@@ -31,7 +31,7 @@ class OptimConfig:
 
 
 # PyTorch's single-kernel AdamW: on CPU it takes about a third of the foreach version's time
-# (0.28 vs 0.85 ms a step for the seed's dense model, 0.62 vs 1.48 ms for MoE, 2-core Xeon).
+# (0.28 vs 0.85 ms a step for the notebook's dense model, 0.62 vs 1.48 ms for MoE, 2-core Xeon).
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
