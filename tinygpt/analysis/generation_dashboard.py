@@ -11,8 +11,8 @@ metrics score the generated continuations, the prompt left out:
 * ``samples/known_word_share``: the share of generated words found in the checkpoint's training
   text (left out, with a note on stderr, when that text is not found);
 * ``samples/nll_per_char``: the model's own NLL of each continuation, nats per character, mean
-  over the first :data:`NLL_SAMPLES` samples (scoring one costs tens of milliseconds: all of a
-  10,000-sample run would take minutes);
+  over the first :data:`NLL_SAMPLES` samples (scoring runs the model over each sample on its
+  own, so all of a 10,000-sample run would take far longer than decoding it as one batch);
 * ``samples/tokens_per_second``: the decoding speed.
 
 So ``python generate.py -m decoder=temperature decoder.temperature=0.5,1.0,1.5`` gives three

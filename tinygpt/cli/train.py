@@ -42,7 +42,8 @@ TRAIN_SCRIPT = PROJECT_ROOT / "train.py"
 
 # Printed on every run and nothing a user can act on: Lightning's own use of a deprecated torch
 # API; its notice that TinyGPTModule moves batches itself (on purpose: Lightning's generic walk
-# over the batch costs about a millisecond a step); its advertisement for its cloud logger.
+# over the batch is a noticeable share of a small model's step); its advertisement for its cloud
+# logger.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device`")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(

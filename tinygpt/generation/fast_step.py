@@ -14,22 +14,22 @@ calling them, not to the arithmetic: every ``nn.Module.__call__``, module attrib
 once per generation, keeps activations 2-D ``(batch * t, n_embd)``, and attends over the whole
 cache with the model's additive cache mask (slicing the filled part instead would make the
 keys and values non-contiguous, and attention would copy them on every call). It computes what
-``model(tokens, input_pos=...)`` computes, in eval mode (no dropout), and tests hold the two
-equal.
+``model(tokens, input_pos=...)`` computes, in eval mode (no dropout).
 
 The module forward stays the path for training, analysis and the AOTInductor-built step below
-(``torch.export`` traces modules); mixture-of-experts
-feed-forwards are called as modules, since their routing is already a handful of batched ops.
-Layer norms are called as ``torch.layer_norm``: ``F.layer_norm``'s Python wrapper costs about a
-microsecond a call, a few percent of a step at the notebook's size.
+(``torch.export`` traces modules); mixture-of-experts feed-forwards are called as modules,
+since their routing is already a handful of batched ops. Layer norms are called as
+``torch.layer_norm``, not through ``F.layer_norm``'s Python wrapper: in a step made of so few
+small ops, every wrapper shows.
 
 The compiled step
 -----------------
 A batch-1 step of a small model is a few dozen tiny ops, so its cost is calling them. Compiled
 with ``torch.compile``, a call still pays Dynamo's guards and the compiled graph's runtime
-wrappers (at the notebook's size on a 2-core Xeon: ~175 us a step, slower than the eager
-:class:`DecodeStep`'s ~120 us). Exported once with ``torch.export`` and
-compiled by AOTInductor into a shared library, the step is a single C++ call (~60 us there).
+wrappers, which at the notebook's size cost more than the eager :class:`DecodeStep` does.
+Exported once with ``torch.export`` and compiled by AOTInductor into a shared library, the step
+is a single C++ call, faster than both (benchmarks/bench_decoding.py times the eager and the
+compiled step).
 
 Weights and KV-cache buffers are inputs of the compiled step, not constants baked into it, so
 one build serves every model with the same :func:`shape_key`, sees in-place weight updates,

@@ -21,9 +21,10 @@
   more. Larger models keep torch's setting, since their matrix-vector products are worth
   splitting. An integer sets the count; ``None`` keeps torch's setting.
 * oneDNN is switched off while decoding (restored after): at these sizes its exact GELU
-  costs ~7 us of set-up per call against ~2 us for torch's own kernel, and a token takes
-  0.84x the time without it at the notebook's size (0.86x at nanoGPT's baby size) on the 2-core
-  Xeon. Like the thread count, the setting is process-wide while decoding runs.
+  spends longer setting up each call than torch's own kernel takes to run, so tokens come
+  faster without it, at the notebook's size and at nanoGPT's baby size alike (the decoding
+  benchmark runs HF generate both ways). Like the thread count, the setting is process-wide
+  while decoding runs.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ from tinygpt.models import TinyGPT, TinyGPTConfig, evaluating
 T = TypeVar("T")
 
 DECODE_THREADS = "auto"  # torch intra-op threads while decoding; see decode_threads
-# Batch-1 tokens per second on the 2-core Xeon, one vs two threads: notebook's size (0.1M
-# weights per token) 3364 vs 3289; nanoGPT's baby size (10.6M) 278 vs 435.
+# Where a second intra-op thread starts to pay: at the notebook's size (0.1M weights per token)
+# batch-1 decoding is no faster on two threads than on one; at nanoGPT's baby size (10.6M) it is.
 SINGLE_THREAD_MAX_WEIGHTS = 1_000_000
 
 

@@ -65,9 +65,9 @@ Generated = str | list[str] | list[list[str]]  # see "Return shape" in the modul
 
 EMPTY_PROMPT_START = "\n"
 MAX_NUM_SAMPLES = 10_000  # rows of one call: prompts x num_samples
-# With stop strings, steps between reads of the new tokens. A read costs a few microseconds of
-# Python per row on a CPU (20% of a step at the notebook's size when done every step) and waits
-# for the queued steps on a GPU; at most 7 steps run past the last stop and are discarded.
+# With stop strings, steps between reads of the new tokens. A read is Python work for every row
+# on a CPU (a large share of a step at the notebook's size when done every step) and waits for
+# the queued steps on a GPU; at most 7 steps run past the last stop and are discarded.
 STOP_READ_STEPS = 8
 
 

@@ -59,7 +59,7 @@ class TinyGPTModule(L.LightningModule):
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # A batch is a pair of tensors: moving them directly skips Lightning's generic walk over
-        # arbitrary collections, which costs about a millisecond per step at the notebook's size.
+        # arbitrary collections, a noticeable share of a step at the notebook's size.
         return tuple(t.to(device, non_blocking=True) for t in batch)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):

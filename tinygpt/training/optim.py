@@ -30,8 +30,9 @@ class OptimConfig:
         self.betas = tuple(self.betas)
 
 
-# PyTorch's single-kernel AdamW: on CPU it takes about a third of the foreach version's time
-# (0.28 vs 0.85 ms a step for the notebook's dense model, 0.62 vs 1.48 ms for MoE, 2-core Xeon).
+# PyTorch's single-kernel AdamW: one kernel updates every parameter, where the foreach version
+# runs several ops per group of tensors, which for a small model is most of the step's cost, on a
+# CPU too (benchmarks/bench_moe.py reports the optimizer step, fused or with --foreach-adamw).
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
