@@ -1,3 +1,5 @@
+"""Fixtures every test may use; shared helpers are in helpers.py (tests/ is on sys.path)."""
+
 import os
 import shutil
 import sys
@@ -5,24 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict, read_write
+from helpers import ROOT, TINY_TEXT
 
-from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.data.download import TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_SIZE, is_verified
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE_CANDIDATES = [
     ROOT / "data" / "tinyshakespeare.txt",
     ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
 ]
-
-# A few lines repeated: enough characters for short end-to-end runs, learnable in a few steps.
-TINY_TEXT = (
-    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
-    "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\n"
-) * 40
 
 
 @pytest.fixture(autouse=True)
@@ -63,30 +55,3 @@ def shakespeare_cache(tmp_path_factory) -> Path:
 @pytest.fixture
 def python() -> str:
     return sys.executable
-
-
-class CreatesFile:
-    """A pickle payload that would create a file when unpickled."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-def compose_task(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """A script's config as its ``@hydra.main`` function receives it, running in ``output_dir``.
-
-    The command-line overrides go through Hydra's own parser; HydraConfig answers as in a run.
-    """
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with read_write(cfg), open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with read_write(cfg), open_dict(cfg):
-        del cfg["hydra"]  # as in a task function: the hydra node lives in HydraConfig
-    return cfg

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the script would run")
 def test_gpu_check_without_a_gpu_says_so_in_one_line():
     # The script calls `python`: make that this interpreter, which has torch.

@@ -24,6 +24,7 @@ from tinygpt.errors import TinyGPTError
 USER_ERROR_EXIT_CODE = 2
 GRAMMAR_DOCS = "https://hydra.cc/docs/1.2/advanced/override_grammar/basic"
 LEXER_ERROR = "LexerNoViableAltException: "
+HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
 
 
 def _user_error(exc: BaseException) -> BaseException | None:
@@ -63,11 +64,12 @@ def run_hydra_app(
     Hydra reads its arguments from ``sys.argv``: with ``argv``, it runs as ``python SCRIPT
     ARGV`` would (``sys.argv`` is restored afterwards); else with this process's command line.
     Hydra prints a bad override (an unknown key, a missing config option) over several lines; it
-    re-raises instead when HYDRA_FULL_ERROR is set, which lets this function print one line. An
-    override Hydra cannot parse ends with how to quote it. Bugs inside the run keep their full
-    traceback.
+    re-raises instead when HYDRA_FULL_ERROR is set (here, while it runs), which lets this
+    function print one line. An override Hydra cannot parse ends with how to quote it. Bugs
+    inside the run keep their full traceback.
     """
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    full_error = os.environ.get(HYDRA_FULL_ERROR)
+    os.environ[HYDRA_FULL_ERROR] = "1"
     saved = sys.argv
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
@@ -92,6 +94,10 @@ def run_hydra_app(
         exit_with_user_error(message)
     finally:
         sys.argv = saved
+        if full_error is None:
+            os.environ.pop(HYDRA_FULL_ERROR, None)
+        else:
+            os.environ[HYDRA_FULL_ERROR] = full_error
         # Hydra points logging at the job's log file; a caller that goes on (a report after its
         # sweep) logs where it did before.
         for handler in set(root.handlers) - set(handlers):

@@ -12,12 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_generate_cli import run_generate
-from test_train import TINY_RUN, run_train
+from helpers import PNG_MAGIC, TINY_RUN, run_generate, run_train
 
 from tinygpt.analysis.plots import read_scalars
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # This test checks the heatmap images, so it keeps the callback the other tiny runs switch off
 # (at every second validation: the pictures cost more than the training); not the MoE pictures.
@@ -137,12 +134,11 @@ def job_overrides(job: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def sweeps(python, tiny_text_file, tmp_path) -> tuple[Path, Path]:
+def sweeps(tiny_text_file, tmp_path) -> tuple[Path, Path]:
     """``train.py -m model=moe model.num_experts=2,4 seed=1,2`` (tiny), then
     ``generate.py -m decoder=temperature decoder.temperature=0.5,1.0,1.5`` on its first job."""
     train = tmp_path / "logs" / "train"
     result = run_train(
-        python,
         "-m",
         *WITH_HEATMAPS,
         "trainer.max_steps=10",
@@ -158,7 +154,6 @@ def sweeps(python, tiny_text_file, tmp_path) -> tuple[Path, Path]:
     ckpt = jobs_of(train, "summary.json")[0] / "checkpoints" / "best.ckpt"
     generate = tmp_path / "logs" / "generate"
     result = run_generate(
-        tmp_path,
         "-m",
         f"ckpt_path={ckpt}",
         "decoder=temperature",
@@ -166,6 +161,7 @@ def sweeps(python, tiny_text_file, tmp_path) -> tuple[Path, Path]:
         "max_new_tokens=60",
         "prompt=First",
         f"hydra.sweep.dir={generate}",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     return train, generate
@@ -199,6 +195,7 @@ def server(sweeps, python, tmp_path):
             process.wait()
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_a_training_and_a_generate_sweep(sweeps, server):
     base, process, log = server
     train, generate = sweeps

@@ -5,13 +5,11 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from tinygpt.cli import train as train_cli
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow

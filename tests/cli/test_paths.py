@@ -2,7 +2,6 @@
 pasted back into both scripts as it is."""
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -10,9 +9,9 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+from helpers import ROOT, TINY_RUN, script, wait_for
 from hydra import compose, initialize_config_dir
-from test_reliability import wait_for
-from test_train import ROOT, TINY_RUN
 
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.cli.paths import ROOT_ENV
@@ -62,18 +61,17 @@ def test_each_path_and_the_old_overrides_can_still_be_set(monkeypatch):
     assert generate.checkpoints_dir == "/ckpts"
 
 
-def test_train_and_generate_from_another_directory(python, shakespeare_cache, tmp_path):
+@pytest.mark.slow
+def test_train_and_generate_from_another_directory(shakespeare_cache, tmp_path):
     # python /path/to/train.py from anywhere: the data cache, the runs and generate.py's
     # checkpoint search all follow TINYGPT_ROOT (the project root when unset), not the cwd.
     root, cwd = tmp_path / "root", tmp_path / "cwd"
     (root / "data").mkdir(parents=True)
     shutil.copy(shakespeare_cache / "tinyshakespeare.txt", root / "data")
     cwd.mkdir()
-    env = {**os.environ, ROOT_ENV: str(root)}
 
-    def run(script: str, *args: str) -> subprocess.CompletedProcess:
-        command = [python, str(ROOT / script), *args]
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    def run(name: str, *args: str) -> subprocess.CompletedProcess:
+        return script(name, *args, cwd=cwd, env={ROOT_ENV: str(root)})
 
     trained = run("train.py", *TINY_RUN)
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -96,6 +94,7 @@ def test_train_and_generate_from_another_directory(python, shakespeare_cache, tm
     assert list(cwd.iterdir()) == []  # nothing written where the scripts were started
 
 
+@pytest.mark.slow
 def test_what_a_sweep_prints_pastes_back_unquoted(python, tiny_text_file, tmp_path):
     # The issue's sweep over experts, stopped with SIGTERM in its first job: the checkpoint path
     # and the resume command it prints go back, unquoted, into generate.py and train.py.

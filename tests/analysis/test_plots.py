@@ -1,5 +1,6 @@
 """Reading scalars back from TensorBoard event files, and the PNG plots made from them."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,10 @@ def test_read_scalars_returns_every_point_sorted_by_step(tmp_path):
 
 def test_a_repeated_step_keeps_the_value_written_last(tmp_path):
     run = write_run(tmp_path / "run", [3.0, 2.5])
-    writer = SummaryWriter(log_dir=str(run / "tb"))  # a resumed run: a second event file
+    # A resumed run: a second event file, named after a later second, as a new process's is
+    # (within one second and process, file names order by a counter, "10" before "9").
+    time.sleep(1.01 - time.time() % 1)
+    writer = SummaryWriter(log_dir=str(run / "tb"))
     writer.add_scalar("val/loss", 2.375, 50)
     writer.add_scalar("val/loss", 2.0, 75)
     writer.close()

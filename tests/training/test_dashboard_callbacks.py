@@ -6,11 +6,10 @@ import re
 import lightning as L
 import pytest
 import torch
+from helpers import make_module
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
-from test_callbacks import make_module
-from test_train import TINY_RUN, run_train
 
 from tinygpt.errors import ConfigError
 from tinygpt.generation import generate_ids
@@ -142,19 +141,3 @@ def test_bad_sample_settings_name_the_config_key(kwargs, message):
     with pytest.raises(ConfigError) as error:
         SampleText(**kwargs)
     assert str(error.value).startswith(message)
-
-
-def test_a_bad_sample_setting_is_one_error_line_from_train_py(python, tiny_text_file, tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_train(
-        python,
-        *TINY_RUN,
-        f"data.path={tiny_text_file}",
-        f"hydra.run.dir={run_dir}",
-        "callbacks.sample_text.max_new_tokens=0",
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "callbacks.sample_text.max_new_tokens" in errors[0]
-    assert not (run_dir / "summary.json").exists()

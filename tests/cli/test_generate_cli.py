@@ -1,37 +1,20 @@
-"""generate.py end to end on a tiny checkpoint made here: in a subprocess where the command
-line itself is the journey, otherwise in-process (the composed config through ``run``)."""
+"""generate.py on a tiny checkpoint made here: one run in a subprocess, as a user types it; the
+rest through tinygpt.cli.generate.main in this process (the same Hydra app, without 6 s of
+imports a run)."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CreatesFile, compose_task
+from helpers import CreatesFile, one_error_line, run_generate, save_checkpoint
 
-from tinygpt.checkpoint import checkpoint_entry, load_model
-from tinygpt.cli.errors import USER_ERROR_EXIT_CODE, user_errors
-from tinygpt.cli.generate import generate as generate_run
+from tinygpt.checkpoint import load_model
+from tinygpt.cli import generate as generate_cli
+from tinygpt.cli.errors import USER_ERROR_EXIT_CODE
 from tinygpt.cli.generate import read_prompt_file
-from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.generation import generate, generate_greedy
-from tinygpt.models import TinyGPT, TinyGPTConfig
-
-REPO = Path(__file__).resolve().parents[1]
-CHARS = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
-def save_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    tokenizer = CharTokenizer(CHARS)
-    config = TinyGPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_embd=16)
-    model = TinyGPT(config)
-    state = {"model." + k: v for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "tinygpt": checkpoint_entry(config, tokenizer, {})}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -39,27 +22,11 @@ def ckpt(tmp_path_factory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
 
 
-def run_generate(
-    cwd: Path, *overrides: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(REPO / "generate.py"), *overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def samples_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "samples.json").read_text())
 
 
-def generate_in_process(run_dir: Path, *overrides: str) -> None:
-    """``python generate.py OVERRIDES hydra.run.dir=RUN_DIR`` without the new process."""
-    cfg = compose_task("generate", list(overrides), run_dir)
-    with user_errors():
-        generate_run(cfg)
-
-
+@pytest.mark.slow
 def test_single_run_streams_and_writes_samples(ckpt, tmp_path):
     overrides = [
         f"ckpt_path={ckpt}",
@@ -70,7 +37,7 @@ def test_single_run_streams_and_writes_samples(ckpt, tmp_path):
         "seed=1",
     ]
     run_dir = tmp_path / "run"
-    result = run_generate(tmp_path, *overrides, f"hydra.run.dir={run_dir}")
+    result = run_generate(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     record = json.loads((run_dir / "samples.json").read_text())
     [text] = record["samples"]
@@ -89,60 +56,57 @@ def test_single_run_streams_and_writes_samples(ckpt, tmp_path):
     assert (run_dir / "samples.txt").read_text() == text + "\n"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
-    again = run_generate(tmp_path, *overrides, f"hydra.run.dir={tmp_path / 'again'}")
+    again = run_generate(*overrides, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "again" / "samples.json").read_text())["samples"] == [text]
 
 
-def test_compile_true_says_it_builds_and_decodes_the_same_text(ckpt, tmp_path):
+@pytest.mark.slow  # a compiled build
+def test_compile_true_says_it_builds_and_decodes_the_same_text(ckpt, tmp_path, capsys):
     texts = []
     for compile in ("true", "false"):
         run_dir = tmp_path / compile
-        result = run_generate(
-            tmp_path,
-            f"ckpt_path={ckpt}",
-            "prompt=To be",
-            "max_new_tokens=40",  # past the 16-token window: eager refills, compiled steps
-            "decoder=greedy",
-            f"compile={compile}",
-            f"hydra.run.dir={run_dir}",
+        generate_cli.main(
+            [
+                f"ckpt_path={ckpt}",
+                "prompt=To be",
+                "max_new_tokens=40",  # past the 16-token window: eager refills, compiled steps
+                "decoder=greedy",
+                f"compile={compile}",
+                f"hydra.run.dir={run_dir}",
+            ]
         )
-        assert result.returncode == 0, result.stderr
-        assert ("builds the step" in result.stderr) == (compile == "true")
-        texts.append(json.loads((run_dir / "samples.json").read_text())["samples"])
+        assert ("builds the step" in capsys.readouterr().err) == (compile == "true")
+        texts.append(samples_of(run_dir)["samples"])
     assert texts[0] == texts[1]
 
 
 def test_multirun_writes_one_directory_per_value_and_a_summary(ckpt, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_generate(
-        tmp_path,
-        "-m",
-        f"ckpt_path={ckpt}",
-        "decoder=temperature",
-        "decoder.temperature=0.5,1.5",
-        "max_new_tokens=12",
-        "num_samples=2",
-        f"hydra.sweep.dir={sweep_dir}",
+    generate_cli.main(
+        [
+            "-m",
+            f"ckpt_path={ckpt}",
+            "decoder=temperature",
+            "decoder.temperature=0.5,1.5",
+            "max_new_tokens=12",
+            "num_samples=2",
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
     )
-    assert result.returncode == 0, result.stderr
-    temperatures = [
-        json.loads((sweep_dir / job / "samples.json").read_text())["decoder"]["temperature"]
-        for job in ("0_decoder.temperature-0.5", "1_decoder.temperature-1.5")
-    ]
-    assert temperatures == [0.5, 1.5]
+    jobs = ("0_decoder.temperature-0.5", "1_decoder.temperature-1.5")
+    assert [samples_of(sweep_dir / job)["decoder"]["temperature"] for job in jobs] == [0.5, 1.5]
     summary = json.loads((sweep_dir / "summary.json").read_text())
-    assert [job["job_dir"] for job in summary] == [
-        "0_decoder.temperature-0.5",
-        "1_decoder.temperature-1.5",
-    ]
+    assert [job["job_dir"] for job in summary] == list(jobs)
     assert all(len(job["samples"]) == 2 for job in summary)
     assert all(0 <= job["diversity"]["pooled_distinct_1"] <= 1 for job in summary)
     table = (sweep_dir / "summary.md").read_text()
     assert "decoder.temperature=0.5" in table and "decoder.temperature=1.5" in table
 
 
-def test_without_ckpt_path_the_newest_runs_best_checkpoint_is_used_and_named(tmp_path):
+def test_without_ckpt_path_the_newest_runs_best_checkpoint_is_used_and_named(
+    tmp_path, monkeypatch, capsys
+):
     # Runs live under $TINYGPT_ROOT/outputs/, wherever generate.py is started from.
     outputs = tmp_path / "root" / "outputs"
     old = save_checkpoint(outputs / "runs" / "a" / "checkpoints" / "best.ckpt")
@@ -152,16 +116,15 @@ def test_without_ckpt_path_the_newest_runs_best_checkpoint_is_used_and_named(tmp
     os.utime(best, (2, 2))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    result = run_generate(
-        cwd, "decoder=greedy", "max_new_tokens=5", env={"TINYGPT_ROOT": str(tmp_path / "root")}
-    )
-    assert result.returncode == 0, result.stderr
-    # These checkpoints hold no Lightning state; tests/test_paths.py reads a trained one's.
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("TINYGPT_ROOT", str(tmp_path / "root"))
+    generate_cli.main(["decoder=greedy", "max_new_tokens=5"])
+    # These checkpoints hold no Lightning state; tests/cli/test_paths.py reads a trained one's.
     assert f"using the newest run's best.ckpt (step unknown, no val loss recorded): {best}" in (
-        result.stderr
+        capsys.readouterr().err
     )
     (run_dir,) = (outputs / "generate").iterdir()
-    assert len(json.loads((run_dir / "samples.json").read_text())["samples"][0]) == 5
+    assert len(samples_of(run_dir)["samples"][0]) == 5
     assert list(cwd.iterdir()) == []
 
 
@@ -178,7 +141,9 @@ def test_without_ckpt_path_the_newest_runs_best_checkpoint_is_used_and_named(tmp
         (["ckpt_path={ckpt}", "max_new_tokens=5000000"], "error: max_new_tokens must be"),
         (["ckpt_path={ckpt}", "decoder=greedy", "decoder.temperature=-1"], "temperature must"),
         (["ckpt_path={ckpt}", "+decoder.top_a=1"], "error: unknown decoder parameter(s): top_a"),
+        (["ckpt_path={ckpt}", "decoder.name=bogus"], "error: decoder.name must be one of"),
         (["ckpt_path={ckpt}", "compile=maybe"], "error: compile and use_cache must be true or"),
+        (["ckpt_path={ckpt}", "device=cuda:7"], "error: device 'cuda:7' requested but CUDA"),
     ],
     ids=[
         "missing",
@@ -191,10 +156,15 @@ def test_without_ckpt_path_the_newest_runs_best_checkpoint_is_used_and_named(tmp
         "max_new_tokens",
         "temperature",
         "unknown-key",
+        "unknown-decoder",
         "compile",
+        "device",
     ],
 )
-def test_bad_input_is_one_error_line_without_traceback(ckpt, tmp_path, overrides, message):
+def test_bad_input_is_one_error_line_without_traceback(
+    ckpt, tmp_path, capsys, monkeypatch, overrides, message
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
     marker = tmp_path / "pwned"
@@ -208,12 +178,10 @@ def test_bad_input_is_one_error_line_without_traceback(ckpt, tmp_path, overrides
         crafted=crafted,
     )
     overrides = [o.format(**paths) for o in overrides]
-    result = run_generate(tmp_path, *overrides, f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert message in errors[0]
+    with pytest.raises(SystemExit) as exit_info:
+        generate_cli.main([*overrides, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+    assert message in one_error_line(capsys.readouterr().err)
     assert not marker.exists()  # the crafted pickle ran nothing
     assert not (tmp_path / "run" / "samples.json").exists()  # nothing half-written
 
@@ -239,7 +207,7 @@ def test_sweep_summary_measures_diversity_of_the_continuations():
     assert "| 0 | decoder.temperature=0.5 | 1.0 | 0.6364 | 0.6667 | 0.1667 |" in markdown([record])
 
 
-def test_a_quoted_prompt_with_a_comma_and_a_stop_string_on_the_command_line(ckpt, tmp_path):
+def test_a_quoted_prompt_with_a_comma_and_a_stop_string_on_the_command_line(ckpt, tmp_path, capsys):
     prompt = "To be, or not"
     full = generate(load_model(ckpt), prompt, 30, top_p=0.9, seed=1)  # decoder=nucleus
     continuation = full[len(prompt) :]
@@ -247,20 +215,20 @@ def test_a_quoted_prompt_with_a_comma_and_a_stop_string_on_the_command_line(ckpt
     expected = prompt + continuation[: continuation.index(stop) + len(stop)]
     assert len(expected) < len(full)
     run_dir = tmp_path / "run"
-    result = run_generate(
-        tmp_path,
-        f"ckpt_path={ckpt}",
-        "prompt='To be, or not'",  # the shell's "prompt='To be, or not'"
-        "seed=1",
-        f"decoder.stop={stop}",
-        "max_new_tokens=30",
-        f"hydra.run.dir={run_dir}",
+    generate_cli.main(
+        [
+            f"ckpt_path={ckpt}",
+            "prompt='To be, or not'",  # the shell's "prompt='To be, or not'"
+            "seed=1",
+            f"decoder.stop={stop}",
+            "max_new_tokens=30",
+            f"hydra.run.dir={run_dir}",
+        ]
     )
-    assert result.returncode == 0, result.stderr
-    record = json.loads((run_dir / "samples.json").read_text())
+    record = samples_of(run_dir)
     assert record["samples"] == [expected]
     assert record["prompt"] == prompt and record["decoder"]["stop"] == [stop]
-    assert result.stdout == expected + "\n"  # streamed, ending with the stop string
+    assert capsys.readouterr().out == expected + "\n"  # streamed, ending with the stop string
 
 
 def test_a_prompt_file_of_two_lines_is_the_whole_prompt(ckpt, tmp_path, capsys):
@@ -268,10 +236,16 @@ def test_a_prompt_file_of_two_lines_is_the_whole_prompt(ckpt, tmp_path, capsys):
     path = tmp_path / "speech.txt"
     path.write_text(prompt, encoding="utf-8")
     run_dir = tmp_path / "run"
-    generate_in_process(
-        run_dir, f"ckpt_path={ckpt}", f"prompt_file={path}", "decoder=greedy", "max_new_tokens=12"
+    generate_cli.main(
+        [
+            f"ckpt_path={ckpt}",
+            f"prompt_file={path}",
+            "decoder=greedy",
+            "max_new_tokens=12",
+            f"hydra.run.dir={run_dir}",
+        ]
     )
-    record = json.loads((run_dir / "samples.json").read_text())
+    record = samples_of(run_dir)
     assert record["prompt"] == prompt and record["config"]["prompt_file"] == str(path)
     assert record["samples"] == [generate_greedy(load_model(ckpt), prompt, 12)]
     assert capsys.readouterr().out == record["samples"][0] + "\n"
@@ -326,7 +300,9 @@ def test_bad_prompt_file_or_stop_is_one_error_line_and_exit_2(
     run_dir = tmp_path / "run"
     overrides = [o.format(**paths) for o in overrides]
     with pytest.raises(SystemExit) as exit_info:
-        generate_in_process(run_dir, f"ckpt_path={ckpt}", "max_new_tokens=5", *overrides)
+        generate_cli.main(
+            [f"ckpt_path={ckpt}", "max_new_tokens=5", *overrides, f"hydra.run.dir={run_dir}"]
+        )
     assert exit_info.value.code == USER_ERROR_EXIT_CODE
     err = capsys.readouterr().err
     assert err.startswith(message.format(**paths)) and err.count("\n") == 1, err

@@ -1,9 +1,10 @@
-"""A callback the precision tests add by config: what clipping did to the gradients, each step.
+"""Callbacks tests add by config (``+callbacks.probe._target_=probes.ClippingProbe``).
 
-It reads the gradients twice: in ``on_before_optimizer_step``, where Lightning has unscaled them
-(16-mixed) but not clipped them yet, and in ``on_train_batch_end``, after clipping and the
-optimizer step (Lightning zeroes them only at the next step). At the end of training, rank 0
-writes ``probe.json`` in ``out_dir``.
+ClippingProbe records what clipping did to the gradients, each step. It reads them twice: in
+``on_before_optimizer_step``, where Lightning has unscaled them (16-mixed) but not clipped them
+yet, and in ``on_train_batch_end``, after clipping and the optimizer step (Lightning zeroes them
+only at the next step). At the end of training, rank 0 writes ``probe.json`` in ``out_dir``.
+FirstBatchProbe records each DDP rank's first batch.
 """
 
 import json
@@ -55,3 +56,15 @@ class ClippingProbe(L.Callback):
             "steps": self.steps,
         }
         (self.out_dir / "probe.json").write_text(json.dumps(report))
+
+
+class FirstBatchProbe(L.Callback):
+    """Each rank records its first training batch, as ``rank<N>.json`` in ``out_dir``."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            path = self.out_dir / f"rank{trainer.global_rank}.json"
+            path.write_text(json.dumps({"world": trainer.world_size, "batch": batch[0].tolist()}))

@@ -3,15 +3,14 @@
 import runpy
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from tinygpt.cli.quoting import hydra_quoted, hydra_value, quoting_hint, shell_word
 
-ROOT = Path(__file__).resolve().parents[1]
 AWKWARD_VALUES = [
     "/runs/0_model.num_experts-2+seed-1/checkpoints/last.ckpt",  # today's job directories
     "outputs/multirun/x/0_model.num_experts=2/checkpoints/last.ckpt",  # the old ones

@@ -1,24 +1,21 @@
 """Every `trainer` option composes, and each one that can run on this CPU trains a few steps."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import CONF, assert_clipped, compose_task, train_in_process, vocab_loss
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from test_configs import compose_train
-from test_precision import assert_clipped, train_in_process, vocab_loss
 
 from tinygpt.cli.resolvers import auto_precision
 from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.models import TinyGPTConfig
 from tinygpt.training.module import TinyGPTModule
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # How each option is checked here, and why where it cannot simply run.
 RUNS_HERE = {
     "cpu": [],
@@ -27,7 +24,7 @@ RUNS_HERE = {
     "gpu": ["trainer.accelerator=cpu"],
 }
 ELSEWHERE = {
-    "ddp": "trains with 2 CPU processes in tests/test_ddp.py, in bf16-mixed",
+    "ddp": "trains with 2 CPU processes in tests/training/test_ddp.py, in bf16-mixed",
     "fsdp": "Lightning refuses FSDP without a GPU, and so does torch's FSDP itself "
     "('FSDP needs a non-CPU accelerator device'): composition only",
 }
@@ -52,7 +49,7 @@ def test_trainer_option_trains_a_few_steps(option, tiny_text_file, tmp_path):
 
 
 def test_ddp_option_composes_two_processes(tmp_path):
-    cfg = compose_train(["trainer=ddp"], tmp_path)
+    cfg = compose_task("train", ["trainer=ddp"], tmp_path)
     assert (cfg.trainer.strategy, cfg.trainer.devices) == ("ddp", 2)
     trainer = instantiate(cfg.trainer, logger=False)
     assert trainer.world_size == 2
@@ -60,7 +57,7 @@ def test_ddp_option_composes_two_processes(tmp_path):
 
 
 def test_fsdp_option_composes_and_needs_a_gpu(tmp_path):
-    cfg = compose_train(["trainer=fsdp"], tmp_path)
+    cfg = compose_task("train", ["trainer=fsdp"], tmp_path)
     assert (cfg.trainer.strategy, cfg.trainer.precision) == ("fsdp", "bf16-mixed")
     assert cfg.trainer.gradient_clip_val == 1.0
     if not torch.cuda.is_available():

@@ -5,29 +5,13 @@ from types import SimpleNamespace
 
 import lightning as L
 import pytest
+from helpers import PNG_MAGIC, make_module
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tinygpt.data import CharDataModule
 from tinygpt.errors import ConfigError
-from tinygpt.models import TinyGPTConfig
 from tinygpt.training.callbacks import AttentionHeatmapCallback, MetricPlots, RunConfigText
-from tinygpt.training.module import OptimConfig, TinyGPTModule
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def make_module(path, block_size: int = 16) -> tuple[CharDataModule, TinyGPTModule]:
-    datamodule = CharDataModule(path=str(path), block_size=block_size, batch_size=8)
-    datamodule.setup()
-    module = TinyGPTModule(
-        TinyGPTConfig(vocab_size=datamodule.tokenizer.vocab_size, block_size=block_size),
-        datamodule.tokenizer,
-        OptimConfig(warmup_steps=1),
-        run_config={"model": {"n_layer": 2}, "seed": 7},
-    )
-    return datamodule, module
 
 
 def test_callbacks_log_heatmaps_entropy_config_and_plots(tiny_text_file, tmp_path):

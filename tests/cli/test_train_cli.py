@@ -1,24 +1,15 @@
-"""End to end: train.py in a subprocess, as a user runs it."""
+"""train.py as a user runs it: one run and one sweep in a subprocess, the command's refusals in
+this process (tinygpt.cli.train.main, the same Hydra app)."""
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_RUN, one_error_line, run_train
 
 from tinygpt.checkpoint import load_model
+from tinygpt.cli import train as train_cli
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_RUN = [
-    "trainer=cpu",
-    "trainer.max_steps=20",
-    "trainer.val_check_interval=10",
-    "trainer.log_every_n_steps=5",
-    "model.block_size=16",
-    "data.batch_size=8",
-    "callbacks.attention_heatmap=null",  # off unless a test asks for it
-]
 SUMMARY_KEYS = {
     "best_val_loss",
     "final_val_loss",
@@ -30,19 +21,10 @@ SUMMARY_KEYS = {
 }
 
 
-def run_train(python: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [python, str(ROOT / "train.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_train_writes_checkpoints_events_and_summary(python, tiny_text_file, tmp_path):
+@pytest.mark.slow
+def test_train_writes_checkpoints_events_and_summary(tiny_text_file, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train(python, *TINY_RUN, f"data.path={tiny_text_file}", f"hydra.run.dir={run_dir}")
+    result = run_train(*TINY_RUN, f"data.path={tiny_text_file}", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
@@ -57,7 +39,7 @@ def test_train_writes_checkpoints_events_and_summary(python, tiny_text_file, tmp
     # Lightning's messages reach train.log, and the console once (not also through its handler).
     assert "`Trainer.fit` stopped: `max_steps=20` reached." in (run_dir / "train.log").read_text()
     assert result.stderr.count("GPU available:") + result.stdout.count("GPU available:") == 1
-    for noise in ("Tip:", "transfer_batch_to_device", "LeafSpec"):  # filtered in train.py
+    for noise in ("Tip:", "transfer_batch_to_device", "LeafSpec"):  # filtered by tinygpt.cli
         assert noise not in result.stderr + result.stdout, noise
 
     # The checkpoint alone rebuilds model and tokenizer, through a weights-only load.
@@ -69,10 +51,10 @@ def test_train_writes_checkpoints_events_and_summary(python, tiny_text_file, tmp
     assert torch.isfinite(logits).all()
 
 
-def test_multirun_writes_one_directory_per_job(python, tiny_text_file, tmp_path):
+@pytest.mark.slow
+def test_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_train(
-        python,
         "-m",
         *TINY_RUN,
         "trainer.max_steps=10",
@@ -98,13 +80,22 @@ def test_multirun_writes_one_directory_per_job(python, tiny_text_file, tmp_path)
         ("data.batch_size=0", "data.batch_size must be an integer >= 1"),
         ("model.block_size=0", "model.block_size must be an integer >= 1"),
         ("model.n_head=5", "divisible"),
+        ("callbacks.sample_text.max_new_tokens=0", "callbacks.sample_text.max_new_tokens"),
+        ("no_such_key=1", "Could not override 'no_such_key'"),
+        ("model=no_such_model", "Could not find 'model/no_such_model'"),
+        ("experiment=no_such_recipe", "Could not find 'experiment/no_such_recipe'"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(python, tiny_text_file, tmp_path, override, message):
-    args = [*TINY_RUN, f"data.path={tiny_text_file}", f"hydra.run.dir={tmp_path / 'run'}", override]
-    result = run_train(python, *args)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr
+def test_bad_input_is_one_line_and_exit_2(tiny_text_file, tmp_path, capsys, override, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(
+            [
+                *TINY_RUN,
+                f"data.path={tiny_text_file}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+                override,
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert message in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "run" / "summary.json").exists()

@@ -4,14 +4,12 @@ expert each character goes to, drawn by the MoE dashboard callback."""
 from types import SimpleNamespace
 
 import torch
-from conftest import TINY_TEXT
+from helpers import PNG_MAGIC, TINY_TEXT
 
 from tinygpt.analysis.moe import expert_load, specialisation, text_windows
 from tinygpt.data import CharTokenizer
 from tinygpt.models import TinyGPT, TinyGPTConfig
 from tinygpt.training.callbacks import MoEDashboard
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def moe_model(**overrides) -> TinyGPT:

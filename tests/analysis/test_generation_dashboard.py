@@ -4,10 +4,8 @@ hyperparameters and its metrics, checked against the project's own metric functi
 import math
 
 import pytest
-import torch
+from helpers import read_session, save_checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_generate_cli import CHARS
-from test_hparams import read_session
 
 from tinygpt.analysis import generation_dashboard
 from tinygpt.analysis.generation_dashboard import (
@@ -20,9 +18,7 @@ from tinygpt.analysis.likelihood import mean_nll
 from tinygpt.analysis.plots import read_scalars
 from tinygpt.analysis.sweep_summary import diversity
 from tinygpt.analysis.text_metrics import known_word_share, word_set
-from tinygpt.checkpoint import checkpoint_entry, load_model
-from tinygpt.data.tokenizer import CharTokenizer
-from tinygpt.models import TinyGPT, TinyGPTConfig
+from tinygpt.checkpoint import load_model
 
 PROMPT = "To be"
 
@@ -30,14 +26,7 @@ PROMPT = "To be"
 @pytest.fixture
 def ckpt(tmp_path, tiny_text_file):
     """A tiny checkpoint whose run config names its training text (for known-word share)."""
-    torch.manual_seed(0)
-    tokenizer = CharTokenizer(CHARS)
-    config = TinyGPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_embd=16)
-    state = {"model." + k: v for k, v in TinyGPT(config).state_dict().items()}
-    entry = checkpoint_entry(config, tokenizer, {"data": {"path": str(tiny_text_file)}})
-    path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": state, "tinygpt": entry}, path)
-    return path
+    return save_checkpoint(tmp_path / "last.ckpt", {"data": {"path": str(tiny_text_file)}})
 
 
 def make_record(ckpt, samples, max_new_tokens=20):

@@ -4,10 +4,9 @@ back with TensorBoard's own reader and the hparams plugin's parser."""
 import math
 
 import pytest
+from helpers import compose_task, read_session
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
-from test_configs import compose_train
 from torch.utils.tensorboard import SummaryWriter
 
 from tinygpt.analysis.hparams import (
@@ -65,7 +64,7 @@ def test_overrides_give_resolved_values_group_choices_as_text_and_skip_deletions
 
 def test_training_hparams_of_a_composed_sweep_job(tmp_path):
     overrides = ["model=moe", "model.num_experts=8", "seed=2", "trainer=cpu"]
-    config = OmegaConf.to_container(compose_train(overrides, tmp_path), resolve=True)
+    config = OmegaConf.to_container(compose_task("train", overrides, tmp_path), resolve=True)
     hparams = training_hparams(config, overrides)
     # The swept values, as columns of their own type.
     assert hparams["model.num_experts"] == 8 and hparams["seed"] == 2
@@ -97,17 +96,6 @@ def test_expert_load_balance_is_the_most_uneven_layers_min_over_max():
     starved = {**loads, "moe/layer0/load/expert1": 0.0, "moe/layer0/load/expert0": 1.0}
     assert expert_load_balance(starved) == {"expert_load_min_over_max": 0.0}
     assert expert_load_balance({"val/loss": 2.0}) == {}  # a dense model
-
-
-def read_session(session_dir):
-    """(hparams plugin's SessionStartInfo, SessionEndInfo, tags) from a session directory."""
-    events = EventAccumulator(str(session_dir), size_guidance={"tensors": 0, "scalars": 0})
-    events.Reload()
-    content = events.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
-    start = metadata.parse_session_start_info_plugin_data(content)
-    content = events.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content
-    end = metadata.parse_session_end_info_plugin_data(content)
-    return start, end, events.Tags()
 
 
 def test_a_session_holds_typed_hparams_metrics_and_success_but_no_experiment(tmp_path):

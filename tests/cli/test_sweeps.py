@@ -1,10 +1,12 @@
-"""Sweeps through Hydra's plugins: parallel local jobs, SLURM job arrays, Optuna searches."""
+"""Sweeps through Hydra's plugins: parallel local jobs, SLURM job arrays, Optuna searches.
+
+The parallel sweep runs as a user starts it (a train.py process and its joblib workers); the
+others run train.py's command in this process (tinygpt.cli.train.main)."""
 
 import json
 import os
 import shlex
 import stat
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,16 +14,16 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import yaml
+from helpers import ROOT, TINY_RUN, compose_task, one_error_line, run_train
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.singleton import Singleton
 from lightning.pytorch.strategies.launchers import subprocess_script
 from omegaconf import OmegaConf
 from omegaconf.basecontainer import BaseContainer
-from test_configs import compose_train
-from test_train import ROOT, TINY_RUN, run_train
 
 from tinygpt.cli import hydra_ddp
+from tinygpt.cli import train as train_cli
 from tinygpt.cli.resolvers import parallel_jobs, register_resolvers, sweep_job_name
 
 # Ten steps, one evaluation, no pictures: these tests are about the jobs, not the training.
@@ -107,7 +109,7 @@ def test_ddp_ranks_rerun_the_entry_script_from_a_worker_process(monkeypatch, tmp
     # In a joblib or submitit worker, sys.argv[0] and __main__ are the worker's own program.
     monkeypatch.setattr(subprocess_script, "_hydra_subprocess_cmd", None)  # restored afterwards
     monkeypatch.setattr(sys, "argv", ["/x/loky/backend/popen_loky_posix.py", "--pipe", "7"])
-    compose_train(["trainer=ddp", "seed=5"], tmp_path)
+    compose_task("train", ["trainer=ddp", "seed=5"], tmp_path)
     hydra_ddp.install(str(ROOT / "train.py"))
     command, cwd = subprocess_script._hydra_subprocess_cmd(1)
     assert command[:4] == [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "seed=5"]
@@ -115,11 +117,11 @@ def test_ddp_ranks_rerun_the_entry_script_from_a_worker_process(monkeypatch, tmp
     assert cwd == os.getcwd()
 
 
-def test_parallel_launcher_runs_jobs_in_worker_processes(python, tiny_text_file, tmp_path):
+@pytest.mark.slow
+def test_parallel_launcher_runs_jobs_in_worker_processes(tiny_text_file, tmp_path):
     sweep = tmp_path / "sweep"
     launched = time.time()
     result = run_train(
-        python,
         *TINY_SWEEP,
         "hydra/launcher=parallel",  # joblib, two jobs at once
         "seed=1,2",
@@ -145,18 +147,18 @@ def test_parallel_launcher_runs_jobs_in_worker_processes(python, tiny_text_file,
     assert len(pids) == 2 and str(os.getpid()) not in pids
 
 
-def test_optuna_search_minimises_the_best_val_loss(python, tiny_text_file, tmp_path):
+def test_optuna_search_minimises_the_best_val_loss(tiny_text_file, tmp_path, capfd):
     sweep = tmp_path / "sweep"
-    result = run_train(
-        python,
-        *TINY_SWEEP,
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        f"data.path={tiny_text_file}",
-        f"hydra.sweep.dir={sweep}",
+    train_cli.main(
+        [
+            *TINY_SWEEP,
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            f"data.path={tiny_text_file}",
+            f"hydra.sweep.dir={sweep}",
+        ]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "setup plugin" not in result.stdout  # alembic's start-up chatter is silenced
+    assert "setup plugin" not in capfd.readouterr().out  # alembic's start-up chatter is silenced
     jobs = summaries(sweep)
     assert len(jobs) == 2
     trials = {}
@@ -217,28 +219,23 @@ def fake_slurm(tmp_path: Path) -> Path:
     return bin_dir
 
 
-def test_slurm_launcher_submits_one_task_and_gpu_per_ddp_rank(fake_slurm, tiny_text_file, tmp_path):
-    env = {**os.environ, "PATH": f"{fake_slurm}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "-m",
-            "hydra/launcher=slurm",
-            "hydra.launcher.partition=gpu",
-            "trainer=ddp",
-            "trainer.devices=4",
-            "seed=range(20)",  # 20 jobs: more than array_parallelism runs at once
-            f"data.path={tiny_text_file}",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode != 0 and "no cluster here" in result.stderr  # sbatch refused it
+def test_slurm_launcher_submits_one_task_and_gpu_per_ddp_rank(
+    fake_slurm, tiny_text_file, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PATH", f"{fake_slurm}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(Exception, match="no cluster here"):  # noqa: B017 - submitit's own error
+        train_cli.main(
+            [
+                "-m",
+                "hydra/launcher=slurm",
+                "hydra.launcher.partition=gpu",
+                "trainer=ddp",
+                "trainer.devices=4",
+                "seed=range(20)",  # 20 jobs: more than array_parallelism runs at once
+                f"data.path={tiny_text_file}",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            ]
+        )
     directives = [
         line.removeprefix("#SBATCH ")
         for line in (tmp_path / "sbatch.sh").read_text().splitlines()
@@ -258,34 +255,32 @@ def test_slurm_launcher_submits_one_task_and_gpu_per_ddp_rank(fake_slurm, tiny_t
     assert not any(d.startswith("--account") for d in directives)  # null: left to the cluster
 
 
-def test_unknown_search_is_one_line(python, tmp_path):
-    result = run_train(python, "-m", "hparams_search=grid", f"hydra.sweep.dir={tmp_path / 's'}")
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert errors[0].endswith(
+def test_unknown_search_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["-m", "hparams_search=grid", f"hydra.sweep.dir={tmp_path / 's'}"])
+    assert exit_info.value.code == 2
+    assert one_error_line(capsys.readouterr().err).endswith(
         "Could not find 'hparams_search/grid' Available options in 'hparams_search': optuna"
     )
     assert not (tmp_path / "s").exists()
 
 
-def test_zero_parallel_jobs_is_one_line_before_any_job(python, tiny_text_file, tmp_path):
+def test_zero_parallel_jobs_is_one_line_before_any_job(tiny_text_file, tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    result = run_train(
-        python,
-        *TINY_SWEEP,
-        "hydra/launcher=parallel",
-        "hydra.launcher.n_jobs=0",
-        "seed=1,2",
-        f"data.path={tiny_text_file}",
-        f"hydra.sweep.dir={sweep}",
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(
+            [
+                *TINY_SWEEP,
+                "hydra/launcher=parallel",
+                "hydra.launcher.n_jobs=0",
+                "seed=1,2",
+                f"data.path={tiny_text_file}",
+                f"hydra.sweep.dir={sweep}",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert [one_error_line(capsys.readouterr().err)] == [
         "error: hydra.launcher.n_jobs must be the number of jobs at once (>= 1) or -1 for every "
         "core (-2 all but one, ...), got 0"
-    ], result.stderr
+    ]
     assert not list(sweep.glob("*/summary.json"))  # no job ran

@@ -39,6 +39,7 @@ def prompt(batch: int = BATCH) -> torch.Tensor:
     return torch.tensor([[3, 1, 4, 1, 5]]).expand(batch, -1)
 
 
+@pytest.mark.slow  # a C++ build
 @pytest.mark.parametrize(
     "params",
     [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_k=8, top_p=0.95)],
@@ -59,9 +60,10 @@ def flip_final_norm(model: TinyGPT) -> None:
     model.ln_f.bias.mul_(-1)
 
 
+@pytest.mark.slow  # a C++ build
 @torch.no_grad()
 def test_the_step_writes_the_models_cache_and_sees_weight_updates(model):
-    # That each step computes the plain forward: tests/test_fast_step.py, with the other paths.
+    # That each step computes the plain forward: tests/generation/test_fast_step.py.
     seq = torch.randint(0, 20, (BATCH, BLOCK), generator=torch.Generator().manual_seed(1))
     model.setup_kv_cache(BATCH)
     try:
@@ -79,6 +81,7 @@ def test_the_step_writes_the_models_cache_and_sees_weight_updates(model):
     assert filled.abs().sum() > 0
 
 
+@pytest.mark.slow  # a C++ build
 def test_a_second_model_of_the_same_shape_reuses_the_build(model, monkeypatch):
     generate_ids(model, prompt(), 2, compile=True)  # built here if no other test built it yet
 
@@ -143,6 +146,7 @@ def test_decoding_compiles_only_when_asked(monkeypatch):
         generate_ids(trained_compiled, prompt(1), 3, compile="yes")
 
 
+@pytest.mark.slow  # a C++ build
 def test_a_later_process_loads_the_build_from_disk_and_rebuilds_a_bad_one(
     model, monkeypatch, tmp_path
 ):
@@ -168,6 +172,7 @@ def test_a_later_process_loads_the_build_from_disk_and_rebuilds_a_bad_one(
     assert package.stat().st_size > 1000  # rebuilt in place
 
 
+@pytest.mark.slow  # a C++ build
 def test_an_unwritable_cache_costs_a_build_not_an_error(monkeypatch, tmp_path):
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")

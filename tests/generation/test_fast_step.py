@@ -55,7 +55,7 @@ PATHS: dict[str, Path] = {
     "DecodeStep chunks": decode_step_in_chunks,
 }
 CASES = [pytest.param(s, p, id=f"{s}, {p}") for s in SHAPES for p in PATHS]
-# A real C++ build (tens of seconds), of the shape tests/test_compiled_step.py builds too.
+# A real C++ build (tens of seconds), of the shape test_compiled_step.py builds too.
 CASES.append(pytest.param("dense", "compiled", id="dense, compiled", marks=pytest.mark.slow))
 PATHS["compiled"] = compiled_step
 

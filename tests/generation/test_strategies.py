@@ -4,14 +4,13 @@ read them from tinygpt/generation/strategies.py."""
 from pathlib import Path
 
 import pytest
-from conftest import compose_task
+from helpers import CONF, compose_task
 from hydra.utils import instantiate
 
 from tinygpt.errors import ConfigError
 from tinygpt.generation import DECODERS, NOTEBOOK_STRATEGIES, SamplingParams
 from tinygpt.generation.strategies import Decoder, decoder
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIONS = sorted(p.stem for p in (CONF / "decoder").glob("[!_]*.yaml"))
 
 

@@ -3,42 +3,31 @@ torch's autocast are the same code on both, so bf16-mixed training, clipping, co
 router and checkpoints are checked here, where CI runs."""
 
 import json
-import math
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TEXT
+from helpers import (
+    PROBED_RUN,
+    TINY_TEXT,
+    assert_clipped,
+    compose_task,
+    run_train,
+    train_in_process,
+    vocab_loss,
+)
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.precision import MixedPrecision
-from test_configs import compose_train
 
 import tinygpt.training.module
 from tinygpt.analysis.attention import attention_weights
 from tinygpt.analysis.moe import expert_load, specialisation
 from tinygpt.analysis.plots import read_scalars
 from tinygpt.checkpoint import load_checkpoint, load_model
-from tinygpt.cli.train import train
 from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.generation import generate
 from tinygpt.generation.fast_step import shape_key
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-TINY_RUN = [
-    "trainer.max_steps=30",
-    "trainer.val_check_interval=30",
-    "trainer.log_every_n_steps=5",
-    "trainer.gradient_clip_val=0.5",  # low enough to bite on the first steps
-    "model.block_size=16",
-    "data.batch_size=8",
-    "optim.warmup_steps=5",
-    "callbacks.metric_plots=null",
-    "+callbacks.probe._target_=precision_probe.ClippingProbe",
-]
 # Lightning's CPU 16-mixed: trainer.precision=16-mixed on CPU falls back to bf16-mixed (see the
 # test below), so the plugin is given whole, with its real GradScaler, as a GPU run would get it.
 FP16_MIXED = [
@@ -48,57 +37,18 @@ FP16_MIXED = [
 ]
 
 
-def train_in_process(
-    run_dir: Path, text_file: Path, *overrides: str, heatmaps: bool = False
-) -> tuple[dict, dict]:
-    """Compose train.yaml as train.py does and train; the run's summary and probe report."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    quiet = [] if heatmaps else ["callbacks.attention_heatmap=null"]
-    cfg = compose_train(
-        [*TINY_RUN, *quiet, f"+callbacks.probe.out_dir={run_dir}", f"data.path={text_file}"]
-        + list(overrides),
-        run_dir,
-    )
-    train(cfg)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return summary, json.loads((run_dir / "probe.json").read_text())
-
-
-def vocab_loss(text_file: Path) -> float:
-    """The loss of a uniform guess, ln(vocabulary size): where training starts from."""
-    return math.log(len(set(text_file.read_text())))
-
-
-def assert_clipped(probe: dict) -> None:
-    """Clipping bit on some step, and every step's gradients are exactly the clipped ones."""
-    steps, clip = probe["steps"], probe["clip"]
-    assert any(s["norm_before"] > 1.5 * clip for s in steps), steps[:3]
-    assert all(s["norm_after"] <= clip * (1 + 1e-4) for s in steps)
-    assert max(s["deviation_from_clipped"] for s in steps) < 1e-6
-    # True gradients, not times a loss scale (2**16 at the start under a GradScaler).
-    assert max(s["norm_before"] for s in steps) < 100
-
-
+@pytest.mark.slow
 def test_bf16_mixed_command_line_trains_and_checkpoint_generates_in_float32(
-    python, tiny_text_file, tmp_path
+    tiny_text_file, tmp_path
 ):
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            python,
-            str(ROOT / "train.py"),
-            "trainer.precision=bf16-mixed",  # the command as a user types it, on trainer=default
-            *TINY_RUN,
-            "callbacks.attention_heatmap=null",
-            f"+callbacks.probe.out_dir={run_dir}",
-            f"data.path={tiny_text_file}",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(TESTS)},  # for the probe
+    result = run_train(
+        "trainer.precision=bf16-mixed",  # the command as a user types it, on trainer=default
+        *PROBED_RUN,
+        "callbacks.attention_heatmap=null",
+        f"+callbacks.probe.out_dir={run_dir}",
+        f"data.path={tiny_text_file}",
+        f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -170,7 +120,7 @@ def test_fused_adamw_under_bf16_mixed_steps_as_the_foreach_one(
 
 def test_16_mixed_with_a_grad_scaler_clips_true_gradients(tiny_text_file, tmp_path):
     # On CPU, Lightning runs trainer.precision=16-mixed as bf16-mixed; hence the explicit plugin.
-    cfg = compose_train(["trainer=cpu", "trainer.precision=16-mixed"], tmp_path / "cfg")
+    cfg = compose_task("train", ["trainer=cpu", "trainer.precision=16-mixed"], tmp_path / "cfg")
     with pytest.warns(UserWarning, match="Using `precision='bf16-mixed'` instead"):
         trainer = instantiate(cfg.trainer, callbacks=[], logger=False)
     assert trainer.precision == "bf16-mixed"

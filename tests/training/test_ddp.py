@@ -2,12 +2,13 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from test_precision import assert_clipped
+import pytest
+from helpers import ROOT, assert_clipped, run_train
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # two training processes a test
+
 DDP_RUN = [
     "trainer=ddp",
     "trainer.accelerator=cpu",
@@ -22,14 +23,7 @@ DDP_RUN = [
 
 
 def run_ddp(*args: str, multirun: bool = False) -> subprocess.CompletedProcess:
-    flags = ["-m"] if multirun else []
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *flags, *DDP_RUN, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_train(*(["-m"] if multirun else []), *DDP_RUN, *args)
 
 
 def outputs_listing() -> set[str]:
@@ -54,9 +48,9 @@ def test_ddp_run_writes_one_run_directory(tiny_text_file, tmp_path):
         "trainer.gradient_clip_val=0.5",
         f"data.path={tiny_text_file}",
         f"hydra.run.dir={run_dir}",
-        "+callbacks.probe._target_=tests.ddp_probe.FirstBatchProbe",
+        "+callbacks.probe._target_=probes.FirstBatchProbe",
         f"+callbacks.probe.out_dir={probe_dir}",
-        "+callbacks.clipping._target_=tests.precision_probe.ClippingProbe",
+        "+callbacks.clipping._target_=probes.ClippingProbe",
         f"+callbacks.clipping.out_dir={probe_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,17 +1,11 @@
 """Every option of every config group composes, resolves and instantiates."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from helpers import CONF, compose_task
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict, read_write
+from omegaconf import OmegaConf
 
-from tinygpt.cli.resolvers import register_resolvers
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = [
     "paths",
     "data",
@@ -25,21 +19,9 @@ GROUPS = [
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 
 
-def compose_train(overrides: list[str], tmp_path: Path):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with read_write(cfg), open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)
-    with read_write(cfg), open_dict(cfg):
-        del cfg["hydra"]  # as in a task function: the hydra node lives in HydraConfig
-    return cfg
-
-
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_instantiates(group, option, tmp_path):
-    cfg = compose_train([f"{group}={option}"], tmp_path)
+    cfg = compose_task("train", [f"{group}={option}"], tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert "hydra" not in resolved
     assert cfg.data.block_size == cfg.model.block_size  # one source of truth
@@ -59,7 +41,8 @@ def test_groups_all_have_options():
 
 
 def test_standard_names_are_overridable(tmp_path):
-    cfg = compose_train(
+    cfg = compose_task(
+        "train",
         [
             "seed=3",
             "trainer.max_steps=7",
@@ -77,7 +60,7 @@ def test_standard_names_are_overridable(tmp_path):
 
 def test_cpu_fast_overrides_the_run_defaults_too(tmp_path):
     # train.yaml's own keys (optim) must not win over an experiment's.
-    cfg = compose_train(["experiment=cpu_fast"], tmp_path)
+    cfg = compose_task("train", ["experiment=cpu_fast"], tmp_path)
     assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps) == (5e-3, 3e-4, 50)
     assert (cfg.model.block_size, cfg.data.block_size) == (64, 64)
     assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (800, 400)
@@ -85,7 +68,7 @@ def test_cpu_fast_overrides_the_run_defaults_too(tmp_path):
 
 
 def test_nanogpt_baby_is_nanogpts_recipe(tmp_path):
-    cfg = compose_train(["experiment=nanogpt_baby"], tmp_path)
+    cfg = compose_task("train", ["experiment=nanogpt_baby"], tmp_path)
     m, o, t = cfg.model, cfg.optim, cfg.trainer
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (6, 6, 384, 256, 0.2)
     assert cfg.data.batch_size == 64
@@ -100,5 +83,5 @@ def test_nanogpt_baby_is_nanogpts_recipe(tmp_path):
 
 
 def test_cpu_and_gpu_precisions(tmp_path):
-    assert compose_train(["trainer=cpu"], tmp_path).trainer.precision == "32-true"
-    assert compose_train(["trainer=gpu"], tmp_path).trainer.precision == "bf16-mixed"
+    assert compose_task("train", ["trainer=cpu"], tmp_path).trainer.precision == "32-true"
+    assert compose_task("train", ["trainer=gpu"], tmp_path).trainer.precision == "bf16-mixed"

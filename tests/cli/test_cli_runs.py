@@ -6,20 +6,17 @@ import os
 import shlex
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import compose_task
+from helpers import ROOT, compose_task
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from tinygpt.cli import generate as generate_cli
 from tinygpt.cli import paths
 from tinygpt.cli import train as train_cli
 from tinygpt.errors import CheckpointError, ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ckpt_path_last_is_this_run_directorys_last_checkpoint(tmp_path):

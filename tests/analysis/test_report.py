@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from helpers import save_checkpoint
 from torch.utils.tensorboard import SummaryWriter
 
 from tinygpt.analysis import report
@@ -17,13 +17,8 @@ from tinygpt.analysis.decoding_report import (
     training_text,
     write_decoding_report,
 )
-from tinygpt.checkpoint import checkpoint_entry
-from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.generation import NOTEBOOK_STRATEGIES as STRATEGIES
-from tinygpt.models import TinyGPT, TinyGPTConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-CHARS = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 TINY_RUN = [
     "trainer=cpu",
     "trainer.max_steps=10",
@@ -196,16 +191,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ckpt")
     text = root / "train.txt"
     text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20)
-    torch.manual_seed(0)
-    tokenizer = CharTokenizer(CHARS)
-    config = TinyGPTConfig(
-        vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16
-    )
-    state = {"model." + k: v for k, v in TinyGPT(config).state_dict().items()}
-    entry = checkpoint_entry(config, tokenizer, {"data": {"path": str(text)}})
-    path = root / "best.ckpt"
-    torch.save({"state_dict": state, "tinygpt": entry}, path)
-    return path
+    return save_checkpoint(root / "best.ckpt", {"data": {"path": str(text)}}, n_head=2)
 
 
 def test_decoding_report_scores_continuations_and_writes_outputs(tiny_ckpt, tmp_path):
