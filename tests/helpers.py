@@ -3,6 +3,7 @@ a user runs them, and the checks several tests make. Fixtures are in conftest.py
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -29,6 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 CONF = ROOT / "conf"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The sweeps extra (pyproject.toml): Hydra's joblib and submitit launchers, its Optuna sweeper.
+SWEEP_PLUGINS = ("hydra_joblib_launcher", "hydra_submitit_launcher", "hydra_optuna_sweeper")
+needs_sweeps = pytest.mark.skipif(
+    not all(importlib.util.find_spec(f"hydra_plugins.{name}") for name in SWEEP_PLUGINS),
+    reason='needs the sweeps extra: pip install -e ".[sweeps]"',
+)
 CHARS = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 # A few lines repeated: enough characters for short end-to-end runs, learnable in a few steps.

@@ -11,12 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import cloudpickle
 import pytest
 import yaml
-from helpers import ROOT, TINY_RUN, compose_task, one_error_line, run_train
+from helpers import ROOT, TINY_RUN, compose_task, needs_sweeps, one_error_line, run_train
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.core.singleton import Singleton
 from lightning.pytorch.strategies.launchers import subprocess_script
 from omegaconf import OmegaConf
@@ -39,7 +40,10 @@ def summaries(sweep: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))}
 
 
+@needs_sweeps  # cloudpickle comes with the launchers
 def test_job_names_come_from_the_launching_command_line(monkeypatch):
+    import cloudpickle
+
     # The launching process registers the resolvers; a launcher's worker gets them pickled with
     # Hydra's singleton state and resolves the job directory under a sys.argv of its own.
     monkeypatch.setattr(sys, "argv", ["train.py", "-m", "seed=1,2", "trainer.max_steps=5"])
@@ -117,6 +121,7 @@ def test_ddp_ranks_rerun_the_entry_script_from_a_worker_process(monkeypatch, tmp
     assert cwd == os.getcwd()
 
 
+@needs_sweeps
 @pytest.mark.slow
 def test_parallel_launcher_runs_jobs_in_worker_processes(tiny_text_file, tmp_path):
     sweep = tmp_path / "sweep"
@@ -147,6 +152,7 @@ def test_parallel_launcher_runs_jobs_in_worker_processes(tiny_text_file, tmp_pat
     assert len(pids) == 2 and str(os.getpid()) not in pids
 
 
+@needs_sweeps
 def test_optuna_search_minimises_the_best_val_loss(tiny_text_file, tmp_path, capfd):
     sweep = tmp_path / "sweep"
     train_cli.main(
@@ -185,6 +191,7 @@ def test_optuna_search_minimises_the_best_val_loss(tiny_text_file, tmp_path, cap
     assert results["best_params"] == trials[best]
 
 
+@needs_sweeps
 @pytest.mark.parametrize(
     ("launcher", "trials_at_once"), [("basic", 1), ("parallel", 2), ("joblib", os.cpu_count())]
 )
@@ -219,6 +226,7 @@ def fake_slurm(tmp_path: Path) -> Path:
     return bin_dir
 
 
+@needs_sweeps
 def test_slurm_launcher_submits_one_task_and_gpu_per_ddp_rank(
     fake_slurm, tiny_text_file, tmp_path, monkeypatch
 ):
@@ -265,6 +273,7 @@ def test_unknown_search_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+@needs_sweeps
 def test_zero_parallel_jobs_is_one_line_before_any_job(tiny_text_file, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     with pytest.raises(SystemExit) as exit_info:
@@ -284,3 +293,32 @@ def test_zero_parallel_jobs_is_one_line_before_any_job(tiny_text_file, tmp_path,
         "core (-2 all but one, ...), got 0"
     ]
     assert not list(sweep.glob("*/summary.json"))  # no job ran
+
+
+@pytest.mark.parametrize(
+    ("choice", "plugin"),
+    [
+        ("hydra/launcher=parallel", "hydra-joblib-launcher"),
+        ("hydra/launcher=slurm", "hydra-submitit-launcher"),
+        ("hparams_search=optuna", "hydra-optuna-sweeper"),
+    ],
+)
+def test_a_sweep_plugin_not_installed_is_one_line_naming_the_extra(
+    choice, plugin, tmp_path, capsys, monkeypatch
+):
+    # Without the plugin, Hydra has no config of the plugin's name: take them out of its store.
+    Plugins.instance()  # the plugins that are installed have registered their configs by now
+    repo = ConfigStore.instance().repo["hydra"]
+    for group, name in (
+        ("launcher", "joblib"),
+        ("launcher", "submitit_slurm"),
+        ("sweeper", "optuna"),
+    ):
+        monkeypatch.delitem(repo[group], f"{name}.yaml", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["-m", choice, "seed=1,2", f"hydra.sweep.dir={tmp_path / 's'}"])
+    assert exit_info.value.code == 2
+    error = one_error_line(capsys.readouterr().err)
+    assert error.startswith(f"error: Hydra's sweep plugin {plugin} is not installed (no hydra/")
+    assert error.endswith('install the sweeps extra, pip install -e ".[sweeps]"')
+    assert not (tmp_path / "s").exists()

@@ -25,6 +25,14 @@ USER_ERROR_EXIT_CODE = 2
 GRAMMAR_DOCS = "https://hydra.cc/docs/1.2/advanced/override_grammar/basic"
 LEXER_ERROR = "LexerNoViableAltException: "
 HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
+# Configs that Hydra's sweep plugins provide, and the plugin: the `sweeps` extra of pyproject.toml.
+SWEEP_PLUGINS = {
+    "hydra/launcher/joblib": "hydra-joblib-launcher",
+    "hydra/launcher/submitit_local": "hydra-submitit-launcher",
+    "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
+    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
+}
+SWEEPS_EXTRA = 'pip install -e ".[sweeps]"'
 
 
 def _user_error(exc: BaseException) -> BaseException | None:
@@ -91,7 +99,7 @@ def run_hydra_app(
         ambiguous = re.match(r"Ambiguous value for argument '(.*)'$", lines[0] if lines else "")
         if ambiguous:
             message += f"; {quoting_hint(ambiguous.group(1))}"
-        exit_with_user_error(message)
+        exit_with_user_error(_missing_plugin(message) or message)
     finally:
         sys.argv = saved
         if full_error is None:
@@ -104,6 +112,18 @@ def run_hydra_app(
             handler.close()
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def _missing_plugin(message: str) -> str | None:
+    """What to install, where Hydra could not find a config that a sweep plugin provides."""
+    found = re.search(r"Could not (?:find|load) '([\w/]+)'", message)
+    plugin = SWEEP_PLUGINS.get(found.group(1)) if found else None
+    if plugin is None:
+        return None
+    return (
+        f"Hydra's sweep plugin {plugin} is not installed (no {found.group(1)} config): install "
+        f"the sweeps extra, {SWEEPS_EXTRA}"
+    )
 
 
 def _parse_error(exc: OverrideParseException) -> str:
