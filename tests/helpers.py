@@ -85,6 +85,18 @@ def compose_task(config_name: str, overrides: list[str], output_dir: Path) -> Di
     return cfg
 
 
+def spread_model(**overrides) -> TinyGPT:
+    """A small model in eval mode (vocabulary 20, context 8, 32 dims), its weights scaled up to
+    spread the logits: a wrong cached step cannot hide in rounding, nor rounding choose a token.
+    The compiled-step tests share its shape, hence one C++ build."""
+    torch.manual_seed(0)
+    model = TinyGPT(TinyGPTConfig(vocab_size=20, block_size=8, n_embd=32, **overrides)).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(4)
+    return model
+
+
 def save_checkpoint(path: Path, run_config: dict | None = None, **shape: int) -> Path:
     """An untrained one-layer model saved as a training checkpoint is, with ``run_config``."""
     torch.manual_seed(0)

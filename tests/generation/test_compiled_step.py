@@ -9,30 +9,21 @@ import tempfile
 
 import pytest
 import torch
+from helpers import spread_model
 
 from tinygpt.errors import CompileError, ConfigError
 from tinygpt.generation import decoding_settings, generate_ids, loop
 from tinygpt.generation import fast_step as compiled_step
 from tinygpt.generation.fast_step import can_compile, compiled_decode_step
 from tinygpt.generation.sampling import SamplingParams
-from tinygpt.models import TinyGPT, TinyGPTConfig
+from tinygpt.models import TinyGPT
 
-BLOCK, BATCH = 8, 2
-
-
-def make_model(**overrides) -> TinyGPT:
-    torch.manual_seed(0)
-    config = TinyGPTConfig(vocab_size=20, block_size=BLOCK, n_embd=32, **overrides)
-    model = TinyGPT(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.mul_(4)  # spread the logits, so choices are not decided by rounding
-    return model
+BLOCK, BATCH = 8, 2  # spread_model's context
 
 
 @pytest.fixture(scope="module")
 def model() -> TinyGPT:
-    return make_model()
+    return spread_model()
 
 
 def prompt(batch: int = BATCH) -> torch.Tensor:
@@ -89,7 +80,7 @@ def test_a_second_model_of_the_same_shape_reuses_the_build(model, monkeypatch):
         raise AssertionError("compiled a shape that was compiled already")
 
     monkeypatch.setattr(compiled_step, "_compile", refuse)
-    other = make_model()
+    other = spread_model()
     with torch.no_grad():
         other.wte.weight.add_(1.0)
     greedy = SamplingParams(temperature=0.0)
@@ -98,7 +89,7 @@ def test_a_second_model_of_the_same_shape_reuses_the_build(model, monkeypatch):
 
 
 def test_a_mixture_of_experts_decodes_uncompiled_with_a_warning():
-    moe = make_model(ffn="moe")
+    moe = spread_model(ffn="moe")
     assert not can_compile(moe)
     greedy = SamplingParams(temperature=0.0)
     with pytest.warns(UserWarning, match="dense feed-forwards only"):
@@ -109,11 +100,11 @@ def test_a_mixture_of_experts_decodes_uncompiled_with_a_warning():
 def test_refusals(model):
     with pytest.raises(RuntimeError, match="KV cache"):
         compiled_decode_step(model)
-    training = make_model().train()
+    training = spread_model().train()
     training.setup_kv_cache(1)
     with pytest.raises(ValueError, match="in eval mode"):
         compiled_decode_step(training)
-    moe = make_model(ffn="moe")
+    moe = spread_model(ffn="moe")
     moe.setup_kv_cache(1)
     with pytest.raises(ValueError, match="dense feed-forwards only"):
         compiled_decode_step(moe)
@@ -126,7 +117,7 @@ def test_a_failed_build_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(compiled_step, "_COMPILED", {})  # so this shape is built afresh
     monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path))  # ... and not found on disk
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
-    training = make_model().train()
+    training = spread_model().train()
     with pytest.raises(CompileError, match=r"\(Compiler: g\+\+ not found\); decode without"):
         generate_ids(training, prompt(), 2, compile=True)
     assert training.training  # the model is left as it was: training, no cache
@@ -139,7 +130,7 @@ def test_decoding_compiles_only_when_asked(monkeypatch):
         raise AssertionError("built a compiled step nobody asked for")
 
     monkeypatch.setattr(loop, "compiled_decode_step", refuse)
-    trained_compiled = make_model(compile=True)  # model.compile is about training
+    trained_compiled = spread_model(compile=True)  # model.compile is about training
     generate_ids(trained_compiled, prompt(1), 3)
     generate_ids(trained_compiled, prompt(1), 1, compile=True)  # no one-token step: no build
     with pytest.raises(ConfigError, match="compile must be true or false, got 'yes'"):
@@ -181,7 +172,7 @@ def test_an_unwritable_cache_costs_a_build_not_an_error(monkeypatch, tmp_path):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    model = make_model()
+    model = spread_model()
     greedy = SamplingParams(temperature=0.0)
     compiled = generate_ids(model, prompt(), BLOCK, greedy, compile=True)
     assert torch.equal(compiled, generate_ids(model, prompt(), BLOCK, greedy, compile=False))
@@ -190,9 +181,9 @@ def test_an_unwritable_cache_costs_a_build_not_an_error(monkeypatch, tmp_path):
 
 def test_the_build_key_holds_what_the_library_depends_on(model):
     key = compiled_step.shape_key(model, batch_size=2)
-    assert key == compiled_step.shape_key(make_model(dropout=0.1, compile=True), batch_size=2)
+    assert key == compiled_step.shape_key(spread_model(dropout=0.1, compile=True), batch_size=2)
     assert key != compiled_step.shape_key(model, batch_size=3)
-    assert key != compiled_step.shape_key(make_model(bias=False), batch_size=2)
+    assert key != compiled_step.shape_key(spread_model(bias=False), batch_size=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)  # Inductor emits threaded loops or not from this
     try:

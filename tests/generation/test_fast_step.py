@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import spread_model
 
 from tinygpt.generation import DECODE_THREADS, decode_threads, decoding_settings
 from tinygpt.generation.fast_step import DecodeStep, compiled_decode_step
-from tinygpt.models import TinyGPT, TinyGPTConfig
+from tinygpt.models import TinyGPT
 
-BLOCK, BATCH, PROMPT = 8, 2, 3
+BLOCK, BATCH, PROMPT = 8, 2, 3  # spread_model's context
 SHAPES = {
     "dense": {},
     "no bias": {"bias": False},
@@ -60,20 +61,10 @@ CASES.append(pytest.param("dense", "compiled", id="dense, compiled", marks=pytes
 PATHS["compiled"] = compiled_step
 
 
-def make_model(**shape) -> TinyGPT:
-    torch.manual_seed(0)
-    config = TinyGPTConfig(vocab_size=20, block_size=BLOCK, n_embd=32, **shape)
-    model = TinyGPT(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.mul_(4)  # spread the logits, so a wrong step cannot hide in rounding
-    return model
-
-
 @pytest.mark.parametrize(("shape", "path"), CASES)
 @torch.no_grad()
 def test_every_cached_path_computes_the_plain_forward(shape, path):
-    model = make_model(**SHAPES[shape])
+    model = spread_model(**SHAPES[shape])
     seq = torch.randint(0, 20, (BATCH, BLOCK), generator=torch.Generator().manual_seed(1))
     model.setup_kv_cache(BATCH)
     try:
@@ -88,4 +79,4 @@ def test_every_cached_path_computes_the_plain_forward(shape, path):
 
 def test_building_a_step_without_a_cache_is_refused():
     with pytest.raises(RuntimeError, match="KV cache"):
-        DecodeStep(make_model())
+        DecodeStep(spread_model())
