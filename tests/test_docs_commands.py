@@ -549,38 +549,43 @@ def compose_each(commands: list[tuple[list[str], Path]]) -> None:
     """Compose each ``python SCRIPT ARGS`` command, writing its jobs' configs or its error."""
     for words, out in commands:
         try:
-            composed = compose_jobs(words[1:])
+            composed = compose_jobs(words[1], words[2:])
         except BaseException:  # SystemExit too: a composition error, reported as the user sees it
             out.write_text(json.dumps({"error": traceback.format_exc()}))
         else:
             out.write_text(json.dumps({"composed": composed}, default=str))
 
 
-def compose_jobs(args: list[str]) -> list[dict]:
-    """Compose and resolve each job of ``python SCRIPT ARGS`` as Hydra would, running nothing."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf, open_dict, read_write
+def compose_jobs(script: str, args: list[str]) -> list[dict]:
+    """Each job of ``python SCRIPT ARGS``, composed and resolved by the script itself.
 
-    script, overrides = args[0], [a for a in args[1:] if a not in ("-m", "--multirun")]
-    sys.argv = [script, *args[1:]]
-    runpy.run_path(str(REPO / script), run_name="__docs_compose__")  # its imports and resolvers
+    Each job's overrides (a sweep expanded as Hydra's basic sweeper expands it) go to the script
+    with ``--cfg all --resolve``: its Hydra app composes and prints the job's whole config,
+    launcher included, and runs nothing.
+    """
+    import io
+
+    import yaml
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
     parsed = OverridesParser.create().parse_overrides(overrides)
     jobs = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     composed = []
     for job in jobs:
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose(SCRIPTS[script], overrides=job, return_hydra_config=True)
-        with read_write(cfg), open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(Path("outputs/composed").absolute())
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        hydra_node = OmegaConf.to_container(cfg.hydra, resolve=True)  # launcher, sweeper, dirs
-        task = OmegaConf.to_container(cfg, resolve=True)
-        task.pop("hydra")
-        composed.append({"overrides": job, "config": task, "launcher": hydra_node["launcher"]})
+        GlobalHydra.instance().clear()
+        printed, errors = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+                run_script(script, [*job, "--cfg", "all", "--resolve"])
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                raise RuntimeError(f"{job}: exit {exc.code}: {errors.getvalue()}") from None
+        config = yaml.safe_load(printed.getvalue())
+        launcher = config.pop("hydra")["launcher"]
+        composed.append({"overrides": job, "config": config, "launcher": launcher})
     return composed
 
 
