@@ -74,7 +74,8 @@ def train(cfg: DictConfig) -> float:
     for callback in callbacks:
         if isinstance(callback, LastCheckpoint):
             callback.resume_hint = f"resume with: {resume_command(run_dir)}"
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     with hydra_ddp.job_scope():
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
