@@ -103,6 +103,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"{exc}; skip_unknown=true evaluates the text without them"
         ) from None
 
+    model.config.compile = False  # one pass over a split: compiling would cost more than it saves
     module = TinyGPTModule(model.config, model.tokenizer, run_config=run_config)
     module.model = model  # the checkpoint's weights, already loaded
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
