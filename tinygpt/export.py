@@ -1,6 +1,6 @@
 """Export a dense TinyGPT checkpoint as a Hugging Face transformers model directory.
 
-    python -m tinygpt.export outputs/runs/<run>/checkpoints/best.ckpt tinygpt-hf [--force]
+    python -m tinygpt.export outputs/runs/<run>/checkpoints/best.ckpt outputs/tinygpt-hf [--force]
 
 The directory loads with ``AutoModelForCausalLM.from_pretrained`` and
 ``AutoTokenizer.from_pretrained``, no custom code: TinyGPT's dense model is GPT-2's architecture
@@ -224,6 +224,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with its errors as one ``error:`` line, as every TinyGPT command gives them."""
 
     def error(self, message: str) -> NoReturn:
+        # tinygpt.cli imports Hydra: only the command needs it, not export() from a notebook.
         from tinygpt.cli.errors import exit_with_user_error
 
         exit_with_user_error(f"{message} (usage: {self.format_usage().split(': ', 1)[1].strip()})")
@@ -243,7 +244,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tinygpt.cli.errors import user_errors
+    """``python -m tinygpt.export ARGV``: errors a user can cause are one line and exit 2."""
+    from tinygpt.cli.errors import user_errors  # Hydra's, as in _Parser.error
 
     args = parser().parse_args(argv)
     with user_errors():
