@@ -8,8 +8,8 @@
 #      does 16-mixed, with its real GradScaler (the one path CPU tests cannot take);
 #   2. compiled cached decoding gives the eager path's greedy tokens on the GPU;
 #   3. training throughput and MFU, dense and MoE, the notebook's and baby sizes (bench_training.py);
-#   4. MoE vs dense train step and the MoE layer vs HF Mixtral's (bench_moe.py; HF needs the
-#      bench extra, and its rows are skipped without it);
+#   4. MoE vs dense train step and the MoE layer vs HF Mixtral's (bench_moe.py; HF needs
+#      transformers, in the dev extra, and its rows are skipped without it);
 #   5. wall time to val loss 1.47 with nanoGPT's recipe (experiment=nanogpt_baby, compiled).
 set -euo pipefail
 cd "$(dirname "$0")/.."

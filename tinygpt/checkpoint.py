@@ -67,7 +67,12 @@ def model_config_from(entry: dict[str, Any]) -> TinyGPTConfig:
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> TinyGPT:
     """Rebuild the trained model, in eval mode, with its tokenizer attached as ``.tokenizer``."""
-    checkpoint = load_checkpoint(path)
+    return model_from_checkpoint(load_checkpoint(path), path).to(device)
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> TinyGPT:
+    """The model of a loaded checkpoint (:func:`load_checkpoint`), on the CPU, in eval mode,
+    with its tokenizer; ``path`` names the checkpoint in errors."""
     entry = checkpoint[CHECKPOINT_KEY]
     model = TinyGPT(model_config_from(entry))
     state = {
@@ -82,4 +87,4 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> TinyGPT:
             f"{path}: weights do not fit the stored model config ({exc})"
         ) from None
     model.tokenizer = CharTokenizer.from_dict(entry["tokenizer"])
-    return model.to(device).eval()
+    return model.eval()

@@ -35,7 +35,8 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
     assert model_config.n_embd % model_config.n_head == 0
     instantiate(cfg.data)
     instantiate(cfg.optim)
-    instantiate(cfg.logger)
+    loggers = [instantiate(lg) for lg in cfg.logger.values()]
+    assert loggers and all(hasattr(lg, "log_metrics") for lg in loggers)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     if cfg.trainer.accelerator != "gpu" or torch.cuda.is_available():
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
@@ -91,3 +92,12 @@ def test_nanogpt_baby_is_nanogpts_recipe(tmp_path):
 def test_cpu_and_gpu_precisions(tmp_path):
     assert compose_task("train", ["trainer=cpu"], tmp_path).trainer.precision == "32-true"
     assert compose_task("train", ["trainer=gpu"], tmp_path).trainer.precision == "bf16-mixed"
+
+
+def test_logger_many_is_tensorboard_and_csv(tmp_path):
+    cfg = compose_task("train", ["logger=many"], tmp_path)
+    targets = [lg._target_ for lg in cfg.logger.values()]
+    assert targets == [
+        "lightning.pytorch.loggers.TensorBoardLogger",
+        "lightning.pytorch.loggers.CSVLogger",
+    ]

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinygpt.data import CharDataModule, read_text
+from tinygpt.data import CharDataModule, CharTokenizer, UnknownCharactersError, read_text
 from tinygpt.data.windows import RandomWindows
 from tinygpt.errors import ConfigError, DataError
 
@@ -104,3 +104,47 @@ def test_data_path_that_is_a_directory_is_refused(tmp_path: Path):
 def test_sizes_below_one_are_refused(name, key):
     with pytest.raises(ConfigError, match=f"{key}.{name} must be an integer >= 1"):
         CharDataModule(**{name: 0})
+
+
+def test_a_fixed_tokenizer_serves_each_split_as_evaluation_windows(tmp_path: Path):
+    path = tmp_path / "text.txt"
+    path.write_text("abcd" * 30)  # 120 characters: 108 train, 12 val
+    tokenizer = CharTokenizer("abcdefg")  # a checkpoint's: more characters than the text holds
+    windows = {}
+    for split in ("val", "train", "all"):
+        dm = make_datamodule(path, block_size=4, tokenizer=tokenizer, test_split=split)
+        assert dm.tokenizer is tokenizer
+        batches = list(dm.test_dataloader())
+        inputs = torch.cat([x for x, _ in batches]).flatten()
+        targets = torch.cat([y for _, y in batches]).flatten()
+        tokens = dm.split(split)
+        n = (len(tokens) - 1) // 4 * 4
+        assert torch.equal(inputs, tokens[:n]) and torch.equal(targets, tokens[1 : n + 1])
+        windows[split] = len(inputs) // 4
+    assert windows == {"val": 2, "train": 26, "all": 29}
+    assert torch.equal(
+        make_datamodule(path, block_size=4, tokenizer=tokenizer).val_data[:4],
+        tokenizer.encode("abcd"),
+    )
+
+
+def test_characters_outside_a_fixed_tokenizer_are_refused_or_skipped(tmp_path: Path):
+    path = tmp_path / "text.txt"
+    path.write_text("abcxd" * 30)
+    tokenizer = CharTokenizer("abcd")
+    with pytest.raises(UnknownCharactersError, match=f"{path}: .*1 character.*'x'"):
+        make_datamodule(path, block_size=4, tokenizer=tokenizer)
+    dm = make_datamodule(path, block_size=4, tokenizer=tokenizer, skip_unknown=True)
+    assert dm.skipped == 30
+    assert tokenizer.decode(dm.data) == "abcd" * 30
+
+
+def test_only_the_splits_a_stage_uses_need_a_window(tmp_path: Path):
+    path = tmp_path / "text.txt"
+    path.write_text("abcd" * 10)  # 40 characters: 36 train, 4 val, shorter than a window of 8
+    dm = CharDataModule(path=str(path), block_size=8, test_split="train")
+    dm.setup("test")  # the train split is long enough to evaluate
+    with pytest.raises(DataError, match="the validation split has 4 characters"):
+        dm.setup("fit")
+    with pytest.raises(ConfigError, match="split must be one of val, train, all, got 'test'"):
+        CharDataModule(test_split="test")

@@ -10,10 +10,8 @@ sweep, through :func:`train`); tests compose a config and call :func:`train` in-
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import tinygpt.cli.quiet  # noqa: F401  (on import: Lightning's needless notices off)
 from tinygpt.analysis.hparams import expert_load_balance, log_training_session
 from tinygpt.cli import hydra_ddp
 from tinygpt.cli.errors import run_hydra_app, user_errors
@@ -39,16 +38,6 @@ from tinygpt.training.checkpointing import LastCheckpoint
 
 # The entry script next to conf/: what DDP ranks re-run, and what the resume command names.
 TRAIN_SCRIPT = PROJECT_ROOT / "train.py"
-
-# Printed on every run and nothing a user can act on: Lightning's own use of a deprecated torch
-# API; its notice that TinyGPTModule moves batches itself (on purpose: Lightning's generic walk
-# over the batch is a noticeable share of a small model's step); its advertisement for its cloud
-# logger.
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device`")
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda record: not record.getMessage().startswith("💡 Tip")
-)
 
 # The first job of the launching process counts its wall time from launch (main's `launched`);
 # later jobs of a multirun, which share the process, from their own start. So do jobs in a
@@ -85,7 +74,8 @@ def train(cfg: DictConfig) -> float:
     for callback in callbacks:
         if isinstance(callback, LastCheckpoint):
             callback.resume_hint = f"resume with: {resume_command(run_dir)}"
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     with hydra_ddp.job_scope():
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -15,15 +15,23 @@ from tinygpt.data.download import (
     fetch_verified,
 )
 from tinygpt.data.text import read_text
-from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.data.tokenizer import CharTokenizer, UnknownCharactersError
 from tinygpt.data.windows import RandomWindows, validation_windows
 from tinygpt.errors import ConfigError, DataError
+
+# What the test loop (``Trainer.test``, eval.py) evaluates: a split, or the whole text.
+TEST_SPLITS = ("val", "train", "all")
+SPLIT_NAMES = {"train": "training split", "val": "validation split", "all": "text"}
 
 
 class CharDataModule(L.LightningDataModule):
     """TinyShakespeare (downloaded and verified) or any UTF-8 file given as ``path``.
 
     Split as nanoGPT does: the first ``train_fraction`` of the tokens train, the rest validate.
+    The vocabulary is the text's own characters, or ``tokenizer``'s (a checkpoint's, to evaluate
+    it on any text): then characters outside it are refused, or left out with ``skip_unknown``
+    (``skipped`` counts them). ``test_dataloader`` serves ``test_split`` (val, train or all) as
+    the validation windows are served: every non-overlapping window, in order.
     """
 
     def __init__(
@@ -39,6 +47,9 @@ class CharDataModule(L.LightningDataModule):
         url: str = TINY_SHAKESPEARE_URL,
         size: int = TINY_SHAKESPEARE_SIZE,
         sha256: str = TINY_SHAKESPEARE_SHA256,
+        tokenizer: CharTokenizer | None = None,
+        skip_unknown: bool = False,
+        test_split: str = "val",
     ) -> None:
         super().__init__()
         # block_size follows model.block_size in the configs, so errors name the key users set.
@@ -51,6 +62,8 @@ class CharDataModule(L.LightningDataModule):
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0.0 < train_fraction < 1.0:
             raise ConfigError(f"data.train_fraction must be in (0, 1), got {train_fraction!r}")
+        if test_split not in TEST_SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(TEST_SPLITS)}, got {test_split!r}")
         self.path = path
         self.cache_dir = Path(cache_dir)
         self.block_size = block_size
@@ -61,7 +74,11 @@ class CharDataModule(L.LightningDataModule):
         # Pinned host memory lets batches copy to a GPU asynchronously (non_blocking).
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.url, self.size, self.sha256 = url, size, sha256
-        self.tokenizer: CharTokenizer | None = None
+        self.tokenizer: CharTokenizer | None = tokenizer
+        self.skip_unknown = skip_unknown
+        self.test_split = test_split
+        self.skipped = 0
+        self.data: torch.Tensor | None = None
         self.train_data: torch.Tensor | None = None
         self.val_data: torch.Tensor | None = None
 
@@ -74,22 +91,30 @@ class CharDataModule(L.LightningDataModule):
             fetch_verified(self.url, self.text_path, self.size, self.sha256)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is not None:
-            return
-        text = read_text(self.text_path)
-        tokenizer = CharTokenizer.from_text(text)
-        data = tokenizer.encode(text)
-        n_train = int(self.train_fraction * len(data))
-        train, val = data[:n_train], data[n_train:]
-        # Training needs one window plus its shifted target; validation at least one window.
-        for split, tokens in (("training", train), ("validation", val)):
+        if self.data is None:
+            text = read_text(self.text_path)
+            self.tokenizer = self.tokenizer or CharTokenizer.from_text(text)
+            try:
+                data = self.tokenizer.encode(text, skip_unknown=self.skip_unknown)
+            except UnknownCharactersError as exc:
+                raise UnknownCharactersError(f"{self.text_path}: {exc}") from None
+            self.skipped = len(text) - len(data)
+            n_train = int(self.train_fraction * len(data))
+            self.data, self.train_data, self.val_data = data, data[:n_train], data[n_train:]
+        # Training needs one window plus its shifted target; evaluation at least one window.
+        needed = {"test": (self.test_split,), "validate": ("val",)}.get(stage, ("train", "val"))
+        for split in needed:
+            tokens = self.split(split)
             if len(tokens) < self.block_size + 1:
                 raise DataError(
-                    f"{self.text_path}: the {split} split has {len(tokens)} characters, fewer "
-                    f"than one window of block_size + 1 = {self.block_size + 1}; use a longer "
-                    "text or a smaller model.block_size"
+                    f"{self.text_path}: the {SPLIT_NAMES[split]} has {len(tokens)} characters, "
+                    f"fewer than one window of block_size + 1 = {self.block_size + 1}; use a "
+                    "longer text or a smaller model.block_size"
                 )
-        self.tokenizer, self.train_data, self.val_data = tokenizer, train, val
+
+    def split(self, name: str) -> torch.Tensor:
+        """The tokens of split ``name`` (one of ``TEST_SPLITS``), after :meth:`setup`."""
+        return {"train": self.train_data, "val": self.val_data, "all": self.data}[name]
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:
@@ -109,8 +134,14 @@ class CharDataModule(L.LightningDataModule):
         return DataLoader(stream, batch_size=None, pin_memory=self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader(self.val_data)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader(self.split(self.test_split))
+
+    def _evaluation_loader(self, tokens: torch.Tensor) -> DataLoader:
         rank, world = self._rank_and_world()
-        windows = validation_windows(self.val_data, self.block_size)
+        windows = validation_windows(tokens, self.block_size)
         # Each rank takes every world-th window with no padding, so the loss stays exact.
         shard = torch.utils.data.Subset(windows, range(rank, len(windows), world))
         return DataLoader(shard, batch_size=self.val_batch_size, pin_memory=self.pin_memory)
