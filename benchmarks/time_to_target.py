@@ -53,10 +53,11 @@ def main() -> None:
     parser.add_argument("--target", type=float, required=True)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each side")
     parser.add_argument("--nanogpt", default=DEFAULT_NANOGPT, help="nanoGPT checkout")
+    parser.add_argument("--no-peer", action="store_true", help="time train.py alone")
     parser.add_argument("--name", default=None, help="name of the JSON file")
     parser.add_argument("--device", default="cpu", choices=sorted(NANOGPT_RECIPES))
     args = parser.parse_args()
-    nanogpt = check_nanogpt(args.nanogpt)
+    nanogpt = None if args.no_peer else check_nanogpt(args.nanogpt)
     recipe = NANOGPT_RECIPES[args.device]
 
     runs = {"tinygpt": [], "nanogpt": []}
@@ -68,7 +69,7 @@ def main() -> None:
                 out = Path(tmp) / f"{side}{n}"
                 if side == "tinygpt":
                     runs[side].append(run_tinygpt(args.overrides, out))
-                else:
+                elif nanogpt is not None:
                     runs[side].append(run_nanogpt(nanogpt, recipe, out))
 
     def summary(side: str) -> dict:
@@ -86,7 +87,8 @@ def main() -> None:
             ],
         }
 
-    ours, theirs = summary("tinygpt"), summary("nanogpt")
+    ours = summary("tinygpt")
+    theirs = summary("nanogpt") if nanogpt is not None else None
     rows = [
         [
             name,
@@ -98,11 +100,12 @@ def main() -> None:
             ("train.py " + (" ".join(args.overrides) or "(defaults)"), ours),
             ("nanoGPT " + args.device + " recipe", theirs),
         )
+        if side is not None
     ]
     print(f"device: {machine_name(args.device)}")
     print_table(["run", "best val", f"median s to val <= {args.target}", "median process s"], rows)
     ratio = None
-    if ours["median_seconds_to_target"] and theirs["median_seconds_to_target"]:
+    if theirs and ours["median_seconds_to_target"] and theirs["median_seconds_to_target"]:
         ratio = round(ours["median_seconds_to_target"] / theirs["median_seconds_to_target"], 3)
         print(f"time to target vs nanoGPT: {ratio:.2f}x of its time")
     name = args.name or "time_to_target_" + "_".join(o.replace("=", "-") for o in args.overrides)
@@ -113,7 +116,7 @@ def main() -> None:
             "overrides": args.overrides,
             "target": args.target,
             "rounds": args.rounds,
-            "nanogpt_recipe": recipe,
+            "nanogpt_recipe": None if theirs is None else recipe,
             "ratio_vs_nanogpt": ratio,
             "tinygpt": ours,
             "nanogpt": theirs,
