@@ -56,11 +56,12 @@ print("ok: compiled and eager greedy decoding agree on 100 tokens")
 PY
 
 echo "== 3. training throughput and MFU"
-python benchmarks/bench_training.py --device cuda --steps 100 --warmup 20 --out training_gpu
+python benchmarks/bench_training.py --device cuda --steps 100 --warmup 20 --peer-rounds 0 \
+  --out training_gpu
 
 echo "== 4. MoE vs dense"
 python benchmarks/bench_moe.py --device cuda --out benchmarks/results/moe_gpu.json
 
 echo "== 5. time to val loss 1.47, nanoGPT's shakespeare_char recipe, compiled"
 python benchmarks/time_to_target.py experiment=nanogpt_baby trainer=gpu model.compile=true \
-  --target 1.47 --device cuda --name time_to_target_gpu_nanogpt_baby
+  --target 1.47 --device cuda --rounds 1 --no-peer --name time_to_target_gpu_nanogpt_baby
