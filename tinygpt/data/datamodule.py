@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -14,9 +15,9 @@ from tinygpt.data.download import (
     TINY_SHAKESPEARE_URL,
     fetch_verified,
 )
-from tinygpt.data.text import read_text
+from tinygpt.data.token_cache import load_or_build
 from tinygpt.data.tokenizer import CharTokenizer
-from tinygpt.data.windows import RandomWindows, validation_windows
+from tinygpt.data.windows import RandomWindows, ValidationBatches
 from tinygpt.errors import ConfigError, DataError
 
 
@@ -24,6 +25,9 @@ class CharDataModule(L.LightningDataModule):
     """TinyShakespeare (downloaded and verified) or any UTF-8 file given as ``path``.
 
     Split as nanoGPT does: the first ``train_fraction`` of the tokens train, the rest validate.
+    The text is tokenized once into a token cache (tinygpt.data.token_cache) and both splits are
+    views of its memory map: every run after the first starts without reading the text through
+    Python, and no process holds the text in RAM.
     """
 
     def __init__(
@@ -62,8 +66,9 @@ class CharDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.url, self.size, self.sha256 = url, size, sha256
         self.tokenizer: CharTokenizer | None = None
-        self.train_data: torch.Tensor | None = None
-        self.val_data: torch.Tensor | None = None
+        self.fingerprint: str | None = None  # the text's (tinygpt.data.fingerprint)
+        self.train_data: np.ndarray | None = None
+        self.val_data: np.ndarray | None = None
 
     @property
     def text_path(self) -> Path:
@@ -76,9 +81,9 @@ class CharDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
             return
-        text = read_text(self.text_path)
-        tokenizer = CharTokenizer.from_text(text)
-        data = tokenizer.encode(text)
+        cache = load_or_build(self.text_path, self.cache_dir)
+        tokenizer = CharTokenizer(cache.chars)
+        data = cache.tokens
         n_train = int(self.train_fraction * len(data))
         train, val = data[:n_train], data[n_train:]
         # Training needs one window plus its shifted target; validation at least one window.
@@ -90,6 +95,7 @@ class CharDataModule(L.LightningDataModule):
                     "text or a smaller model.block_size"
                 )
         self.tokenizer, self.train_data, self.val_data = tokenizer, train, val
+        self.fingerprint = cache.fingerprint
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:
@@ -110,7 +116,8 @@ class CharDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()
-        windows = validation_windows(self.val_data, self.block_size)
         # Each rank takes every world-th window with no padding, so the loss stays exact.
-        shard = torch.utils.data.Subset(windows, range(rank, len(windows), world))
-        return DataLoader(shard, batch_size=self.val_batch_size, pin_memory=self.pin_memory)
+        batches = ValidationBatches(
+            self.val_data, self.block_size, self.val_batch_size, rank, world
+        )
+        return DataLoader(batches, batch_size=None, pin_memory=self.pin_memory)
