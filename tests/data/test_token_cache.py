@@ -58,7 +58,11 @@ def test_ids_take_the_smallest_dtype_that_holds_the_vocabulary(vocab_size: int, 
     assert tc.token_dtype(vocab_size) == np.dtype(dtype)
 
 
-def test_a_vocabulary_over_256_characters_is_stored_as_uint16(tmp_path: Path):
+@pytest.mark.parametrize("chunk_bytes", [5, 1 << 22])  # ASCII chunks among others; one chunk
+def test_a_vocabulary_over_256_characters_is_stored_as_uint16(
+    tmp_path: Path, monkeypatch, chunk_bytes: int
+):
+    monkeypatch.setattr("tinygpt.data.text.CHUNK_BYTES", chunk_bytes)
     content = "".join(chr(0x400 + i) for i in range(300)) + "\n" + "ab" * 100
     text = write(tmp_path / "wide.txt", content)
     cache = tc.load_or_build(text, tmp_path)
@@ -114,7 +118,7 @@ def test_a_failed_build_leaves_no_file_and_a_killed_one_is_cleaned_up(tmp_path: 
     killed.write_bytes(b"half")
 
     def interrupted(path, chunk_bytes=None, on_bytes=None):
-        yield np.frombuffer(b"To", dtype=np.uint8)
+        yield b"To"
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tc, "code_point_chunks", interrupted)
@@ -125,7 +129,11 @@ def test_a_failed_build_leaves_no_file_and_a_killed_one_is_cleaned_up(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
 
 
-def test_a_text_that_changes_while_being_tokenized_is_refused(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("chunk_bytes", [5, 1 << 22])  # ASCII chunks among others; one chunk
+def test_a_text_that_changes_while_being_tokenized_is_refused(
+    tmp_path: Path, monkeypatch, chunk_bytes: int
+):
+    monkeypatch.setattr("tinygpt.data.text.CHUNK_BYTES", chunk_bytes)
     text = write(tmp_path / "corpus.txt", MIXED)
     monkeypatch.setattr(tc, "scan_vocabulary", lambda path, progress: ("To", len(MIXED)))
     with pytest.raises(DataError, match="changed while it was being tokenized"):

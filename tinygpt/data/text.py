@@ -44,13 +44,15 @@ def code_point_chunks(
     path: str | Path,
     chunk_bytes: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
-) -> Iterator[np.ndarray]:
-    """The text's characters as arrays of Unicode code points, chunk by chunk, in order.
+) -> Iterator[bytes | np.ndarray]:
+    """The text's characters as Unicode code points, chunk by chunk, in order.
 
-    Bytes are decoded incrementally, so a character split across two chunks is read whole, and
-    with the same checks as :func:`read_text`. A chunk that decodes to ASCII comes back as its
-    bytes (uint8), else as uint32 code points: the common case costs no widening. ``on_bytes``
-    is told how many bytes each chunk read (a progress bar). ``chunk_bytes``: CHUNK_BYTES.
+    A chunk of ASCII text comes back as ``bytes`` (each byte is its character's code point),
+    any other as a uint32 array: the common case is never widened or even decoded, and bytes
+    have fast C methods (``translate``) that numpy's gathers do not match. Other bytes are decoded
+    incrementally, so a character split across two chunks is read whole, with the same checks as
+    :func:`read_text`. ``on_bytes`` is told how many bytes each chunk read (a progress bar).
+    ``chunk_bytes``: CHUNK_BYTES.
     """
     path = check_text_file(path)
     chunk_bytes = chunk_bytes or CHUNK_BYTES
@@ -60,16 +62,19 @@ def code_point_chunks(
         while True:
             raw = f.read(chunk_bytes)
             _refuse_binary(raw, path)
-            try:
-                text = decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as exc:
-                # exc.start counts from the undecoded bytes the decoder kept from the last chunk.
-                held = len(exc.object) - len(raw)
-                raise _not_utf8(path, offset - held + exc.start) from None
-            if text.isascii():
-                yield np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-            elif text:
-                yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            held = decoder.getstate()[0]  # the start of a character cut by the last chunk
+            if raw and not held and raw.isascii():
+                yield raw
+            else:
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as exc:
+                    # exc.start counts from the bytes the decoder held back from the last chunk.
+                    raise _not_utf8(path, offset - len(held) + exc.start) from None
+                if text.isascii():
+                    yield text.encode("ascii")
+                else:
+                    yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
             if not raw:
                 return
             offset += len(raw)

@@ -138,14 +138,19 @@ def read_cache(path: Path, fingerprint: str) -> TokenCache:
 def scan_vocabulary(text_path: Path, progress: bool = True) -> tuple[str, int]:
     """The text's sorted characters and its length in characters, in one streamed pass."""
     seen = np.zeros(UNICODE_SIZE, dtype=bool)
+    seen_ascii = b""
     length = 0
     with _progress(text_path, "scanning", progress) as advance:
-        for points in code_point_chunks(text_path, on_bytes=advance):
-            if points.dtype == np.uint8:  # ASCII: count the 128 possible bytes
-                seen[:256] |= np.bincount(points, minlength=256).astype(bool)
+        for chunk in code_point_chunks(text_path, on_bytes=advance):
+            length += len(chunk)
+            if isinstance(chunk, bytes):
+                # Only the characters not seen yet survive the deletion: usually none.
+                new = chunk.translate(None, seen_ascii)
+                if new:
+                    seen[np.frombuffer(new, dtype=np.uint8)] = True
+                    seen_ascii = bytes(np.flatnonzero(seen[:128]).tolist())
             else:
-                seen[points] = True
-            length += len(points)
+                seen[chunk] = True
     return "".join(map(chr, np.flatnonzero(seen).tolist())), length
 
 
@@ -166,9 +171,7 @@ def write_cache(
     ).encode()
     padded = -(-(len(MAGIC) + 8 + len(header)) // ALIGN) * ALIGN - len(MAGIC) - 8
     header = header.ljust(padded)
-    # -1 marks characters outside the vocabulary: the text changed since it was scanned.
-    lookup = np.full(UNICODE_SIZE, -1, dtype=np.int32)
-    lookup[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.int32)
+    encode = _encoder(chars, dtype)
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{dest.name}.*.part"):  # left by a killed build
         stale.unlink(missing_ok=True)
@@ -177,17 +180,37 @@ def write_cache(
         written = 0
         with os.fdopen(fd, "wb") as out, _progress(text_path, "tokenizing", progress) as advance:
             out.write(MAGIC + struct.pack("<Q", len(header)) + header)
-            for points in code_point_chunks(text_path, on_bytes=advance):
-                ids = lookup[points]
-                if len(ids) and ids.min() < 0:
+            for chunk in code_point_chunks(text_path, on_bytes=advance):
+                ids = encode(chunk)
+                if ids is None:  # a character outside the vocabulary it was scanned for
                     raise DataError(f"{text_path} changed while it was being tokenized; retry")
-                out.write(ids.astype(dtype).tobytes())
-                written += len(ids)
+                out.write(ids)
+                written += len(chunk)
         if written != length:
             raise DataError(f"{text_path} changed while it was being tokenized; retry")
         os.replace(tmp_name, dest)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
+
+
+def _encoder(chars: str, dtype: np.dtype) -> Callable[[bytes | np.ndarray], bytes | None]:
+    """A function from a chunk of code points to the bytes of its ids (None: a character
+    outside ``chars``)."""
+    lookup = np.full(UNICODE_SIZE, -1, dtype=np.int32)
+    lookup[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.int32)
+    # ASCII text and one-byte ids (the common case): one bytes.translate per chunk, which maps
+    # each byte to its id and deletes the bytes outside the vocabulary (then the length drops).
+    table = bytes(max(i, 0) for i in lookup[:256].tolist())
+    outside = bytes(c for c in range(128) if lookup[c] < 0)
+
+    def encode(chunk: bytes | np.ndarray) -> bytes | None:
+        if isinstance(chunk, bytes) and dtype.itemsize == 1:
+            ids = chunk.translate(table, outside)
+            return ids if len(ids) == len(chunk) else None
+        ids = lookup[np.frombuffer(chunk, dtype=np.uint8) if isinstance(chunk, bytes) else chunk]
+        return None if len(ids) and ids.min() < 0 else ids.astype(dtype).tobytes()
+
+    return encode
 
 
 def _build_somewhere(
