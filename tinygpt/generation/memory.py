@@ -22,12 +22,12 @@ MEMORY_ENV = "TINYGPT_GENERATION_MEMORY"
 AVAILABLE_FRACTION = 0.8
 ID_BYTES = 8  # each token's id in the decoding buffer (int64), on the model's device
 # On the host, per character of text: the samples and their copies (samples.json, where JSON
-# escapes every non-ASCII character in 6 or 12 bytes, samples.txt, the TensorBoard record, the
+# escapes each non-ASCII character in 6 or 12 bytes, samples.txt, the TensorBoard record, the
 # word lists of the diversity metrics). Measured through generate.py as the growth of peak RSS
-# from 0.5M to 3M tokens, ids included: 34 bytes a token for ASCII text, 94 for Cyrillic, 114 for
-# emoji; counted with a margin as below (ids excluded).
+# from 0.5M to 3M tokens, ids included: 27 bytes a token for ASCII text, 36 for Cyrillic, 45 for
+# emoji. Counted here with about twice that margin (ids excluded):
 TEXT_BYTES_ASCII = 48
-TEXT_BYTES_OTHER = 144
+TEXT_BYTES_OTHER = 80
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
