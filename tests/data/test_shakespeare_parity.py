@@ -38,7 +38,11 @@ def _digest(*tensors: torch.Tensor) -> str:
 
 def _as_rank(dm: CharDataModule, rank: int, world: int) -> CharDataModule:
     dm.trainer = SimpleNamespace(
-        global_rank=rank, world_size=world, global_step=0, accumulate_grad_batches=1
+        global_rank=rank,
+        world_size=world,
+        global_step=0,
+        accumulate_grad_batches=1,
+        overfit_batches=0,
     )
     return dm
 

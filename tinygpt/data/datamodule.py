@@ -105,11 +105,12 @@ class CharDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, _ = self._rank_and_world()
         # Continue the batch sequence where a restored run left off.
-        start = 0
+        start, overfit = 0, False
         if self.trainer is not None:
             start = self.trainer.global_step * self.trainer.accumulate_grad_batches
+            overfit = self.trainer.overfit_batches > 0  # the same batches every epoch
         stream = RandomWindows(
-            self.train_data, self.block_size, self.batch_size, self.seed, rank, start
+            self.train_data, self.block_size, self.batch_size, self.seed, rank, start, overfit
         )
         # Batches are built whole by the dataset: no per-sample collation, no worker processes.
         return DataLoader(stream, batch_size=None, pin_memory=self.pin_memory)

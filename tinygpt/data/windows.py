@@ -37,7 +37,10 @@ class RandomWindows(IterableDataset):
     """An endless stream of batches of random windows, starting at batch ``start``.
 
     Batch ``i`` depends only on (seed, i, rank): a resumed run draws exactly the batches it would
-    have drawn, and DDP ranks draw different ones.
+    have drawn, and DDP ranks draw different ones. Lightning iterates it anew at each epoch (when
+    ``trainer.limit_train_batches`` ends epochs): a new iteration continues where the last one
+    stopped, so epochs change nothing in the sequence; with ``repeat`` it starts again at
+    ``start``, so every epoch trains on the same batches (``trainer.overfit_batches``).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class RandomWindows(IterableDataset):
         seed: int,
         rank: int,
         start: int,
+        repeat: bool = False,
     ) -> None:
         self.data = _as_array(data)
         self.block_size = block_size
@@ -55,6 +59,8 @@ class RandomWindows(IterableDataset):
         self.seed = seed
         self.rank = rank
         self.start = start
+        self.repeat = repeat
+        self.next_index = start  # of the batch the next iteration begins with
         self.num_starts = len(self.data) - block_size
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,10 +70,12 @@ class RandomWindows(IterableDataset):
         return windows[:, :-1], windows[:, 1:].contiguous()
 
     def __iter__(self):
-        index = self.start
+        index = self.start if self.repeat else self.next_index
         while True:
-            yield self.batch(index)
+            batch = self.batch(index)
             index += 1
+            self.next_index = index  # before the yield: an epoch may end at any batch
+            yield batch
 
 
 class ValidationBatches(Dataset):
