@@ -31,7 +31,11 @@ def checkpoint_entry(
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: a pickle that would run code is refused."""
+    """Load a checkpoint with ``weights_only=True``: a pickle that would run code is refused.
+
+    The file is memory-mapped (``mmap=True``): tensors read their bytes from it on use, so a
+    large checkpoint is not first copied whole into RAM beside the model it is loaded into.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -43,7 +47,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not a readable checkpoint (truncated, or not a PyTorch checkpoint)"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         what = f"{found.group(1)}, " if found else ""

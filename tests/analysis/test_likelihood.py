@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tinygpt.analysis.likelihood import mean_nll
 from tinygpt.data.tokenizer import CharTokenizer
-from tinygpt.data.windows import validation_windows
+from tinygpt.data.windows import ValidationBatches
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
 TEXT = "to be or not to be, that is the question: whether 'tis nobler in the mind to suffer"
@@ -60,8 +60,9 @@ def test_stride_one_gives_every_character_the_full_context():
 def test_stride_block_size_is_the_validation_loss_of_non_overlapping_windows():
     model = make_model(block_size=8)
     text = TEXT[: 8 * 10 + 1]  # exactly ten windows of 8 targets
-    windows = validation_windows(model.tokenizer.encode(text), block_size=8)
-    inputs, targets = windows.tensors
+    batches = ValidationBatches(model.tokenizer.encode(text), block_size=8, batch_size=10)
+    assert len(batches) == 1
+    inputs, targets = batches[0]
     assert len(inputs) == 10
     with torch.no_grad():
         _, loss = model(inputs, targets)

@@ -15,6 +15,7 @@ GROUPS = [
     "callbacks",
     "experiment",
     "hparams_search",
+    "debug",
 ]
 OPTIONS = [
     pytest.param(
@@ -40,7 +41,9 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     if cfg.trainer.accelerator != "gpu" or torch.cuda.is_available():
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
-        assert trainer.max_steps == cfg.trainer.max_steps
+        # A fast dev run (debug=fdr) is fast_dev_run steps (true: 1), whatever max_steps says.
+        fast_dev_run = cfg.trainer.fast_dev_run
+        assert trainer.max_steps == (int(fast_dev_run) if fast_dev_run else cfg.trainer.max_steps)
 
 
 def test_groups_all_have_options():

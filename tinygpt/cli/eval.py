@@ -113,7 +113,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "loss": round(loss, 6),
         "perplexity": round(math.exp(loss), 4),
         "bits_per_char": round(loss / math.log(2), 6),
-        "tokens": len(datamodule.test_dataloader().dataset) * model.config.block_size,
+        "tokens": len(datamodule.test_dataloader().dataset.windows) * model.config.block_size,
         "skipped_characters": datamodule.skipped,
         "split": cfg.split,
         "text": str(datamodule.text_path),

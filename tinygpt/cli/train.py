@@ -35,6 +35,7 @@ from tinygpt.errors import CheckpointError
 from tinygpt.training import TinyGPTModule
 from tinygpt.training.callbacks import TokenThroughput, tensorboard_dir
 from tinygpt.training.checkpointing import LastCheckpoint
+from tinygpt.training.trainer_switches import check_trainer_switches
 
 # The entry script next to conf/: what DDP ranks re-run, and what the resume command names.
 TRAIN_SCRIPT = PROJECT_ROOT / "train.py"
@@ -57,6 +58,7 @@ def train(cfg: DictConfig) -> float:
     """One training job of a composed config (HydraConfig set): fit, write summary.json, log
     the run's HParams session; returns the best val loss (what an Optuna search minimises)."""
     started = job_start_time()
+    check_trainer_switches(cfg.trainer)
     hydra_ddp.install(str(TRAIN_SCRIPT))
     L.seed_everything(cfg.seed, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -14,9 +15,9 @@ from tinygpt.data.download import (
     TINY_SHAKESPEARE_URL,
     fetch_verified,
 )
-from tinygpt.data.text import read_text
+from tinygpt.data.token_cache import TokenCache, load_or_build
 from tinygpt.data.tokenizer import CharTokenizer, UnknownCharactersError
-from tinygpt.data.windows import RandomWindows, validation_windows
+from tinygpt.data.windows import RandomWindows, ValidationBatches
 from tinygpt.errors import ConfigError, DataError
 
 # What the test loop (``Trainer.test``, eval.py) evaluates: a split, or the whole text.
@@ -28,10 +29,13 @@ class CharDataModule(L.LightningDataModule):
     """TinyShakespeare (downloaded and verified) or any UTF-8 file given as ``path``.
 
     Split as nanoGPT does: the first ``train_fraction`` of the tokens train, the rest validate.
-    The vocabulary is the text's own characters, or ``tokenizer``'s (a checkpoint's, to evaluate
-    it on any text): then characters outside it are refused, or left out with ``skip_unknown``
-    (``skipped`` counts them). ``test_dataloader`` serves ``test_split`` (val, train or all) as
-    the validation windows are served: every non-overlapping window, in order.
+    The text is tokenized once into a token cache (tinygpt.data.token_cache) and both splits are
+    views of its memory map: every run after the first starts without reading the text through
+    Python, and no process holds the text in RAM. The vocabulary is the text's own characters,
+    or ``tokenizer``'s (a checkpoint's, to evaluate it on any text): then characters outside it
+    are refused, or left out with ``skip_unknown`` (``skipped`` counts them). ``test_dataloader``
+    serves ``test_split`` (val, train or all) as the validation windows are served: every
+    non-overlapping window, in order.
     """
 
     def __init__(
@@ -78,9 +82,10 @@ class CharDataModule(L.LightningDataModule):
         self.skip_unknown = skip_unknown
         self.test_split = test_split
         self.skipped = 0
-        self.data: torch.Tensor | None = None
-        self.train_data: torch.Tensor | None = None
-        self.val_data: torch.Tensor | None = None
+        self.fingerprint: str | None = None  # the text's (tinygpt.data.fingerprint)
+        self.data: np.ndarray | None = None
+        self.train_data: np.ndarray | None = None
+        self.val_data: np.ndarray | None = None
 
     @property
     def text_path(self) -> Path:
@@ -92,15 +97,12 @@ class CharDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
-            text = read_text(self.text_path)
-            self.tokenizer = self.tokenizer or CharTokenizer.from_text(text)
-            try:
-                data = self.tokenizer.encode(text, skip_unknown=self.skip_unknown)
-            except UnknownCharactersError as exc:
-                raise UnknownCharactersError(f"{self.text_path}: {exc}") from None
-            self.skipped = len(text) - len(data)
+            cache = load_or_build(self.text_path, self.cache_dir)
+            data = cache.tokens if self.tokenizer is None else self._recode(cache)
+            self.tokenizer = self.tokenizer or CharTokenizer(cache.chars)
             n_train = int(self.train_fraction * len(data))
             self.data, self.train_data, self.val_data = data, data[:n_train], data[n_train:]
+            self.fingerprint = cache.fingerprint
         # Training needs one window plus its shifted target; evaluation at least one window.
         needed = {"test": (self.test_split,), "validate": ("val",)}.get(stage, ("train", "val"))
         for split in needed:
@@ -112,7 +114,29 @@ class CharDataModule(L.LightningDataModule):
                     "longer text or a smaller model.block_size"
                 )
 
-    def split(self, name: str) -> torch.Tensor:
+    def _recode(self, cache: TokenCache) -> np.ndarray:
+        """The cached ids (the text's own vocabulary) as ids of the given tokenizer. Only an
+        evaluation takes this path, so the recoded split may live in RAM."""
+        assert self.tokenizer is not None
+        if cache.chars == self.tokenizer.chars:
+            return cache.tokens
+        known = set(self.tokenizer.chars)
+        unknown = [c for c in cache.chars if c not in known]
+        if unknown and not self.skip_unknown:
+            shown = ", ".join(repr(c) for c in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise UnknownCharactersError(
+                f"{self.text_path}: text contains {len(unknown)} character(s) not in the "
+                f"vocabulary: {shown}{more}"
+            )
+        index = {c: i for i, c in enumerate(self.tokenizer.chars)}
+        lookup = np.array([index.get(c, -1) for c in cache.chars], dtype=np.int64)
+        ids = lookup[np.asarray(cache.tokens)]
+        kept = ids[ids >= 0]
+        self.skipped = len(ids) - len(kept)
+        return kept
+
+    def split(self, name: str) -> np.ndarray:
         """The tokens of split ``name`` (one of ``TEST_SPLITS``), after :meth:`setup`."""
         return {"train": self.train_data, "val": self.val_data, "all": self.data}[name]
 
@@ -124,11 +148,12 @@ class CharDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, _ = self._rank_and_world()
         # Continue the batch sequence where a restored run left off.
-        start = 0
+        start, overfit = 0, False
         if self.trainer is not None:
             start = self.trainer.global_step * self.trainer.accumulate_grad_batches
+            overfit = self.trainer.overfit_batches > 0  # the same batches every epoch
         stream = RandomWindows(
-            self.train_data, self.block_size, self.batch_size, self.seed, rank, start
+            self.train_data, self.block_size, self.batch_size, self.seed, rank, start, overfit
         )
         # Batches are built whole by the dataset: no per-sample collation, no worker processes.
         return DataLoader(stream, batch_size=None, pin_memory=self.pin_memory)
@@ -139,9 +164,8 @@ class CharDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._evaluation_loader(self.split(self.test_split))
 
-    def _evaluation_loader(self, tokens: torch.Tensor) -> DataLoader:
+    def _evaluation_loader(self, tokens: np.ndarray) -> DataLoader:
         rank, world = self._rank_and_world()
-        windows = validation_windows(tokens, self.block_size)
         # Each rank takes every world-th window with no padding, so the loss stays exact.
-        shard = torch.utils.data.Subset(windows, range(rank, len(windows), world))
-        return DataLoader(shard, batch_size=self.val_batch_size, pin_memory=self.pin_memory)
+        batches = ValidationBatches(tokens, self.block_size, self.val_batch_size, rank, world)
+        return DataLoader(batches, batch_size=None, pin_memory=self.pin_memory)

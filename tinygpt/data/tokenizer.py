@@ -57,7 +57,8 @@ class CharTokenizer:
         return ids
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:
-        if isinstance(ids, torch.Tensor):
+        """Ids (a list, a tensor or a numpy array such as a slice of the token cache) as text."""
+        if not isinstance(ids, list):
             ids = ids.tolist()
         return "".join(self.chars[i] for i in ids)
 

@@ -38,6 +38,7 @@ import torch
 
 from tinygpt.errors import ConfigError, NonFiniteLogitsError
 from tinygpt.generation.fast_step import DecodeStep, can_compile, compiled_decode_step
+from tinygpt.generation.memory import check_generation_memory
 from tinygpt.generation.sampling import (
     MAX_NEW_TOKENS_LIMIT,
     SamplingParams,
@@ -241,7 +242,8 @@ def decode_columns(
 
 
 def _start(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    """Validate the prompt ids and return the ``(batch, prompt + new)`` buffer holding them."""
+    """Validate the prompt ids and the request's memory (:mod:`tinygpt.generation.memory`), and
+    return the ``(batch, prompt + new)`` buffer holding them."""
     check_int("max_new_tokens", max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
     if idx.dim() != 2 or idx.size(1) == 0 or idx.dtype != torch.long:
         raise ConfigError(
@@ -251,6 +253,7 @@ def _start(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tens
     vocab = model.config.vocab_size
     if idx.min() < 0 or idx.max() >= vocab:
         raise ConfigError(f"prompt ids must be in [0, {vocab - 1}] (the model's vocabulary)")
+    check_generation_memory(model, idx.size(0), idx.size(1) + max_new_tokens)
     device = model.wte.weight.device
     seq = torch.empty(idx.size(0), idx.size(1) + max_new_tokens, dtype=torch.long, device=device)
     seq[:, : idx.size(1)] = idx
