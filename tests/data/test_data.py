@@ -104,3 +104,17 @@ def test_data_path_that_is_a_directory_is_refused(tmp_path: Path):
 def test_sizes_below_one_are_refused(name, key):
     with pytest.raises(ConfigError, match=f"{key}.{name} must be an integer >= 1"):
         CharDataModule(**{name: 0})
+
+
+def test_max_chars_keeps_the_texts_start_split_as_usual(shakespeare_cache: Path):
+    dm = make_datamodule(cache_dir=shakespeare_cache, max_chars=100_000)
+    assert (len(dm.train_data), len(dm.val_data)) == (90_000, 10_000)
+    text = (shakespeare_cache / "tinyshakespeare.txt").read_text()
+    assert dm.tokenizer.decode(dm.val_data) == text[90_000:100_000]
+    assert set(dm.tokenizer.chars) == set(text[:100_000])  # the vocabulary of what it reads
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, True, "100"])
+def test_bad_max_chars_are_refused(value):
+    with pytest.raises(ConfigError, match="data.max_chars must be null or an integer >= 1"):
+        CharDataModule(max_chars=value)

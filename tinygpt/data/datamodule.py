@@ -24,6 +24,8 @@ class CharDataModule(L.LightningDataModule):
     """TinyShakespeare (downloaded and verified) or any UTF-8 file given as ``path``.
 
     Split as nanoGPT does: the first ``train_fraction`` of the tokens train, the rest validate.
+    ``max_chars`` keeps only the text's first characters (the TinyGPT notebook trained on the
+    first 100,000), split the same way.
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class CharDataModule(L.LightningDataModule):
         batch_size: int = 64,
         val_batch_size: int = 512,
         train_fraction: float = 0.9,
+        max_chars: int | None = None,
         seed: int = 1337,
         pin_memory: bool | None = None,
         url: str = TINY_SHAKESPEARE_URL,
@@ -51,12 +54,17 @@ class CharDataModule(L.LightningDataModule):
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0.0 < train_fraction < 1.0:
             raise ConfigError(f"data.train_fraction must be in (0, 1), got {train_fraction!r}")
+        if max_chars is not None and (
+            not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars < 1
+        ):
+            raise ConfigError(f"data.max_chars must be null or an integer >= 1, got {max_chars!r}")
         self.path = path
         self.cache_dir = Path(cache_dir)
         self.block_size = block_size
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.train_fraction = train_fraction
+        self.max_chars = max_chars
         self.seed = seed
         # Pinned host memory lets batches copy to a GPU asynchronously (non_blocking).
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -76,7 +84,7 @@ class CharDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
             return
-        text = read_text(self.text_path)
+        text = read_text(self.text_path)[: self.max_chars]
         tokenizer = CharTokenizer.from_text(text)
         data = tokenizer.encode(text)
         n_train = int(self.train_fraction * len(data))
