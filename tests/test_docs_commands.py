@@ -419,8 +419,7 @@ class Runner:
             sweep = shlex.split(args[at])
             args[at] = shlex.join(sweep + train_overrides(sweep, str(self.data)))
         out = Path(
-            option(args, "--out")
-            or ("docs/results" if module == "tinygpt.report" else "decoding_report")
+            option(args, "--out") or ("report" if module == "tinygpt.report" else "decoding_report")
         )
         code = self.forked(log, lambda: run_module(module, args))
         problems = []

@@ -78,6 +78,7 @@ def test_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):
     [
         ("data.path=/nonexistent/file.txt", "data file not found"),
         ("data.batch_size=0", "data.batch_size must be an integer >= 1"),
+        ("data.max_chars=0", "data.max_chars must be null or an integer >= 1"),
         ("model.block_size=0", "model.block_size must be an integer >= 1"),
         ("model.n_head=5", "divisible"),
         ("callbacks.sample_text.max_new_tokens=0", "callbacks.sample_text.max_new_tokens"),

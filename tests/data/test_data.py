@@ -198,3 +198,17 @@ def test_only_the_splits_a_stage_uses_need_a_window(tmp_path: Path):
         dm.setup("fit")
     with pytest.raises(ConfigError, match="split must be one of val, train, all, got 'test'"):
         CharDataModule(test_split="test")
+
+
+def test_max_chars_keeps_the_texts_start_split_as_usual(shakespeare_cache: Path):
+    dm = make_datamodule(cache_dir=shakespeare_cache, max_chars=100_000)
+    assert (len(dm.train_data), len(dm.val_data)) == (90_000, 10_000)
+    text = (shakespeare_cache / "tinyshakespeare.txt").read_text()
+    assert dm.tokenizer.decode(dm.val_data) == text[90_000:100_000]
+    assert set(dm.tokenizer.chars) == set(text[:100_000])  # the vocabulary of what it reads
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, True, "100"])
+def test_bad_max_chars_are_refused(value):
+    with pytest.raises(ConfigError, match="data.max_chars must be null or an integer >= 1"):
+        CharDataModule(max_chars=value)

@@ -15,7 +15,7 @@ from tinygpt.data.download import (
     TINY_SHAKESPEARE_URL,
     fetch_verified,
 )
-from tinygpt.data.token_cache import TokenCache, load_or_build
+from tinygpt.data.token_cache import load_or_build
 from tinygpt.data.tokenizer import CharTokenizer, UnknownCharactersError
 from tinygpt.data.windows import RandomWindows, ValidationBatches
 from tinygpt.errors import ConfigError, DataError
@@ -36,6 +36,8 @@ class CharDataModule(L.LightningDataModule):
     are refused, or left out with ``skip_unknown`` (``skipped`` counts them). ``test_dataloader``
     serves ``test_split`` (val, train or all) as the validation windows are served: every
     non-overlapping window, in order.
+    ``max_chars`` keeps only the text's first characters (the TinyGPT notebook trained on the
+    first 100,000), split the same way.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class CharDataModule(L.LightningDataModule):
         batch_size: int = 64,
         val_batch_size: int = 512,
         train_fraction: float = 0.9,
+        max_chars: int | None = None,
         seed: int = 1337,
         pin_memory: bool | None = None,
         url: str = TINY_SHAKESPEARE_URL,
@@ -68,12 +71,17 @@ class CharDataModule(L.LightningDataModule):
             raise ConfigError(f"data.train_fraction must be in (0, 1), got {train_fraction!r}")
         if test_split not in TEST_SPLITS:
             raise ConfigError(f"split must be one of {', '.join(TEST_SPLITS)}, got {test_split!r}")
+        if max_chars is not None and (
+            not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars < 1
+        ):
+            raise ConfigError(f"data.max_chars must be null or an integer >= 1, got {max_chars!r}")
         self.path = path
         self.cache_dir = Path(cache_dir)
         self.block_size = block_size
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.train_fraction = train_fraction
+        self.max_chars = max_chars
         self.seed = seed
         # Pinned host memory lets batches copy to a GPU asynchronously (non_blocking).
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -98,8 +106,13 @@ class CharDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
             cache = load_or_build(self.text_path, self.cache_dir)
-            data = cache.tokens if self.tokenizer is None else self._recode(cache)
-            self.tokenizer = self.tokenizer or CharTokenizer(cache.chars)
+            chars, data = cache.chars, cache.tokens
+            if self.max_chars is not None:
+                chars, data = first_characters(chars, data, self.max_chars)
+            if self.tokenizer is None:
+                self.tokenizer = CharTokenizer(chars)
+            else:
+                data = self._recode(chars, data)
             n_train = int(self.train_fraction * len(data))
             self.data, self.train_data, self.val_data = data, data[:n_train], data[n_train:]
             self.fingerprint = cache.fingerprint
@@ -114,14 +127,14 @@ class CharDataModule(L.LightningDataModule):
                     "longer text or a smaller model.block_size"
                 )
 
-    def _recode(self, cache: TokenCache) -> np.ndarray:
-        """The cached ids (the text's own vocabulary) as ids of the given tokenizer. Only an
-        evaluation takes this path, so the recoded split may live in RAM."""
+    def _recode(self, chars: str, tokens: np.ndarray) -> np.ndarray:
+        """Ids of the vocabulary ``chars`` (the text's own) as ids of the given tokenizer. Only
+        an evaluation takes this path, so the recoded ids may live in RAM."""
         assert self.tokenizer is not None
-        if cache.chars == self.tokenizer.chars:
-            return cache.tokens
+        if chars == self.tokenizer.chars:
+            return tokens
         known = set(self.tokenizer.chars)
-        unknown = [c for c in cache.chars if c not in known]
+        unknown = [c for c in chars if c not in known]
         if unknown and not self.skip_unknown:
             shown = ", ".join(repr(c) for c in unknown[:10])
             more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
@@ -130,8 +143,8 @@ class CharDataModule(L.LightningDataModule):
                 f"vocabulary: {shown}{more}"
             )
         index = {c: i for i, c in enumerate(self.tokenizer.chars)}
-        lookup = np.array([index.get(c, -1) for c in cache.chars], dtype=np.int64)
-        ids = lookup[np.asarray(cache.tokens)]
+        lookup = np.array([index.get(c, -1) for c in chars], dtype=np.int64)
+        ids = lookup[np.asarray(tokens)]
         kept = ids[ids >= 0]
         self.skipped = len(ids) - len(kept)
         return kept
@@ -169,3 +182,13 @@ class CharDataModule(L.LightningDataModule):
         # Each rank takes every world-th window with no padding, so the loss stays exact.
         batches = ValidationBatches(tokens, self.block_size, self.val_batch_size, rank, world)
         return DataLoader(batches, batch_size=None, pin_memory=self.pin_memory)
+
+
+def first_characters(chars: str, tokens: np.ndarray, count: int) -> tuple[str, np.ndarray]:
+    """The first ``count`` ids of a text, renumbered over the vocabulary of that part alone (as
+    the TinyGPT notebook built its vocabulary from the 100,000 characters it read)."""
+    head = np.asarray(tokens[:count])
+    present = np.unique(head)
+    lookup = np.zeros(len(chars), dtype=head.dtype)
+    lookup[present] = np.arange(len(present), dtype=head.dtype)
+    return "".join(chars[i] for i in present), lookup[head]
