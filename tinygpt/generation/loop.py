@@ -30,14 +30,19 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
 
 from tinygpt.errors import ConfigError, NonFiniteLogitsError
-from tinygpt.generation.fast_step import DecodeStep, can_compile, compiled_decode_step
+from tinygpt.generation.fast_step import (
+    DecodeStep,
+    can_compile,
+    compiled_decode_step,
+    compiled_sampling_step,
+)
 from tinygpt.generation.sampling import (
     MAX_NEW_TOKENS_LIMIT,
     SamplingParams,
@@ -215,22 +220,29 @@ def decode_columns(
                 logits = cached(seq[:, start:prompt_len], 0)
             else:
                 logits = _last_logits(model, seq[:, start:prompt_len])
+            token = None  # set by a compiled step that samples in its graph, else from logits
             for n in range(prompt_len, total):
-                guard.add(logits)
-                history = seq[:, :n] if penalise else None
-                token = next_token(logits, params, history, generator)
+                if token is None:
+                    guard.add(logits)
+                    history = seq[:, :n] if penalise else None
+                    token = next_token(logits, params, history, generator)
                 if n < longest:  # rows still inside their prompt keep its token
                     token = torch.where(prompt_lengths > n, seq[:, n], token)
                 seq[:, n] = token
                 yield n
                 if n + 1 == total:
                     break
+                token = None
                 if not use_cache:
                     logits = _last_logits(model, seq[:, max(0, n + 1 - block) : n + 1])
                 elif filled < block:
                     if one_token is None:
-                        one_token = compiled_decode_step(model) if compile else cached
-                    logits = one_token(seq[:, n : n + 1], filled)
+                        one_token = _one_token_step(model, cached, compile, params, generator)
+                    if compile and not penalise:
+                        token, logits_sum = one_token(seq[:, n : n + 1], filled)
+                        guard.total.add_(logits_sum)
+                    else:
+                        logits = one_token(seq[:, n : n + 1], filled)
                     filled += 1
                 else:  # cache full: refill it with the most recent tokens (see module docstring)
                     filled = refill_length(block)
@@ -238,6 +250,22 @@ def decode_columns(
         finally:
             if use_cache:
                 model.clear_kv_cache()
+
+
+def _one_token_step(
+    model: TinyGPT,
+    cached: DecodeStep,
+    compile: bool,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+) -> Callable:
+    """The one-token step: eager, or compiled; compiled, it also samples unless the parameters
+    need the history (a repetition penalty), where it returns the logits."""
+    if not compile:
+        return cached
+    if params.repetition_penalty != 1.0:
+        return compiled_decode_step(model)
+    return compiled_sampling_step(model, params, generator)
 
 
 def _start(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
