@@ -190,16 +190,17 @@ def _hardware(device: torch.device) -> str:
     return "|".join(described)
 
 
-def shape_key(model: TinyGPT, batch_size: int) -> tuple:
+def shape_key(model: TinyGPT, batch_size: int, names: tuple[str, ...] | None = None) -> tuple:
     """Everything a build depends on besides the machine: one build serves all models sharing it.
 
-    The model's shape (not its training-only settings), parameter and buffer names, batch size,
-    device, dtype, and the intra-op thread count, from which Inductor decides whether to emit
-    multi-threaded loops.
+    The model's shape (not its training-only settings), parameter and buffer names (``names``
+    if the caller has them already), batch size, device, dtype, and the intra-op thread count,
+    from which Inductor decides whether to emit multi-threaded loops.
     """
     config, weight = model.config, model.wte.weight
     shape = tuple(getattr(config, name) for name in SHAPE_FIELDS)
-    names = tuple(name for name, _ in (*model.named_parameters(), *model.named_buffers()))
+    if names is None:
+        names = tuple(name for name, _ in (*model.named_parameters(), *model.named_buffers()))
     threads = torch.get_num_threads()
     return (shape, names, batch_size, str(weight.device), str(weight.dtype), threads)
 
@@ -317,15 +318,23 @@ def _compiled(model: TinyGPT, kind: type[_Step], leading: list[torch.Tensor]) ->
     named = [*model.named_parameters(), *model.named_buffers()]
     names = tuple(name for name, _ in named)
     inputs = [*leading, *(tensor for _, tensor in named)]
-    key = (*shape_key(model, leading[0].size(0)), kind.__name__)
+    key = (*shape_key(model, leading[0].size(0), names), kind.__name__)
     if key not in _COMPILED:
         _COMPILED[key] = _compile(kind(model, names), inputs, key)
     return _COMPILED[key], inputs
 
 
+_POSITIONS: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
+
+
 def _positions(model: TinyGPT) -> list[torch.Tensor]:
-    """One position tensor per cache slot, made once, so a step does not allocate one."""
-    return list(torch.arange(model.config.block_size, device=model.wte.weight.device).split(1))
+    """One position tensor per cache slot, made once per context length and device, so neither
+    a step nor a generation allocates them. The steps only read them."""
+    key = (model.config.block_size, model.wte.weight.device)
+    if key not in _POSITIONS:
+        with torch.inference_mode(False):  # usable outside inference mode too
+            _POSITIONS[key] = list(torch.arange(key[0], device=key[1]).split(1))
+    return _POSITIONS[key]
 
 
 def _token_placeholder(model: TinyGPT) -> torch.Tensor:
