@@ -306,7 +306,9 @@ def _compile(module: _Step, inputs: list[torch.Tensor], key: tuple) -> _Runner:
     return run
 
 
-def _compiled(model: TinyGPT, kind: type[_Step], leading: list[torch.Tensor]) -> _Runner:
+def _compiled(
+    model: TinyGPT, kind: type[_Step], leading: list[torch.Tensor]
+) -> tuple[_Runner, list[torch.Tensor]]:
     """The built ``kind`` of step for ``model``'s shape, and the input list it runs on:
     ``leading`` (placeholders of the right shapes), then the model's tensors."""
     if not can_compile(model):
