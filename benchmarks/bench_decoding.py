@@ -13,8 +13,9 @@ Fair comparison: GPT-2 cannot generate past ``n_positions``, so the head-to-head
 generate ``block_size - 1`` new tokens (31 and 255) from the same one-token prompt in every
 implementation. A last row per size times TinyGPT generating ``--long-tokens`` tokens, past
 the window (the cache is refilled, see tinygpt.generation). "compiled" rows run the cached
-one-token step built by AOTInductor (``compile=True``, tinygpt.generation.fast_step); the first
-call, which builds it, is a warm-up and its time is printed, not counted. Threads: TinyGPT runs with
+one-token step built by AOTInductor with the token's sampling inside it (``compile=True``,
+tinygpt.generation.fast_step.compiled_sampling_step); the first call, which builds it, is a
+warm-up and its time is printed, not counted. Threads: TinyGPT runs with
 its default (tinygpt.generation.DECODE_THREADS: one intra-op thread for models under 1M weights
 per token, torch's default above) and oneDNN off (tinygpt.generation.onednn_disabled). HF
 generate runs three ways: with torch's defaults, with one thread, and with one thread and

@@ -14,7 +14,11 @@ from helpers import spread_model
 from tinygpt.errors import CompileError, ConfigError
 from tinygpt.generation import decoding_settings, generate_ids, loop
 from tinygpt.generation import fast_step as compiled_step
-from tinygpt.generation.fast_step import can_compile, compiled_decode_step
+from tinygpt.generation.fast_step import (
+    can_compile,
+    compiled_decode_step,
+    compiled_sampling_step,
+)
 from tinygpt.generation.sampling import SamplingParams
 from tinygpt.models import TinyGPT
 
@@ -33,10 +37,16 @@ def prompt(batch: int = BATCH) -> torch.Tensor:
 @pytest.mark.slow  # a C++ build
 @pytest.mark.parametrize(
     "params",
-    [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_k=8, top_p=0.95)],
-    ids=["greedy", "sampled"],
+    [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.9, top_k=8, top_p=0.95),
+        SamplingParams(temperature=0.9, top_k=8, repetition_penalty=1.3),
+    ],
+    ids=["greedy", "sampled", "penalised"],
 )
 def test_compiled_decoding_chooses_the_eager_tokens(model, params):
+    # Greedy and sampled run the step that samples in its graph; a repetition penalty needs the
+    # history, so "penalised" runs the step that returns logits and samples eagerly.
     # 3 windows long, so the compiled steps also follow the eager refills of the cache.
     runs = [
         generate_ids(model, prompt(), 3 * BLOCK, params, torch.Generator().manual_seed(0), **kw)
@@ -108,6 +118,8 @@ def test_refusals(model):
     moe.setup_kv_cache(1)
     with pytest.raises(ValueError, match="dense feed-forwards only"):
         compiled_decode_step(moe)
+    with pytest.raises(ValueError, match="dense feed-forwards only"):
+        compiled_sampling_step(moe, SamplingParams(), None)
 
 
 def test_a_failed_build_is_one_clear_error(monkeypatch, tmp_path):

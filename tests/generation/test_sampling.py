@@ -8,12 +8,14 @@ import torch
 from tinygpt.generation.sampling import (
     SamplingParams,
     apply_temperature,
+    choose,
     filter_logits,
     make_generator,
     min_p_filter,
     next_token,
     repetition_penalty,
     sample,
+    sampling_tensors,
     top_k_filter,
     top_p_filter,
 )
@@ -247,3 +249,33 @@ def test_matches_hugging_face_warpers_on_random_logits():
         assert torch.equal(filter_logits(logits, temperature, top_k, top_p, min_p), expected)
     penalty = hf.RepetitionPenaltyLogitsProcessor(1.3)
     assert torch.equal(repetition_penalty(logits, history, 1.3), penalty(history, logits))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.0),
+        SamplingParams(),
+        SamplingParams(temperature=0.8, top_k=10, top_p=0.9),
+        SamplingParams(temperature=1.3, top_p=0.5, min_p=0.1),
+        SamplingParams(temperature=0.5, top_k=3),
+        SamplingParams(top_k=100, min_p=0.2),
+    ],
+    ids=["greedy", "plain", "notebook", "top-p-min-p", "top-k", "k-past-vocab"],
+)
+def test_the_compiled_steps_choice_is_next_tokens_choice(params):
+    """choose (the compiled step's sampling, parameters as tensors) picks what next_token picks
+    from the same generator's noise, on rows whose filters keep anything from 1 to 65 tokens."""
+    values, top_k = sampling_tensors(params, 65)
+    for seed in range(50):
+        logits = torch.randn(4, 65, generator=make_generator(seed)) * (1 + seed % 5)
+        expected = next_token(logits, params, generator=make_generator(seed))
+        noise = torch.ones(4, 65)
+        if not params.greedy:
+            noise.exponential_(generator=make_generator(seed))
+        assert torch.equal(choose(logits, values, top_k, noise), expected)
+
+
+def test_sampling_tensors_refuse_a_repetition_penalty():
+    with pytest.raises(ValueError, match="history"):
+        sampling_tensors(SamplingParams(repetition_penalty=1.2), 65)

@@ -31,6 +31,12 @@ Exported once with ``torch.export`` and compiled by AOTInductor into a shared li
 is a single C++ call, faster than both (benchmarks/bench_decoding.py times the eager and the
 compiled step).
 
+:func:`compiled_sampling_step` builds the step with the token's choice inside it
+(:func:`~tinygpt.generation.sampling.choose`): eager sampling is a dozen small ops per token, as
+many as the step's own call costs. The sampling settings and the noise are inputs, the noise
+drawn from the caller's generator as eager sampling draws it, so one build serves every setting
+and seeded decoding picks the eager tokens.
+
 Weights and KV-cache buffers are inputs of the compiled step, not constants baked into it, so
 one build serves every model with the same :func:`shape_key`, sees in-place weight updates,
 and reads and writes the model's own cache, which the eager prefills fill. The step is the
@@ -66,6 +72,7 @@ from torch import nn
 from torch.func import functional_call
 
 from tinygpt.errors import CompileError
+from tinygpt.generation.sampling import SamplingParams, choose, sampling_tensors
 from tinygpt.models.gpt import MLP, TinyGPT
 
 
@@ -151,6 +158,7 @@ class DecodeStep:
 
 
 StepFn = Callable[[torch.Tensor, int], torch.Tensor]
+SampleFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 _Runner = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 _COMPILED: dict[tuple, _Runner] = {}  # shape key -> compiled step, for the process's life
 CACHE_DIR_ENV = "TINYGPT_CACHE_DIR"
@@ -182,16 +190,17 @@ def _hardware(device: torch.device) -> str:
     return "|".join(described)
 
 
-def shape_key(model: TinyGPT, batch_size: int) -> tuple:
+def shape_key(model: TinyGPT, batch_size: int, names: tuple[str, ...] | None = None) -> tuple:
     """Everything a build depends on besides the machine: one build serves all models sharing it.
 
-    The model's shape (not its training-only settings), parameter and buffer names, batch size,
-    device, dtype, and the intra-op thread count, from which Inductor decides whether to emit
-    multi-threaded loops.
+    The model's shape (not its training-only settings), parameter and buffer names (``names``
+    if the caller has them already), batch size, device, dtype, and the intra-op thread count,
+    from which Inductor decides whether to emit multi-threaded loops.
     """
     config, weight = model.config, model.wte.weight
     shape = tuple(getattr(config, name) for name in SHAPE_FIELDS)
-    names = tuple(name for name, _ in (*model.named_parameters(), *model.named_buffers()))
+    if names is None:
+        names = tuple(name for name, _ in (*model.named_parameters(), *model.named_buffers()))
     threads = torch.get_num_threads()
     return (shape, names, batch_size, str(weight.device), str(weight.dtype), threads)
 
@@ -203,6 +212,8 @@ def can_compile(model: TinyGPT) -> bool:
 
 class _Step(nn.Module):
     """``model(tokens, input_pos)``'s last logits with the model's tensors passed in by name."""
+
+    leading_inputs = 2  # tokens, input_pos; then the model's tensors
 
     def __init__(self, model: TinyGPT, names: tuple[str, ...]) -> None:
         super().__init__()
@@ -217,20 +228,49 @@ class _Step(nn.Module):
         return logits[:, -1]
 
 
-def _build(model: TinyGPT, names: tuple[str, ...], inputs: list[torch.Tensor], path: Path) -> None:
-    """Export the step and build it into an AOTInductor package at ``path``."""
-    tokens, input_pos, *tensors = inputs
+class _SamplingStep(_Step):
+    """The step and the token chosen from its logits, in one graph: the next token ``(batch,)``
+    as :func:`~tinygpt.generation.sampling.choose` picks it, and the logits' float32 sum for the
+    loop's finiteness check. The sampling parameters and noise are inputs, so one build serves
+    every setting, and the noise comes from the caller's generator as eager sampling draws it.
+    """
+
+    leading_inputs = 5  # tokens, input_pos, sampling values, top_k, noise
+
+    def forward(  # type: ignore[override]
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor,
+        values: torch.Tensor,
+        top_k: torch.Tensor,
+        noise: torch.Tensor,
+        tensors: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = super().forward(tokens, input_pos, tensors)
+        return choose(logits, values, top_k, noise), logits.sum(dtype=torch.float32)
+
+
+def _build(module: nn.Module, inputs: list[torch.Tensor], path: Path) -> None:
+    """Export ``module`` (a :class:`_Step` or :class:`_SamplingStep`) and build it into an
+    AOTInductor package at ``path``. ``inputs``: its tensor inputs, the model's tensors last."""
+    *leading, tensors = _split_inputs(module, inputs)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # torch's own pytree code warns about a deprecation inside export; not ours to fix.
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            exported = torch.export.export(_Step(model, names), (tokens, input_pos, tensors))
+            exported = torch.export.export(module, (*leading, tensors))
             torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
     except Exception as error:  # a missing compiler, say: one line for the user, not inductor's log
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CompileError(
             f"could not compile the decoding step ({first_line[:200]}); decode without compile"
         ) from error
+
+
+def _split_inputs(module: nn.Module, inputs: list[torch.Tensor]) -> list:
+    """``inputs`` as ``module.forward``'s arguments: the leading tensors, then the model's list."""
+    leading = module.leading_inputs
+    return [*inputs[:leading], inputs[leading:]]
 
 
 def _load(path: Path, device: torch.device) -> _Runner | None:
@@ -241,9 +281,7 @@ def _load(path: Path, device: torch.device) -> _Runner | None:
         return None
 
 
-def _compile(
-    model: TinyGPT, names: tuple[str, ...], inputs: list[torch.Tensor], key: tuple
-) -> _Runner:
+def _compile(module: _Step, inputs: list[torch.Tensor], key: tuple) -> _Runner:
     """The step for ``key``: loaded from the on-disk cache, or built and left there."""
     device = inputs[0].device
     stamp = repr((key, _hardware(device), torch.__version__))
@@ -257,7 +295,7 @@ def _compile(
         path, scratch = None, Path(tempfile.mkdtemp())
     built = scratch / "step.pt2"
     try:
-        _build(model, names, inputs, built)
+        _build(module, inputs, built)
         if path is not None:  # moved in whole: a concurrent reader never sees half a package
             os.replace(built, path)
         run = _load(path or built, device)  # the loader extracts what it needs elsewhere
@@ -268,6 +306,44 @@ def _compile(
     return run
 
 
+def _compiled(
+    model: TinyGPT, kind: type[_Step], leading: list[torch.Tensor]
+) -> tuple[_Runner, list[torch.Tensor]]:
+    """The built ``kind`` of step for ``model``'s shape, and the input list it runs on:
+    ``leading`` (placeholders of the right shapes), then the model's tensors."""
+    if not can_compile(model):
+        raise ValueError("the compiled decoding step supports dense feed-forwards only")
+    if model.training:
+        raise ValueError("compile the decoding step of a model in eval mode (no dropout)")
+    if model.blocks[0].attn.kv_cache is None:
+        raise RuntimeError("set up the model's KV cache before compiling its decoding step")
+    named = [*model.named_parameters(), *model.named_buffers()]
+    names = tuple(name for name, _ in named)
+    inputs = [*leading, *(tensor for _, tensor in named)]
+    key = (*shape_key(model, leading[0].size(0), names), kind.__name__)
+    if key not in _COMPILED:
+        _COMPILED[key] = _compile(kind(model, names), inputs, key)
+    return _COMPILED[key], inputs
+
+
+_POSITIONS: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
+
+
+def _positions(model: TinyGPT) -> list[torch.Tensor]:
+    """One position tensor per cache slot, made once per context length and device, so neither
+    a step nor a generation allocates them. The steps only read them."""
+    key = (model.config.block_size, model.wte.weight.device)
+    if key not in _POSITIONS:
+        with torch.inference_mode(False):  # usable outside inference mode too
+            _POSITIONS[key] = list(torch.arange(key[0], device=key[1]).split(1))
+    return _POSITIONS[key]
+
+
+def _token_placeholder(model: TinyGPT) -> torch.Tensor:
+    batch_size = model.blocks[0].attn.kv_cache.k.size(0)
+    return torch.zeros(batch_size, 1, dtype=torch.long, device=model.wte.weight.device)
+
+
 def compiled_decode_step(model: TinyGPT) -> StepFn:
     """``step(tokens, pos)``: logits ``(batch, vocab)`` after ``tokens`` ``(batch, 1)`` at ``pos``.
 
@@ -275,29 +351,47 @@ def compiled_decode_step(model: TinyGPT) -> StepFn:
     first call for a new shape builds the step (tens of seconds) unless an earlier process on
     this machine left it in the cache (:func:`package_dir`); later calls reuse it.
     """
-    if not can_compile(model):
-        raise ValueError("the compiled decoding step supports dense feed-forwards only")
-    if model.training:
-        raise ValueError("compile the decoding step of a model in eval mode (no dropout)")
     cache = model.blocks[0].attn.kv_cache
     if cache is None:
         raise RuntimeError("set up the model's KV cache before compiling its decoding step")
-    named = [*model.named_parameters(), *model.named_buffers()]
-    names = tuple(name for name, _ in named)
-    weight = model.wte.weight
-    batch_size = cache.k.size(0)
-    key = shape_key(model, batch_size)
-    # One position tensor per cache slot, made once, so a step does not allocate one.
-    positions = list(torch.arange(model.config.block_size, device=weight.device).split(1))
-    inputs = [torch.zeros(batch_size, 1, dtype=torch.long, device=weight.device), positions[0]]
-    inputs += [tensor for _, tensor in named]
-    if key not in _COMPILED:
-        _COMPILED[key] = _compile(model, names, inputs, key)
-    run = _COMPILED[key]
+    positions = _positions(model)
+    run, inputs = _compiled(model, _Step, [_token_placeholder(model), positions[0]])
 
     def step(tokens: torch.Tensor, pos: int) -> torch.Tensor:
         # The library was built for contiguous tokens; a column of a wider buffer is not.
         inputs[0], inputs[1] = tokens.contiguous(), positions[pos]
         return run(inputs)[0]
+
+    return step
+
+
+def compiled_sampling_step(
+    model: TinyGPT, params: SamplingParams, generator: torch.Generator | None
+) -> SampleFn:
+    """``step(tokens, pos)``: the next token ``(batch,)`` after ``tokens`` ``(batch, 1)`` at
+    ``pos``, chosen by ``params`` in the compiled graph, and the logits' float32 sum.
+
+    The compiled step with sampling moved inside it (:class:`_SamplingStep`): a token costs one
+    library call and one noise draw instead of the dozen small ops of eager sampling. The noise
+    is drawn from ``generator`` exactly as :func:`~tinygpt.generation.sampling.next_token`
+    draws it (none when greedy), so seeded decoding picks the eager path's tokens. Parameters
+    with a repetition penalty need the history: use :func:`compiled_decode_step` for those.
+    Requirements as for :func:`compiled_decode_step`.
+    """
+    if model.blocks[0].attn.kv_cache is None:
+        raise RuntimeError("set up the model's KV cache before compiling its decoding step")
+    tokens = _token_placeholder(model)
+    values, top_k = sampling_tensors(params, model.config.vocab_size, tokens.device)
+    noise = torch.ones(tokens.size(0), model.config.vocab_size, device=tokens.device)
+    positions = _positions(model)
+    run, inputs = _compiled(model, _SamplingStep, [tokens, positions[0], values, top_k, noise])
+    greedy = params.greedy
+
+    def step(tokens: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not greedy:
+            noise.exponential_(generator=generator)
+        inputs[0], inputs[1] = tokens.contiguous(), positions[pos]
+        token, logits_sum = run(inputs)
+        return token, logits_sum
 
     return step

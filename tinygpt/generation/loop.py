@@ -30,14 +30,19 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
 
 from tinygpt.errors import ConfigError, NonFiniteLogitsError
-from tinygpt.generation.fast_step import DecodeStep, can_compile, compiled_decode_step
+from tinygpt.generation.fast_step import (
+    DecodeStep,
+    can_compile,
+    compiled_decode_step,
+    compiled_sampling_step,
+)
 from tinygpt.generation.memory import check_generation_memory
 from tinygpt.generation.sampling import (
     MAX_NEW_TOKENS_LIMIT,
@@ -208,6 +213,9 @@ def decode_columns(
     if total == prompt_len:
         return
     penalise = params.repetition_penalty != 1.0
+    # A compiled step samples in its graph, unless the choice needs the history (a repetition
+    # penalty) or an observer needs the distribution: then it returns logits.
+    samples_in_step = compile and not penalise and observe is None
     longest = prompt_len if prompt_lengths is None else int(prompt_lengths.max())
     one_token = None  # built at its first use: a short generation may need no one-token step
     with evaluating(model):
@@ -221,22 +229,31 @@ def decode_columns(
                 logits = cached(seq[:, start:prompt_len], 0)
             else:
                 logits = _last_logits(model, seq[:, start:prompt_len])
+            token = None  # set by a compiled step that samples in its graph, else from logits
             for n in range(prompt_len, total):
-                guard.add(logits)
-                history = seq[:, :n] if penalise else None
-                token = next_token(logits, params, history, generator, observe)
+                if token is None:
+                    guard.add(logits)
+                    history = seq[:, :n] if penalise else None
+                    token = next_token(logits, params, history, generator, observe)
                 if n < longest:  # rows still inside their prompt keep its token
                     token = torch.where(prompt_lengths > n, seq[:, n], token)
                 seq[:, n] = token
                 yield n
                 if n + 1 == total:
                     break
+                token = None
                 if not use_cache:
                     logits = _last_logits(model, seq[:, max(0, n + 1 - block) : n + 1])
                 elif filled < block:
                     if one_token is None:
-                        one_token = compiled_decode_step(model) if compile else cached
-                    logits = one_token(seq[:, n : n + 1], filled)
+                        one_token = _one_token_step(
+                            model, cached, compile, samples_in_step, params, generator
+                        )
+                    if samples_in_step:
+                        token, logits_sum = one_token(seq[:, n : n + 1], filled)
+                        guard.total.add_(logits_sum)
+                    else:
+                        logits = one_token(seq[:, n : n + 1], filled)
                     filled += 1
                 else:  # cache full: refill it with the most recent tokens (see module docstring)
                     filled = refill_length(block)
@@ -244,6 +261,23 @@ def decode_columns(
         finally:
             if use_cache:
                 model.clear_kv_cache()
+
+
+def _one_token_step(
+    model: TinyGPT,
+    cached: DecodeStep,
+    compile: bool,
+    samples_in_step: bool,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+) -> Callable:
+    """The one-token step: eager, or compiled; compiled, it returns the token if
+    ``samples_in_step``, else the logits."""
+    if not compile:
+        return cached
+    if not samples_in_step:
+        return compiled_decode_step(model)
+    return compiled_sampling_step(model, params, generator)
 
 
 def _start(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:

@@ -266,8 +266,61 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
     Exponential race: ``argmax(p / E)`` with ``E ~ Exponential(1)`` picks ``i`` with
     probability ``p_i``. Unlike ``torch.multinomial`` it does no validating host reads per
-    call, which matters at one call per token. Noise is clamped away from 0 so a removed token
-    (``p = 0``) can never win through ``0 / 0``.
+    call, which matters at one call per token.
     """
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    return probs.div(noise.clamp_min_(torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
+    return race(probs, torch.empty_like(probs).exponential_(generator=generator))
+
+
+def race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """:func:`sample`'s choice given its Exponential(1) ``noise``. Noise is clamped away from 0
+    so a removed token (``p = 0``) can never win through ``0 / 0``."""
+    return probs.div(noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
+
+
+def sampling_tensors(
+    params: SamplingParams, vocab_size: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``params`` as the tensors :func:`choose` reads, so one compiled graph serves them all.
+
+    Returns float32 ``(greedy, temperature, 1 - top_p, min_p)`` and int64 ``top_k``. A filter
+    that is off gets the value that keeps every token (top-k the vocabulary, top-p 1, min-p 0).
+    ``1 - top_p`` is taken in double precision, as :func:`warp` compares against it.
+    """
+    if params.repetition_penalty != 1.0:
+        raise ValueError("the repetition penalty needs the history; use next_token")
+    temperature = 1.0 if params.greedy else params.temperature
+    top_p = 1.0 if params.top_p is None else params.top_p
+    values = [float(params.greedy), temperature, 1.0 - top_p, params.min_p or 0.0]
+    top_k = min(params.top_k or vocab_size, vocab_size)
+    return (
+        torch.tensor(values, dtype=torch.float32, device=device),
+        torch.tensor(top_k, dtype=torch.long, device=device),
+    )
+
+
+def choose(
+    logits: torch.Tensor, values: torch.Tensor, top_k: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """:func:`next_token` without a repetition penalty, written for a compiled graph: the
+    parameters are the tensors of :func:`sampling_tensors` and the sampling noise is given.
+
+    The same arithmetic as :func:`warp` then :func:`race`, so it picks the same token: a
+    filter that is off keeps every token here where :func:`warp` skips it.
+    """
+    greedy, temperature, top_p_floor, min_p = values.unbind(0)
+    scaled = logits / temperature
+    # top-k: the k-th largest value, as torch.topk finds it (ties with it are kept).
+    descending = torch.sort(scaled, dim=-1, descending=True).values
+    kth_largest = descending.gather(-1, (top_k - 1).expand(logits.size(0), 1))
+    scaled = scaled.masked_fill(scaled < kth_largest, NEG_INF)
+    # top-p, as _top_p computes it.
+    ascending = torch.sort(scaled, dim=-1).values
+    removed = ascending.softmax(dim=-1).cumsum(dim=-1) <= top_p_floor
+    removed[..., -1] = False
+    smallest_kept = ascending.masked_fill(removed, math.inf).amin(dim=-1, keepdim=True)
+    scaled = scaled.masked_fill(scaled < smallest_kept, NEG_INF)
+    # min-p, as _min_p computes it.
+    probs = scaled.softmax(dim=-1)
+    scaled = scaled.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), NEG_INF)
+    sampled = race(scaled.softmax(dim=-1), noise)
+    return torch.where(greedy > 0, logits.argmax(dim=-1), sampled)

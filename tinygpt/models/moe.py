@@ -43,9 +43,10 @@ class _ExpertMLPs(torch.autograd.Function):
     expert's matmuls write straight into row ranges of one buffer, biases fused into addmm as
     in ``nn.Linear``.
 
-    Each expert runs once, on its contiguous group of rows. (``torch._grouped_mm`` would do all
-    groups in one call, but on CPU it measured slower than these MKL calls, and it has no
-    bias.)
+    Each expert runs once, on its contiguous group of rows. (``F.grouped_mm`` would do all groups
+    in one call, and its backward works given a contiguous gradient, but on CPU it measured a few
+    percent slower than these MKL calls, and it has no bias; padded ``bmm`` over the experts and
+    running every expert on every token were slower too: docs/moe.md, "Speed".)
 
     Inputs: x (N, C); gate (N, k); order, inverse (N*k,): the sort of the token-major
     assignments by expert, and its inverse; sizes: assignments per expert; w_fc (E, C, 4C),
