@@ -16,3 +16,5 @@ echo "== MoE"
 python benchmarks/bench_moe.py
 echo "== decoding"
 python benchmarks/bench_decoding.py
+echo "== scale: train.py on 1 MB, 200 MB and 1 GB texts (generated in a temporary directory)"
+python benchmarks/bench_scale.py
