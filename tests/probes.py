@@ -4,10 +4,13 @@ ClippingProbe records what clipping did to the gradients, each step. It reads th
 ``on_before_optimizer_step``, where Lightning has unscaled them (16-mixed) but not clipped them
 yet, and in ``on_train_batch_end``, after clipping and the optimizer step (Lightning zeroes them
 only at the next step). At the end of training, rank 0 writes ``probe.json`` in ``out_dir``.
-FirstBatchProbe records each DDP rank's first batch.
+FirstBatchProbe records each DDP rank's first batch. SignalProbe sends its own process a real
+signal in the middle of a chosen step or validation.
 """
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -68,3 +71,28 @@ class FirstBatchProbe(L.Callback):
         if batch_idx == 0:
             path = self.out_dir / f"rank{trainer.global_rank}.json"
             path.write_text(json.dumps({"world": trainer.world_size, "batch": batch[0].tolist()}))
+
+
+class SignalProbe(L.Callback):
+    """Sends this process the signal ``name`` (SIGTERM) once, at training step ``step``:
+    between its backward pass and its optimizer step (``during="step"``), or after the first
+    batch of the validation that follows it (``during="validation"``)."""
+
+    def __init__(self, name: str, step: int, during: str = "step") -> None:
+        self.signal = signal.Signals[name]
+        self.step, self.during = step, during
+        self.sent = False
+
+    def _send(self, trainer, phase: str) -> None:
+        # global_step counts finished optimizer steps: step n runs while it is n - 1.
+        at = trainer.global_step + (phase == "step")
+        if not self.sent and phase == self.during and at == self.step:
+            self.sent = True
+            os.kill(os.getpid(), self.signal)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._send(trainer, "step")
+
+    def on_validation_batch_end(self, trainer, pl_module, *args, **kwargs) -> None:
+        if not trainer.sanity_checking:
+            self._send(trainer, "validation")
