@@ -1,6 +1,6 @@
 """Decoding speed: TinyGPT (with and without the KV cache) against Hugging Face GPT-2 generate.
 
-Run from the repository root (needs the ``bench`` extra, i.e. transformers):
+Run from the repository root (needs transformers, in the ``dev`` extra):
 
     PYTHONPATH=. python benchmarks/bench_decoding.py [--repeats 3] [--sizes notebook baby]
 

@@ -9,8 +9,9 @@
    "baby" size (6 layers, 6 heads, 384 dims, context 256; batch 4 on CPU).
 2. The MoE layer alone (forward + backward) against Hugging Face transformers'
    MixtralSparseMoeBlock with the same hidden size, intermediate size 4C, 4 experts, top-1
-   (needs the ``bench`` extra). Mixtral's experts are SwiGLU (three matrices, not two), so it
-   does 1.5x our expert arithmetic: the comparison is of the two layers as shipped.
+   (needs transformers, in the ``dev`` extra). Mixtral's experts are SwiGLU (three matrices,
+   not two), so it does 1.5x our expert arithmetic: the comparison is of the two layers as
+   shipped.
 
 Models are timed side by side: warm-up, then repeats that alternate between them, and the
 median per-step time of each. Prints a table and writes benchmarks/results/moe.json.

@@ -1,7 +1,14 @@
-"""Training throughput: TinyGPT through the Lightning Trainer against a bare PyTorch loop.
+"""Training throughput: ``python train.py`` against nanoGPT, and against a bare PyTorch loop.
 
     python benchmarks/bench_training.py [--steps 150] [--device cpu|cuda] [--sizes notebook,baby]
 
+First, at the notebook's size, the two whole processes as users run them, alternating
+``--peer-rounds`` times: ``python train.py`` (default callbacks, TensorBoard logging) and nanoGPT's
+train.py with the same model (bias on, dropout 0) and batch. Tokens/s is the median over the run's
+steps, evaluations left out: ours from the wall times of its 50-step train/loss points in
+TensorBoard, nanoGPT's from its per-iteration times. ``--peer-rounds 0`` skips it.
+
+Then, in-process, the framework's own cost:
 Both sides train the same model on the same batches with the same optimizer, schedule and
 gradient clipping; the Lightning side runs the project's LightningModule with logging, checkpoints
 and the progress bar off (the framework's own cost), then with the default TensorBoard logging
@@ -15,13 +22,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import lightning as L
 import torch
 from common import machine_name, print_table, write_json
+from peers import (
+    DEFAULT_NANOGPT,
+    check_nanogpt,
+    run_nanogpt,
+    run_tinygpt,
+    tensorboard_scalars,
+)
 
 from tinygpt.data import CharTokenizer
 from tinygpt.data.windows import RandomWindows
@@ -38,7 +55,6 @@ SIZES = {
 }
 # Dense bf16 tensor-core peaks, FLOP/s, looked up by the device name.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-NANOGPT_NOTEBOOK_STEP_MS = 16.0  # design card: nanoGPT at the notebook's size on this machine kind
 
 
 def flops_per_token(config: TinyGPTConfig, params: int) -> float:
@@ -98,8 +114,6 @@ class StepTimer(L.Callback):
 
 
 def lightning_loop(config, batch_size, steps, warmup, device, with_logging) -> list[float]:
-    import tempfile
-
     from lightning.pytorch.loggers import TensorBoardLogger
 
     module = make_module(config, steps)
@@ -128,6 +142,75 @@ def lightning_loop(config, batch_size, steps, warmup, device, with_logging) -> l
     return timer.times
 
 
+# The notebook's size, 400 steps, with each side's evaluation every 250 steps left out.
+PEER_STEPS, PEER_EVAL_INTERVAL, PEER_BATCH, PEER_BLOCK = 400, 250, 64, 32
+NANOGPT_NOTEBOOK = {
+    "compile": False,
+    "log_interval": 1,
+    "eval_iters": 20,
+    "eval_interval": PEER_EVAL_INTERVAL,
+    "block_size": PEER_BLOCK,
+    "batch_size": PEER_BATCH,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_embd": 64,
+    "bias": True,
+    "dropout": 0.0,
+    "max_iters": PEER_STEPS,
+    "lr_decay_iters": PEER_STEPS,
+}
+
+
+def tinygpt_tokens_per_second(run_dir: Path) -> float:
+    """Median rate over the run's train/loss logging intervals that hold no evaluation."""
+    points = tensorboard_scalars(run_dir, "train/loss")
+    rates = []
+    for (t0, s0, _), (t1, s1, _) in itertools.pairwise(points):
+        if s1 // PEER_EVAL_INTERVAL == s0 // PEER_EVAL_INTERVAL and s1 > s0:
+            rates.append((s1 - s0) * PEER_BATCH * PEER_BLOCK / (t1 - t0))
+    return statistics.median(rates)
+
+
+def nanogpt_tokens_per_second(step_ms: list[tuple[int, float]]) -> float:
+    """From nanoGPT's per-iteration times, leaving out the first ten and its evaluations."""
+    kept = [ms for i, ms in step_ms if i >= 10 and i % PEER_EVAL_INTERVAL]
+    return PEER_BATCH * PEER_BLOCK / (statistics.median(kept) / 1e3)
+
+
+def versus_nanogpt(nanogpt: Path, device: str, rounds: int) -> dict:
+    """``python train.py`` against nanoGPT at the notebook's size, whole processes, alternating."""
+    ours_args = [
+        f"trainer.max_steps={PEER_STEPS}",
+        f"trainer.val_check_interval={PEER_EVAL_INTERVAL}",
+        f"data.batch_size={PEER_BATCH}",
+        *(["trainer=gpu"] if device.startswith("cuda") else []),
+    ]
+    rates = {"tinygpt": [], "nanogpt": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(rounds):
+            order = ("tinygpt", "nanogpt") if n % 2 == 0 else ("nanogpt", "tinygpt")
+            for side in order:
+                out = Path(tmp) / f"{side}{n}"
+                if side == "tinygpt":
+                    run_tinygpt(ours_args, out)
+                    rates[side].append(tinygpt_tokens_per_second(out))
+                else:
+                    run = run_nanogpt(nanogpt, {"device": device, **NANOGPT_NOTEBOOK}, out)
+                    rates[side].append(nanogpt_tokens_per_second(run.step_ms))
+    ours, theirs = statistics.median(rates["tinygpt"]), statistics.median(rates["nanogpt"])
+    print(
+        f"notebook size, python train.py {ours / 1e3:.1f}k tokens/s vs nanoGPT "
+        f"{theirs / 1e3:.1f}k (medians of {rounds} alternating runs): {ours / theirs:.2f}x"
+    )
+    return {
+        "train.py": " ".join(ours_args),
+        "nanogpt_args": NANOGPT_NOTEBOOK,
+        "tinygpt_tokens_per_second": [round(r) for r in rates["tinygpt"]],
+        "nanogpt_tokens_per_second": [round(r) for r in rates["nanogpt"]],
+        "ratio": round(ours / theirs, 3),
+    }
+
+
 LOOPS = ("bare", "lightning", "lightning+tb")
 
 
@@ -148,12 +231,17 @@ def main() -> None:
     parser.add_argument("--ffn", default="dense,moe")
     parser.add_argument("--baby-batch", type=int, default=None, help="batch at the baby size")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each loop")
+    parser.add_argument("--peer-rounds", type=int, default=3, help="0: skip nanoGPT")
+    parser.add_argument("--nanogpt", default=DEFAULT_NANOGPT, help="nanoGPT checkout")
     parser.add_argument("--out", default="training", help="name of the JSON file in results/")
     args = parser.parse_args()
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    peer = None
+    if args.peer_rounds:
+        peer = versus_nanogpt(check_nanogpt(args.nanogpt), args.device, args.peer_rounds)
     rows, results = [], []
     for size in args.sizes.split(","):
         base, batch_size = SIZES[size]
@@ -206,14 +294,6 @@ def main() -> None:
     print_table(
         ["size", "ffn", "loop", "batch", "step ms", "tokens/s", "speed vs bare", "MFU"], rows
     )
-    notebook_dense = [r for r in results if r["size"] == "notebook" and r["ffn"] == "dense"]
-    if notebook_dense and not args.device.startswith("cuda"):
-        lightning = next(r for r in notebook_dense if r["loop"] == "lightning+tb")
-        ratio = NANOGPT_NOTEBOOK_STEP_MS / lightning["step_ms"]
-        print(
-            f"notebook size, Lightning with logging vs nanoGPT's {NANOGPT_NOTEBOOK_STEP_MS} "
-            f"ms/step (design card figure, not this run): {ratio:.2f}x"
-        )
     path = write_json(
         args.out,
         {
@@ -221,6 +301,7 @@ def main() -> None:
             "steps": args.steps,
             "rounds": args.rounds,
             "results": results,
+            "vs_nanogpt": peer,
         },
     )
     print(f"wrote {path}")

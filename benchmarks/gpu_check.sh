@@ -8,8 +8,8 @@
 #      does 16-mixed, with its real GradScaler (the one path CPU tests cannot take);
 #   2. compiled cached decoding gives the eager path's greedy tokens on the GPU;
 #   3. training throughput and MFU, dense and MoE, the notebook's and baby sizes (bench_training.py);
-#   4. MoE vs dense train step and the MoE layer vs HF Mixtral's (bench_moe.py; HF needs the
-#      bench extra, and its rows are skipped without it);
+#   4. MoE vs dense train step and the MoE layer vs HF Mixtral's (bench_moe.py; HF needs
+#      transformers, in the dev extra, and its rows are skipped without it);
 #   5. wall time to val loss 1.47 with nanoGPT's recipe (experiment=nanogpt_baby, compiled).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,11 +56,12 @@ print("ok: compiled and eager greedy decoding agree on 100 tokens")
 PY
 
 echo "== 3. training throughput and MFU"
-python benchmarks/bench_training.py --device cuda --steps 100 --warmup 20 --out training_gpu
+python benchmarks/bench_training.py --device cuda --steps 100 --warmup 20 --peer-rounds 0 \
+  --out training_gpu
 
 echo "== 4. MoE vs dense"
 python benchmarks/bench_moe.py --device cuda --out benchmarks/results/moe_gpu.json
 
 echo "== 5. time to val loss 1.47, nanoGPT's shakespeare_char recipe, compiled"
 python benchmarks/time_to_target.py experiment=nanogpt_baby trainer=gpu model.compile=true \
-  --target 1.47 --device cuda --name time_to_target_gpu_nanogpt_baby
+  --target 1.47 --device cuda --rounds 1 --no-peer --name time_to_target_gpu_nanogpt_baby

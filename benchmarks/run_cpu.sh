@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== default run: python train.py (time to val loss 2.0)"
-python benchmarks/time_to_target.py --target 2.0 --name default_run
+python benchmarks/time_to_target.py --target 2.0 --rounds 1 --no-peer --name default_run
 echo "== experiment=cpu_fast (time to val loss 1.88, against nanoGPT's CPU recipe)"
 python benchmarks/time_to_target.py experiment=cpu_fast --target 1.88
 echo "== training throughput, the TinyGPT notebook's size"
 python benchmarks/bench_training.py --sizes notebook --steps 200 --warmup 40 --out training_notebook
 echo "== training throughput, baby size (batch 4 on CPU)"
-python benchmarks/bench_training.py --sizes baby --steps 30 --warmup 8 --out training_baby
+python benchmarks/bench_training.py --sizes baby --steps 30 --warmup 8 --peer-rounds 0 \
+  --out training_baby
 echo "== MoE"
 python benchmarks/bench_moe.py
 echo "== decoding"

@@ -4,10 +4,11 @@ ClippingProbe records what clipping did to the gradients, each step. It reads th
 ``on_before_optimizer_step``, where Lightning has unscaled them (16-mixed) but not clipped them
 yet, and in ``on_train_batch_end``, after clipping and the optimizer step (Lightning zeroes them
 only at the next step). At the end of training, rank 0 writes ``probe.json`` in ``out_dir``.
-FirstBatchProbe records each DDP rank's first batch. SignalProbe sends its own process a real
-signal in the middle of a chosen step or validation.
+FirstBatchProbe records each DDP rank's first batch, and what holds its data. SignalProbe sends
+its own process a real signal in the middle of a chosen step or validation.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -62,7 +63,8 @@ class ClippingProbe(L.Callback):
 
 
 class FirstBatchProbe(L.Callback):
-    """Each rank records its first training batch, as ``rank<N>.json`` in ``out_dir``."""
+    """Each rank records its first training batch and the kind and file of its data splits, as
+    ``rank<N>.json`` in ``out_dir``."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
@@ -70,7 +72,42 @@ class FirstBatchProbe(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == 0:
             path = self.out_dir / f"rank{trainer.global_rank}.json"
-            path.write_text(json.dumps({"world": trainer.world_size, "batch": batch[0].tolist()}))
+            splits = (trainer.datamodule.train_data, trainer.datamodule.val_data)
+            record = {
+                "world": trainer.world_size,
+                "batch": batch[0].tolist(),
+                "data": [[type(s).__name__, str(s.filename), s.flags.owndata] for s in splits],
+            }
+            path.write_text(json.dumps(record))
+
+
+class BatchProbe(L.Callback):
+    """Records, per epoch, the digest of each training batch, and the number of batches of each
+    validation; rank 0 writes them as ``batches.json`` in ``out_dir`` at the end of training."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.epochs: list[list[str]] = []
+        self.validations: list[int] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs.append([])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.epochs[-1].append(hashlib.sha256(batch[0].numpy().tobytes()).hexdigest())
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.validations.append(0)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.sanity_checking:
+            self.validations[-1] += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            record = {"epochs": self.epochs, "validations": self.validations}
+            (self.out_dir / "batches.json").write_text(json.dumps(record))
 
 
 class SignalProbe(L.Callback):

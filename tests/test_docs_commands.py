@@ -51,8 +51,10 @@ MARKER = re.compile(r"^<!--\s*(not run|composed only)\s*:\s*(.*?)\s*-->$")
 FENCE = re.compile(r"^```(\w*)\s*$")
 PLACEHOLDERS = {"<run>": "@run@", "<date_time>": "@date_time@", "<same overrides>": "@same@"}
 UNKNOWN_PLACEHOLDER = re.compile(r"<[a-z][a-z_ ]*>")
-SCRIPTS = {"train.py": "train", "generate.py": "generate"}  # script -> its Hydra config
-MODULES = {"tinygpt.report", "tinygpt.decoding_report"}
+SCRIPTS = {"train.py": "train", "generate.py": "generate", "eval.py": "eval"}  # -> its config
+MODULES = {"tinygpt.report", "tinygpt.decoding_report", "tinygpt.export"}
+# What each script writes into its run directory (each job's, for a multirun).
+RECORDS = {"train.py": "summary.json", "generate.py": "samples.json", "eval.py": "eval.json"}
 
 # A few lines holding every character the pages' prompts use (and the decoding report's).
 TINY_TEXT = (
@@ -293,7 +295,7 @@ def command_problems(item: Item) -> list[str]:
         return [f"`{' '.join(item.words)}` is no command this test runs: mark the block"]
     if args[0] in SCRIPTS or (args[0] == "-m" and len(args) > 1 and args[1] in MODULES):
         if args[0] == "-m" and item.mode != "run":
-            return ["only train.py and generate.py commands can be composed"]
+            return ["only train.py, generate.py and eval.py commands can be composed"]
         return []
     return [f"`python {args[0]}` is no command this test runs: mark the block"]
 
@@ -403,6 +405,11 @@ class Runner:
         if args[0] in SCRIPTS:
             return self.script(index, args[0], args[1:], log)
         module, args = args[1], args[2:]
+        if module == "tinygpt.export":  # CKPT OUT_DIR: the directory transformers loads
+            code = self.forked(log, lambda: run_module(module, args))
+            wanted = Path(args[1]) / "config.json"
+            problems = [f"exit 0 but no {wanted}"] if code == 0 and not wanted.is_file() else []
+            return {"exit": code, "problems": problems, "ran": shlex.join(args)}
         if "--max-new-tokens" not in args:
             args += REPORT_TOKENS
         if "--run" in args:  # the sweep the report trains first gets the tiny overrides too
@@ -410,8 +417,7 @@ class Runner:
             sweep = shlex.split(args[at])
             args[at] = shlex.join(sweep + train_overrides(sweep, str(self.data)))
         out = Path(
-            option(args, "--out")
-            or ("docs/results" if module == "tinygpt.report" else "decoding_report")
+            option(args, "--out") or ("report" if module == "tinygpt.report" else "decoding_report")
         )
         code = self.forked(log, lambda: run_module(module, args))
         problems = []
@@ -426,7 +432,7 @@ class Runner:
         return {"exit": code, "problems": problems, "ran": shlex.join(args)}
 
     def script(self, index: int, script: str, documented: list[str], log: Path) -> dict:
-        """``python train.py|generate.py ...``: it exits 0 and writes each run's record."""
+        """``python train.py|generate.py|eval.py ...``: it exits 0 and writes each run's record."""
         multirun = "-m" in documented or "--multirun" in documented
         args = list(documented)
         if script == "train.py":
@@ -438,13 +444,15 @@ class Runner:
                 ("train.py", True): "multirun",
                 ("generate.py", False): "generate",
                 ("generate.py", True): "generate-multirun",
+                ("eval.py", False): "eval",
+                ("eval.py", True): "eval-multirun",
             }[script, multirun]
             args.append(f"{dir_key}=outputs/{kind}/docs-{index}")
         directory = Path(option(args, dir_key, assigned=True))
         code = self.forked(log, lambda: run_script(script, args))
         problems = []
         if code == 0:
-            record = "summary.json" if script == "train.py" else "samples.json"
+            record = RECORDS[script]
             runs = [p.parent for p in directory.glob("*/.hydra")] if multirun else [directory]
             if not runs:
                 problems.append(f"exit 0 but no job directories in {directory}")

@@ -28,6 +28,7 @@ def test_importing_tinygpt_loads_neither_lightning_hydra_nor_matplotlib():
     # A fresh interpreter: this one has imported everything the other tests needed.
     code = (
         "import sys, tinygpt, tinygpt.generation, tinygpt.checkpoint, tinygpt.data\n"
+        "import tinygpt.export\n"
         "heavy = ('lightning', 'pytorch_lightning', 'hydra', 'omegaconf', 'matplotlib')\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
     )

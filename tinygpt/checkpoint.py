@@ -39,7 +39,11 @@ def checkpoint_entry(
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: a pickle that would run code is refused."""
+    """Load a checkpoint with ``weights_only=True``: a pickle that would run code is refused.
+
+    The file is memory-mapped (``mmap=True``): tensors read their bytes from it on use, so a
+    large checkpoint is not first copied whole into RAM beside the model it is loaded into.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -51,7 +55,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not a readable checkpoint (truncated, or not a PyTorch checkpoint)"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         what = f"{found.group(1)}, " if found else ""
@@ -75,7 +79,12 @@ def model_config_from(entry: dict[str, Any]) -> TinyGPTConfig:
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> TinyGPT:
     """Rebuild the trained model, in eval mode, with its tokenizer attached as ``.tokenizer``."""
-    checkpoint = load_checkpoint(path)
+    return model_from_checkpoint(load_checkpoint(path), path).to(device)
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> TinyGPT:
+    """The model of a loaded checkpoint (:func:`load_checkpoint`), on the CPU, in eval mode,
+    with its tokenizer; ``path`` names the checkpoint in errors."""
     entry = checkpoint[CHECKPOINT_KEY]
     model = TinyGPT(model_config_from(entry))
     state = {
@@ -90,4 +99,4 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> TinyGPT:
             f"{path}: weights do not fit the stored model config ({exc})"
         ) from None
     model.tokenizer = CharTokenizer.from_dict(entry["tokenizer"])
-    return model.to(device).eval()
+    return model.eval()

@@ -11,6 +11,9 @@ from tinygpt.analysis.attention import (
     attention_figure,
     attention_weights,
     figure_to_array,
+    head_statistics,
+    head_statistics_figure,
+    previous_share,
     save_attention_heatmaps,
     visible,
 )
@@ -97,3 +100,49 @@ def test_save_attention_heatmaps_writes_a_png(tmp_path):
     assert weights.shape[:2] == (2, 3)
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 1024
+
+
+def test_previous_share_by_hand():
+    T = 6
+    previous = torch.zeros(T, T)
+    previous[0, 0] = 1.0
+    previous[torch.arange(1, T), torch.arange(0, T - 1)] = 1.0
+    assert previous_share(previous, 3).item() == 1.0  # all on the character before
+    assert previous_share(torch.eye(T), 3).item() == 0.0  # the query's own is not "previous"
+    # Uniform: query i has 3 of its i + 1 keys among the previous three; queries 3..5 count.
+    expected = sum(3 / (i + 1) for i in range(3, T)) / (T - 3)
+    assert previous_share(uniform_causal(T), 3).item() == pytest.approx(expected)
+    assert previous_share(uniform_causal(T), 1).item() == pytest.approx(
+        sum(1 / (i + 1) for i in range(1, T)) / (T - 1)
+    )
+    with pytest.raises(ValueError, match="k must be"):
+        previous_share(uniform_causal(T), T)
+
+
+def test_head_statistics_average_windows_of_the_text():
+    model = make_model()
+    text = PROMPT * 10  # 280 characters: 8 windows of 32
+    stats = head_statistics(model, text, max_windows=5)
+    assert set(stats) == {"entropy", "distance", "previous_3"}
+    for values in stats.values():
+        assert values.shape == (2, 3)
+    assert ((stats["previous_3"] > 0) & (stats["previous_3"] < 1)).all()
+    # One window: the statistics of attention_weights on that window's text.
+    one = head_statistics(model, PROMPT + PROMPT[:4], max_windows=1)
+    weights = attention_weights(model, (PROMPT + PROMPT[:4])[:32])
+    torch.testing.assert_close(one["entropy"], attention_entropy(weights))
+    torch.testing.assert_close(one["distance"], attended_distance(weights))
+    with pytest.raises(ValueError, match="block_size"):
+        head_statistics(model, "First")
+
+
+def test_head_statistics_figure_has_a_panel_per_measure_and_a_dot_per_head(tmp_path):
+    model = make_model()
+    runs = [head_statistics(model, PROMPT * 10), head_statistics(model, PROMPT * 3)]
+    fig = head_statistics_figure({"dense": runs, "moe": runs[:1]})
+    assert len(fig.axes) == 3
+    dots = [line for line in fig.axes[0].lines if line.get_marker() == "o"]
+    assert sum(len(line.get_xdata()) for line in dots) == (2 + 1) * 2 * 3  # runs x layers x heads
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][0] == "dense\nlayer 0"
+    fig.savefig(tmp_path / "heads.png")
+    assert (tmp_path / "heads.png").read_bytes().startswith(PNG_MAGIC)

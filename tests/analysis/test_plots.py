@@ -1,9 +1,11 @@
-"""Reading scalars back from TensorBoard event files, and the PNG plots made from them."""
+"""Reading scalars back from TensorBoard event files or the CSV logger's metrics.csv, and the
+PNG plots made from them."""
 
 import time
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.tensorboard import SummaryWriter
 
 from tinygpt.analysis.plots import matching_series, plot_run, plot_val_curves, read_scalars
@@ -102,3 +104,74 @@ def test_plot_val_curves_overlays_runs(tmp_path):
         plot_val_curves([dense, moe], ["dense"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="logged no"):
         plot_val_curves([dense], ["dense"], tmp_path / "x.png", tag="val/nope")
+
+
+def write_csv_run(run_dir: Path, *sessions: dict[int, dict[str, float]]) -> Path:
+    """A run directory whose csv/ holds what Lightning's CSVLogger (as conf/logger/csv.yaml
+    sets it) writes, one version per session: ``{step: {tag: value}}``, a logging call each."""
+    for session in sessions:
+        logger = CSVLogger(save_dir=str(run_dir), name="csv")
+        for step, metrics in session.items():
+            logger.log_metrics(metrics, step=step)
+        logger.save()
+    return run_dir
+
+
+def test_read_scalars_reads_the_csv_loggers_files(tmp_path):
+    run = write_csv_run(
+        tmp_path / "run",
+        {
+            0: {"train/loss": 4.0, "train/lr": 1e-4},
+            10: {"train/loss": 3.5, "train/lr": 2e-4},
+            19: {"val/loss": 3.25, "val/ppl": 25.8},  # a row of its own, other cells empty
+        },
+    )
+    assert (run / "csv" / "version_0" / "metrics.csv").is_file()
+    scalars = read_scalars(run)
+    assert scalars == {
+        "train/loss": [(0, 4.0), (10, 3.5)],
+        "train/lr": [(0, 1e-4), (10, 2e-4)],
+        "val/loss": [(19, 3.25)],
+        "val/ppl": [(19, 25.8)],
+    }
+    assert read_scalars(run / "csv") == read_scalars(run, logger="csv") == scalars
+    with pytest.raises(FileNotFoundError, match="TensorBoard"):
+        read_scalars(run, logger="tensorboard")
+    with pytest.raises(ValueError, match="logger must be one of tensorboard, csv"):
+        read_scalars(run, logger="wandb")
+
+
+def test_a_resumed_csv_run_adds_a_version_whose_values_win(tmp_path):
+    first = {step: {"val/loss": 3.0 - step / 100} for step in (10, 20, 30)}
+    resumed = {step: {"val/loss": 2.0 - step / 100} for step in (30, 40)}
+    run = write_csv_run(tmp_path / "run", first, resumed)
+    assert (run / "csv" / "version_1" / "metrics.csv").is_file()
+    assert read_scalars(run)["val/loss"] == [(10, 2.9), (20, 2.8), (30, 1.7), (40, 1.6)]
+
+
+def test_events_are_read_where_a_run_has_both_and_csv_runs_are_kept_apart(tmp_path):
+    run = write_run(tmp_path / "run", [3.0])
+    write_csv_run(run, {25: {"val/loss": 9.0}})
+    assert read_scalars(run)["val/loss"] == [(25, 3.0)]  # the events by default
+    assert read_scalars(run, logger="csv")["val/loss"] == [(25, 9.0)]
+    write_csv_run(tmp_path / "sweep" / "a", {1: {"val/loss": 3.0}})
+    write_csv_run(tmp_path / "sweep" / "b", {1: {"val/loss": 3.0}})
+    with pytest.raises(ValueError, match="several runs"):
+        read_scalars(tmp_path / "sweep")
+    with pytest.raises(FileNotFoundError, match="no TensorBoard event files, no CSV"):
+        read_scalars(tmp_path / "sweep" / "a" / "nothing-here")
+
+
+def test_plot_run_draws_a_csv_only_run(tmp_path):
+    run = write_csv_run(
+        tmp_path / "run",
+        {
+            step: {"train/loss": 4.0 - step / 50, "train/lr": 1e-5 * step}
+            for step in range(0, 50, 5)
+        },
+        {49: {"val/loss": 3.0, "val/ppl": 20.1}},
+    )
+    written = plot_run(run)
+    assert sorted(p.name for p in written) == ["loss.png", "lr.png", "val_ppl.png"]
+    for path in written:
+        assert_png(path)

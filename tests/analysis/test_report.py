@@ -12,6 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from tinygpt.analysis import report
 from tinygpt.analysis.decoding_report import (
+    METRICS,
     compare_decoding,
     markdown_table,
     training_text,
@@ -107,8 +108,6 @@ def test_groups_and_statistics_over_seeds(sweep):
     )
     # Ratios to the first group: wall 30 / 20, tokens/s 600 / 1000.
     assert "| 1.50 |" in table and "| 0.60 |" in table and "| 9000 |" in table
-    claim = report.moe_claim([dense, moe])
-    assert "+0.000 nats" in claim and "0.60× dense" in claim and "67% more time" in claim
 
 
 def test_one_seed_has_no_std_and_groups_without_kinds_use_overrides(tmp_path):
@@ -125,7 +124,6 @@ def test_one_seed_has_no_std_and_groups_without_kinds_use_overrides(tmp_path):
     groups = report.group_runs(runs)
     assert [g.label for g in groups] == ["model.n_layer=2", "model.n_layer=4"]
     assert [len(g.runs) for g in groups] == [2, 1]
-    assert "no MoE runs" in report.moe_claim(groups)
     # Kinds and other overrides both differ: the kind, then the overrides besides model=.
     mixed = [
         make_run(tmp_path / f"m{i}", ffn, 1, [f"model={ffn}", f"model.n_layer={n}"])
@@ -156,22 +154,6 @@ def test_expert_load_is_read_from_events_and_absent_for_dense(tmp_path):
     assert report.expert_load_section(groups[:1]) == ""
 
 
-def test_ratings_rank_strategies_and_medium_high_agrees_with_both():
-    values = [0.1, 0.9, 0.5, 0.3, 0.7, 0.2, math.nan]
-    assert report.measured_ratings(values) == [
-        "low",
-        "high",
-        "medium",
-        "medium",
-        "high",
-        "low",
-        "n/a",
-    ]
-    assert report.measured_ratings([0.0] * 6) == ["medium"] * 6  # ties: no invented order
-    assert report.agrees("medium-high", "high") and report.agrees("medium-high", "medium")
-    assert not report.agrees("high", "low")
-
-
 def test_readme_section_is_replaced_between_markers_only():
     text = "# T\n\nintro\n<!-- results:start -->\nold\nstuff\n<!-- results:end -->\n\n## After\n"
     new = report.replace_section(text, "## Results\n\nnew\n")
@@ -194,35 +176,42 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return save_checkpoint(root / "best.ckpt", {"data": {"path": str(text)}}, n_head=2)
 
 
-def test_decoding_report_scores_continuations_and_writes_outputs(tiny_ckpt, tmp_path):
+def test_decoding_report_scores_continuations_per_cell_and_writes_outputs(tiny_ckpt, tmp_path):
     from tinygpt.checkpoint import load_checkpoint, load_model
 
     model = load_model(tiny_ckpt)
     text = training_text(load_checkpoint(tiny_ckpt)["tinygpt"]["config"])
     assert text.startswith("First Citizen:")
-    results = compare_decoding(model, text, max_new_tokens=24)
+    models = [("seed 1", model), ("seed 2", model)]
+    results = compare_decoding(models, text, num_samples=3, max_new_tokens=24)
     assert [r.strategy.name for r in results] == [s.name for s in STRATEGIES]
     for r in results:
-        assert len(r.samples) == 6  # 3 prompts x 2 seeds
+        assert len(r.cells) == 2 * 3  # models x prompts
+        assert len(r.samples) == 2 * 3 * 3  # ... x samples
         assert all(len(s["text"]) == 24 for s in r.samples)  # the continuation only
-        assert set(r.metrics) == {
-            "mean_distinct_1",
-            "mean_distinct_2",
-            "mean_distinct_3",
-            "repeated_4gram",
-            "known_words",
-            "nll",
-        }
+        assert set(r.metrics) == set(METRICS)
         assert r.metrics["nll"] > 0
-    greedy = results[0].samples
-    assert greedy[0]["text"] == greedy[1]["text"]  # seeds do not change greedy decoding
+        cell = r.cells[0]
+        assert (cell["model"], cell["prompt"]) == ("seed 1", "ROMEO:\n")
+        first = [s for s in r.samples if s["model"] == "seed 1" and s["prompt"] == cell["prompt"]]
+        assert cell["entropy"] == pytest.approx(sum(s["entropy"] for s in first) / 3)
+    greedy = results[0]
+    assert greedy.metrics["entropy"] == 0.0 and greedy.metrics["self_similarity"] == 1.0
+    assert greedy.stat("self_similarity").std == 0.0
+    hot = results[2]  # temperature 1.5: the most choice at each step, samples unlike each other
+    assert hot.metrics["entropy"] > results[1].metrics["entropy"] > 0
+    assert hot.metrics["self_similarity"] < 1.0
     table = markdown_table(results)
     assert len(table.strip().splitlines()) == 2 + len(STRATEGIES)
-    assert "| greedy | high / low |" in table
+    assert "| greedy | high / low | 0.000 ± 0.000 | 1.000 ± 0.000 |" in table
+    assert "| temperature 0.5 | high / medium |" in table
     paths = write_decoding_report(results, tmp_path / "out", tmp_path / "tb")
     assert paths["plot"].stat().st_size > 10_000
     saved = json.loads(paths["samples"].read_text())
     assert saved[5]["settings"] == {"temperature": 0.8, "top_k": 10, "top_p": 0.9}
+    assert saved[5]["notebook_label"] == "combined (T 0.8, top-k 10, top-p 0.9)"
+    assert saved[0]["metrics"]["entropy"] == {"mean": 0.0, "std": 0.0}
+    assert len(saved[0]["cells"]) == 6 and len(saved[0]["samples"]) == 18
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
@@ -249,7 +238,7 @@ def test_run_trains_the_sweep_in_this_process_then_writes_the_pages(
         assert (out / name).is_file(), name
     text = (out / "report.md").read_text()
     assert "| dense | 2 (1, 2) | 10 |" in text and "L0H0" in text and "Expert load" not in text
-    assert "no MoE runs" in text
+    assert "python -m tinygpt.claims" in text  # where the notebook's claims are
     new = readme.read_text()
     assert new.startswith("# X\n\n<!-- results:start -->\nRegenerate with `python -m tinygpt")
     assert "\nold\n" not in new and "### Runs" in new

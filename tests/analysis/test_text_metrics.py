@@ -5,11 +5,14 @@ import math
 import pytest
 
 from tinygpt.analysis.text_metrics import (
+    char_ngrams,
     distinct_n,
     known_word_share,
     mean_distinct_n,
     ngrams,
     repeated_ngram_share,
+    self_similarity,
+    shared_share,
     word_set,
     words,
 )
@@ -74,3 +77,33 @@ def test_known_word_share_counts_every_occurrence():
     assert known_word_share("to be or zorp", vocabulary) == 3 / 4
     assert known_word_share("Zorp zorp TO", vocabulary) == 1 / 3  # case folded, repeats counted
     assert known_word_share(["to be", "blargh"], vocabulary) == 2 / 3
+
+
+def test_self_similarity_is_one_for_identical_samples_and_zero_for_disjoint_ones():
+    same = ["to be or not to be"] * 3
+    assert self_similarity(same, 2) == 1.0
+    assert self_similarity(same, 4, unit="char") == 1.0
+    assert self_similarity(["aaaa bbbb", "cccc dddd"], 1) == 0.0
+    assert self_similarity(["abcdef", "uvwxyz"], 2, unit="char") == 0.0
+
+
+def test_self_similarity_by_hand_with_clipped_counts():
+    # Character 3-grams: abcd -> abc, bcd; abce -> abc, bce: each shares half with the other.
+    assert self_similarity(["abcd", "abce"], 3, unit="char") == 0.5
+    # Character 2-grams: "aaaa" has aa three times, "aa" once. Clipped as in BLEU: 1 of the
+    # three is found in "aa", and the one of "aa" in "aaaa": the mean of 1/3 and 1.
+    assert self_similarity(["aaaa", "aa"], 2, unit="char") == pytest.approx(2 / 3)
+    # Three samples: the mean over the six ordered pairs; only "a b" and "a b" share.
+    assert self_similarity(["a b", "a b", "c d"], 1) == pytest.approx(2 / 6)
+    # Repetition within one sample does not count: one sample alone has no pairs.
+    assert math.isnan(self_similarity(["the the the"], 1))
+    assert math.isnan(self_similarity(["a b", ""], 1))  # the empty sample has no words
+    with pytest.raises(ValueError, match="unit"):
+        self_similarity(["a", "b"], 1, unit="line")
+
+
+def test_char_ngrams_and_shared_share():
+    assert char_ngrams("abcd", 3) == ["abc", "bcd"]
+    assert char_ngrams("ab", 3) == []
+    assert shared_share(["x", "x", "y"], ["x"]) == pytest.approx(1 / 3)
+    assert math.isnan(shared_share([], ["x"]))

@@ -15,6 +15,7 @@ GROUPS = [
     "callbacks",
     "experiment",
     "hparams_search",
+    "debug",
 ]
 OPTIONS = [
     pytest.param(
@@ -35,11 +36,14 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
     assert model_config.n_embd % model_config.n_head == 0
     instantiate(cfg.data)
     instantiate(cfg.optim)
-    instantiate(cfg.logger)
+    loggers = [instantiate(lg) for lg in cfg.logger.values()]
+    assert loggers and all(hasattr(lg, "log_metrics") for lg in loggers)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     if cfg.trainer.accelerator != "gpu" or torch.cuda.is_available():
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
-        assert trainer.max_steps == cfg.trainer.max_steps
+        # A fast dev run (debug=fdr) is fast_dev_run steps (true: 1), whatever max_steps says.
+        fast_dev_run = cfg.trainer.fast_dev_run
+        assert trainer.max_steps == (int(fast_dev_run) if fast_dev_run else cfg.trainer.max_steps)
 
 
 def test_groups_all_have_options():
@@ -91,3 +95,12 @@ def test_nanogpt_baby_is_nanogpts_recipe(tmp_path):
 def test_cpu_and_gpu_precisions(tmp_path):
     assert compose_task("train", ["trainer=cpu"], tmp_path).trainer.precision == "32-true"
     assert compose_task("train", ["trainer=gpu"], tmp_path).trainer.precision == "bf16-mixed"
+
+
+def test_logger_many_is_tensorboard_and_csv(tmp_path):
+    cfg = compose_task("train", ["logger=many"], tmp_path)
+    targets = [lg._target_ for lg in cfg.logger.values()]
+    assert targets == [
+        "lightning.pytorch.loggers.TensorBoardLogger",
+        "lightning.pytorch.loggers.CSVLogger",
+    ]

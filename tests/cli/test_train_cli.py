@@ -78,10 +78,15 @@ def test_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):
     [
         ("data.path=/nonexistent/file.txt", "data file not found"),
         ("data.batch_size=0", "data.batch_size must be an integer >= 1"),
+        ("data.max_chars=0", "data.max_chars must be null or an integer >= 1"),
         ("model.block_size=0", "model.block_size must be an integer >= 1"),
         ("model.n_head=5", "divisible"),
         ("callbacks.sample_text.max_new_tokens=0", "callbacks.sample_text.max_new_tokens"),
         ("no_such_key=1", "Could not override 'no_such_key'"),
+        # The Trainer's debugging switches are in the trainer config: no + needed, values checked.
+        ("trainer.limit_train_batches=0.5", "training is an endless stream of batches"),
+        ("trainer.profiler=fancy", "trainer.profiler must be null, simple, advanced, pytorch"),
+        ("debug=no_such_option", "Could not find 'debug/no_such_option'"),
         ("model=no_such_model", "Could not find 'model/no_such_model'"),
         ("experiment=no_such_recipe", "Could not find 'experiment/no_such_recipe'"),
     ],

@@ -23,6 +23,12 @@ def test_unknown_characters_are_named():
         tok.encode("abzcx")
 
 
+def test_unknown_characters_can_be_left_out():
+    tok = CharTokenizer.from_text("abc")
+    assert tok.encode("abzcxa", skip_unknown=True).tolist() == [0, 1, 2, 0]
+    assert tok.encode("cab", skip_unknown=True).tolist() == [2, 0, 1]
+
+
 def test_non_ascii_text_round_trips():
     text = "héllo — wörld ☃"
     tok = CharTokenizer.from_text(text)

@@ -60,3 +60,17 @@ def test_the_notebooks_table_is_named_decoders_with_the_settings_each_row_change
         "nucleus 0.9": ("nucleus", SamplingParams(top_p=0.9)),
         "combined": ("combined", SamplingParams(temperature=0.8, top_k=10, top_p=0.9)),
     }
+
+
+def test_the_notebooks_table_is_quoted_as_written():
+    """The TinyGPT notebook's table: strategy, coherence, diversity, recommended use."""
+    table = [(s.notebook_label, *s.claimed, s.use) for s in NOTEBOOK_STRATEGIES]
+    assert table == [
+        ("greedy", "high", "low", "technical text, consistency"),
+        ("temperature 0.5", "high", "medium", "formal writing"),
+        ("temperature 1.5", "low", "high", "creativity, brainstorming"),
+        ("top-k (k=5)", "medium", "medium", "general balance"),
+        ("nucleus (p=0.9)", "medium", "high", "creative narrative"),
+        ("combined (T 0.8, top-k 10, top-p 0.9)", "high", "high", "best balance observed"),
+    ]
+    assert [s.claim for s in NOTEBOOK_STRATEGIES][:2] == ["high / low", "high / medium"]

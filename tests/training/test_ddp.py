@@ -64,6 +64,9 @@ def test_ddp_run_writes_one_run_directory(tiny_text_file, tmp_path):
     rank1 = json.loads((probe_dir / "rank1.json").read_text())
     assert rank0["world"] == rank1["world"] == 2
     assert rank0["batch"] != rank1["batch"]  # ranks draw different batches
+    # Both ranks map the one token cache: views of the file, no copy of the ids in either.
+    cache = f"{tiny_text_file}.tokens"
+    assert rank0["data"] == rank1["data"] == [["memmap", cache, False]] * 2
     assert sum(line.startswith("{") for line in result.stdout.splitlines()) == 1  # one summary
     clipping = json.loads((probe_dir / "probe.json").read_text())
     assert (clipping["precision"], clipping["fused"]) == ("bf16-mixed", True)

@@ -1,6 +1,8 @@
 """Analysis with matplotlib and TensorBoard's reader: attention pictures, text metrics, the
-model's likelihood, run plots, MoE routing, and the reports (``python -m tinygpt.report``,
-``python -m tinygpt.decoding_report``)."""
+model's likelihood, run plots, MoE routing, the reports (``python -m tinygpt.report``,
+``python -m tinygpt.decoding_report``) and the TinyGPT notebook's claims measured
+(``python -m tinygpt.claims``: the command in :mod:`.claims`, the measurements in
+:mod:`.notebook_claims`, the verdict rule in :mod:`.verdicts`, the page in :mod:`.results_page`)."""
 
 from tinygpt.analysis.attention import save_attention_heatmaps
 from tinygpt.analysis.likelihood import mean_nll

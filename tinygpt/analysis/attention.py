@@ -53,6 +53,45 @@ def attended_distance(weights: torch.Tensor) -> torch.Tensor:
     return (weights * distance).sum(-1).mean(-1)
 
 
+def previous_share(weights: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """The share of each query's attention on the ``k`` characters just before it (distances 1
+    to ``k``, the query's own character left out), averaged over the queries that have ``k``
+    characters before them; ``(..., T, T)`` -> ``(...)``. 1 for a head that looks only at the
+    previous ``k`` characters, ``k / (i + 1)`` for query ``i`` of a uniform head.
+    """
+    T = weights.size(-1)
+    if not 1 <= k < T:
+        raise ValueError(f"k must be in [1, {T - 1}] for {T} positions, got {k}")
+    positions = torch.arange(T, device=weights.device)
+    distance = positions[:, None] - positions[None, :]
+    near = ((distance >= 1) & (distance <= k)).to(weights.dtype)
+    return (weights * near).sum(-1)[..., k:].mean(-1)
+
+
+@torch.no_grad()
+def head_statistics(model: TinyGPT, text: str, max_windows: int = 64) -> dict[str, torch.Tensor]:
+    """Per layer and head, ``(n_layer, n_head)`` each: the mean ``entropy`` (nats), attended
+    ``distance`` (characters back) and ``previous_3`` share (:func:`previous_share`, k = 3) of
+    the model's attention, averaged over up to ``max_windows`` non-overlapping ``block_size``
+    windows of ``text`` spread evenly over it: a head's habit, not one prompt's.
+    """
+    block = model.config.block_size
+    ids = model.tokenizer.encode(text)
+    n = len(ids) // block
+    if n == 0:
+        raise ValueError(f"text must hold at least block_size = {block} characters")
+    chosen = torch.linspace(0, n - 1, min(n, max_windows)).round().long().unique()
+    windows = ids[: n * block].view(n, block)[chosen].to(next(model.parameters()).device)
+    with evaluating(model):
+        _, per_layer = model.forward_with_attention(windows)
+    weights = torch.stack(per_layer, dim=1).float().cpu()  # (windows, layer, head, T, T)
+    return {
+        "entropy": attention_entropy(weights).mean(0),
+        "distance": attended_distance(weights).mean(0),
+        "previous_3": previous_share(weights, 3).mean(0),
+    }
+
+
 def visible(text: str) -> list[str]:
     """One label per character, whitespace drawn visibly (newline as "⏎", space as "␣")."""
     return [VISIBLE.get(c, c) for c in text]
@@ -114,3 +153,49 @@ def save_attention_heatmaps(
     path.parent.mkdir(parents=True, exist_ok=True)
     attention_figure(weights, prompt, title).savefig(path, dpi=100)
     return weights
+
+
+# head_statistics keys -> (panel title, unit)
+HEAD_MEASURES = {
+    "entropy": ("mean entropy (nats)", "higher: more uniform"),
+    "distance": ("mean attended distance (characters)", "lower: nearer"),
+    "previous_3": ("share on the previous 1-3 characters", "higher: more on adjacent"),
+}
+
+
+def head_statistics_figure(
+    groups: dict[str, list[dict[str, torch.Tensor]]], title: str | None = None
+) -> Figure:
+    """One panel per measure of :func:`head_statistics`: for each group (a model kind) and
+    layer, every head of every run as a dot (one colour per run), and the mean over them as a
+    black bar. Head numbers are arbitrary between runs, so heads are not matched across seeds."""
+    fig = Figure(figsize=(12.5, 4.2), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(HEAD_MEASURES))
+    jitter = np.random.default_rng(0)
+    for ax, (key, (label, reading)) in zip(axes, HEAD_MEASURES.items(), strict=True):
+        ticks, names = [], []
+        x = 0
+        for group, runs in groups.items():
+            n_layer = runs[0][key].shape[0]
+            for layer in range(n_layer):
+                values = []
+                for r, stats in enumerate(runs):
+                    heads = stats[key][layer].numpy()
+                    values.extend(heads)
+                    xs = x + jitter.uniform(-0.25, 0.25, len(heads))
+                    ax.plot(xs, heads, "o", color=f"C{r}", ms=4, mec="black", mew=0.3)
+                ax.hlines(np.mean(values), x - 0.35, x + 0.35, color="black", lw=2)
+                ticks.append(x)
+                names.append(f"{group}\nlayer {layer}")
+                x += 1
+            x += 0.5  # a gap between groups
+        ax.set_xticks(ticks, names, fontsize=8)
+        ax.set_title(f"{label}\n({reading})", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    n_runs = max(len(runs) for runs in groups.values())
+    fig.suptitle(
+        title
+        or f"Attention per head: dots are heads, one colour per seed ({n_runs} seeds); bars: means",
+        fontsize=11,
+    )
+    return fig

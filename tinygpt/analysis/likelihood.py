@@ -43,3 +43,28 @@ def mean_nll(model: TinyGPT, text: str, stride: int | None = None) -> float:
             if end == len(ids) - 1:
                 return total / scored
             end = min(end + stride, len(ids) - 1)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each distribution along the last dimension (``0 log 0 = 0``): 0 for
+    a one-hot distribution, ``log V`` for a uniform one over ``V`` tokens."""
+    plogp = torch.where(probs > 0, probs * probs.clamp_min(1e-30).log(), 0.0)
+    return -plogp.sum(-1)
+
+
+class SampledEntropy:
+    """An ``observe`` hook for :func:`tinygpt.generation.generate_ids`: the entropy of each
+    step's distribution the decoder draws from, after temperature and filtering. Its mean per
+    row, :meth:`per_row`, says how much choice the decoder actually had: 0 for greedy."""
+
+    def __init__(self) -> None:
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, probs: torch.Tensor) -> None:
+        self.steps.append(entropy(probs.float()))
+
+    def per_row(self) -> list[float]:
+        """The mean entropy over the steps, one value per row of the batch."""
+        if not self.steps:
+            return []
+        return torch.stack(self.steps).mean(0).tolist()

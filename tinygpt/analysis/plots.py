@@ -1,12 +1,15 @@
-"""PNG plots of a run's metrics, read back from its TensorBoard event files.
+"""PNG plots of a run's metrics, read back from whichever logger wrote them.
 
-TensorBoard's events are the one record of a run's metrics: these plots read them with
-TensorBoard's own reader instead of keeping a second log.
+A logger's files are the one record of a run's metrics: these plots read TensorBoard's event
+files with TensorBoard's own reader, or the CSV logger's metrics.csv, instead of keeping a second
+log. A run with both (``logger=many``) gives the same values from either.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from tinygpt.files import atomic_write
 Series = list[tuple[int, float]]
 
 EVENTS_GLOB = "events.out.tfevents.*"
+CSV_METRICS = "metrics.csv"
+LOGGERS = ("tensorboard", "csv")
 
 # file name -> (tags drawn as lines, title, y label); a tag also matches the tags under it.
 RUN_PLOTS: dict[str, tuple[tuple[str, ...], str, str]] = {
@@ -44,15 +49,55 @@ def event_dir(run_dir: str | Path) -> Path:
     return dirs[0]
 
 
-def read_scalars(run_dir: str | Path) -> dict[str, Series]:
+def csv_files(run_dir: str | Path) -> list[Path]:
+    """The CSV logger's metrics files of one run under ``run_dir`` (itself included), oldest
+    version first: Lightning's CSVLogger writes ``<name>/version_<n>/metrics.csv``, a new version
+    each time a run is resumed."""
+    run_dir = Path(run_dir)
+    files = list(run_dir.rglob(CSV_METRICS))
+    if not files:
+        raise FileNotFoundError(f"no CSV logger metrics ({CSV_METRICS}) under {run_dir}")
+    roots = sorted({f.parent.parent for f in files})
+    if len(roots) > 1:
+        # As with event directories: several loggers' directories are several runs.
+        names = ", ".join(str(f.parent.relative_to(run_dir)) for f in sorted(files))
+        raise ValueError(f"{run_dir} holds several runs' CSV metrics ({names}); pass one run")
+
+    def version(file: Path) -> tuple[int, str]:
+        number = re.fullmatch(r"version_(\d+)", file.parent.name)
+        return (int(number.group(1)) if number else -1, file.parent.name)
+
+    return sorted(files, key=version)
+
+
+def read_scalars(run_dir: str | Path, logger: str | None = None) -> dict[str, Series]:
     """Every scalar a run logged: ``{tag: [(step, value), ...]}``, sorted by step.
 
-    ``run_dir`` is a run directory (its events in ``tb/``) or the event directory itself. Where
-    a step was logged twice (a resumed run repeats steps after its last checkpoint), the value
-    written last wins.
+    ``run_dir`` is a run directory or a logger's own directory. ``logger`` chooses the record:
+    ``"tensorboard"`` (the event files) or ``"csv"`` (the CSV logger's metrics.csv); by default
+    the event files where the run has them, else the CSV files. Where a step was logged twice (a
+    resumed run repeats steps after its last checkpoint), the value written last wins.
     """
+    if logger is None:
+        if any(Path(run_dir).rglob(EVENTS_GLOB)):
+            logger = "tensorboard"
+        elif any(Path(run_dir).rglob(CSV_METRICS)):
+            logger = "csv"
+        else:
+            raise FileNotFoundError(
+                f"no metrics under {run_dir}: no TensorBoard event files, no CSV logger "
+                f"{CSV_METRICS}"
+            )
+    if logger == "tensorboard":
+        return _read_events(event_dir(run_dir))
+    if logger == "csv":
+        return _read_csv(csv_files(run_dir))
+    raise ValueError(f"logger must be one of {', '.join(LOGGERS)}, got {logger!r}")
+
+
+def _read_events(directory: Path) -> dict[str, Series]:
     # size_guidance 0 keeps every event: the default samples scalars down to 10,000 points.
-    accumulator = EventAccumulator(str(event_dir(run_dir)), size_guidance={"scalars": 0})
+    accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0})
     # The reader logs routine file-watching at INFO, which would land in the run's train.log.
     tb_logger = logging.getLogger("tensorboard")
     level = tb_logger.level
@@ -66,6 +111,20 @@ def read_scalars(run_dir: str | Path) -> dict[str, Series]:
         by_step = {event.step: event.value for event in accumulator.Scalars(tag)}
         scalars[tag] = sorted(by_step.items())
     return scalars
+
+
+def _read_csv(files: Sequence[Path]) -> dict[str, Series]:
+    # One row per logging call: a "step" column and a column per tag, empty where the call did
+    # not log that tag.
+    by_tag: dict[str, dict[int, float]] = {}
+    for file in files:
+        with file.open(newline="") as rows:
+            for row in csv.DictReader(rows):
+                step = int(row.pop("step"))
+                for tag, value in row.items():
+                    if value not in ("", None):
+                        by_tag.setdefault(tag, {})[step] = float(value)
+    return {tag: sorted(points.items()) for tag, points in by_tag.items()}
 
 
 def matching_series(scalars: dict[str, Series], tag: str) -> dict[str, Series]:

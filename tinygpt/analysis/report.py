@@ -1,23 +1,25 @@
-"""Dense vs MoE (or any groups of runs) report, and the results page, in one command.
+"""Dense vs MoE (or any groups of runs) report, in one command.
 
-    python -m tinygpt.report --sweep outputs/multirun/<date_time> --results docs/results.md
-    python -m tinygpt.report RUN_DIR [RUN_DIR ...] --out docs/results
+    python -m tinygpt.report --sweep outputs/multirun/<date_time> --out report/
+    python -m tinygpt.report RUN_DIR [RUN_DIR ...] --results my_results.md
     python -m tinygpt.report --sweep outputs/multirun/cmp \\
         --run "model=dense,moe seed=1,2,3 trainer.max_steps=2000"   # train the sweep first
 
 ``--run`` trains in this process (tinygpt.cli.train), so it needs a checkout's conf/; a report
-over finished runs needs only the package.
+over finished runs needs only the package. (The TinyGPT notebook's claims, with verdicts, and
+docs/results.md: ``python -m tinygpt.claims``.)
 
 Runs are grouped by model kind (``model.ffn`` in the run's ``.hydra/config.yaml``) and by the
 overrides that differ between them, seeds and paths aside. Per group: best and final val loss
 (mean ± sample std over seeds), wall time and train tokens/s with their ratio to the first group
-(dense where there is one), parameters, the attention entropy per head of the best checkpoints on
-a fixed prompt (the start of the validation text), and the expert load where the runs logged
-``moe/layer{l}/load/expert{e}``. Then the decoding comparison
-(:mod:`tinygpt.analysis.decoding_report`) on the best checkpoint of the best dense run. Writes
-``report.md``, ``val_loss.png``, ``decoding.png``, ``decoding.md`` and ``decoding_samples.json``
-into ``--out``; ``--results`` writes the results page (its pictures linked from it),
-``--readme`` the README's part between ``<!-- results:start -->`` and ``<!-- results:end -->``.
+(dense where there is one), parameters, the attention entropy per head of the best checkpoints
+(:func:`~tinygpt.analysis.attention.head_statistics` on the validation text), and the expert
+load where the runs logged ``moe/layer{l}/load/expert{e}``. Then the decoding comparison
+(:mod:`tinygpt.analysis.decoding_report`) on the best checkpoints of the first dense group's
+runs. Writes ``report.md``, ``val_loss.png``, ``decoding.png``, ``decoding.md`` and
+``decoding_samples.json`` into ``--out``; ``--results`` writes a results page (its pictures
+linked from it), ``--readme`` a page's part between ``<!-- results:start -->`` and
+``<!-- results:end -->``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from tinygpt.analysis.attention import attention_entropy, attention_weights
+from tinygpt.analysis.attention import head_statistics
 from tinygpt.analysis.decoding_report import (
     DEFAULT_MAX_NEW_TOKENS,
     StrategyResult,
@@ -55,7 +57,7 @@ from tinygpt.errors import TinyGPTError
 
 START_MARKER = "<!-- results:start -->"
 END_MARKER = "<!-- results:end -->"
-DEFAULT_OUT = Path("docs/results")
+DEFAULT_OUT = Path("report")
 # Overrides that never make runs different models: seeds and where things are read or written
 # (these, and hydra.* and paths.* keys).
 NEUTRAL_KEYS = ("seed", "data.path", "data.cache_dir", "ckpt_path", "trainer.default_root_dir")
@@ -234,8 +236,8 @@ def best_checkpoint(run: Run) -> Path:
 def entropy_per_head(
     run: Run, train_text_path: str | Path | None = None, text_cache: dict | None = None
 ) -> list[list[float]]:
-    """Attention entropy (nats) per layer and head of the run's best checkpoint, on the first
-    ``block_size`` characters of the validation text."""
+    """Attention entropy (nats) per layer and head of the run's best checkpoint, on windows of
+    the validation text (:func:`~tinygpt.analysis.attention.head_statistics`)."""
     ckpt = best_checkpoint(run)
     model = load_model(ckpt)
     run_config = load_checkpoint(ckpt)[CHECKPOINT_KEY].get("config") or run.config
@@ -243,8 +245,7 @@ def entropy_per_head(
     key = json.dumps(run_config.get("data") or {}, sort_keys=True, default=str)
     if key not in cache:
         cache[key] = training_text(run_config, train_text_path)
-    prompt = validation_text(cache[key], run_config)[: model.config.block_size]
-    return attention_entropy(attention_weights(model, prompt)).tolist()
+    return head_statistics(model, validation_text(cache[key], run_config))["entropy"].tolist()
 
 
 def expert_load(run: Run) -> dict[int, dict[int, float]]:
@@ -358,90 +359,6 @@ def expert_load_section(groups: Sequence[Group]) -> str:
     return "\n".join(parts)
 
 
-def measured_ratings(values: Sequence[float]) -> list[str]:
-    """Ratings by rank among the strategies: the bottom third low, the middle medium, the top
-    third high. Tied values share their mean rank (all equal: all medium); ``nan`` is "n/a"."""
-    finite = [v for v in values if not math.isnan(v)]
-    ratings = []
-    for value in values:
-        if math.isnan(value):
-            ratings.append("n/a")
-            continue
-        below = sum(v < value for v in finite)
-        ties = sum(v == value for v in finite) - 1
-        position = (below + ties / 2) / max(1, len(finite) - 1)  # 0 lowest .. 1 highest
-        ratings.append("low" if position < 1 / 3 else "high" if position > 2 / 3 else "medium")
-    return ratings
-
-
-def agrees(claimed: str, measured: str) -> bool:
-    """``medium-high`` agrees with medium or high."""
-    return measured in claimed.split("-")
-
-
-def decoding_claims(results: Sequence[StrategyResult]) -> str:
-    coherence = measured_ratings([r.metrics["known_words"] for r in results])
-    # Distinct-1: on a few hundred characters distinct-2/3 of any sampled text are near 1.
-    diversity = measured_ratings([r.metrics["mean_distinct_1"] for r in results])
-    lines = [
-        "| strategy | notebook's coherence | measured: known-word share, NLL | rank | "
-        "notebook's diversity | measured: mean distinct-1, mean distinct-2, repeated 4-grams "
-        "| rank |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r, coh, div in zip(results, coherence, diversity, strict=True):
-        claim_c, claim_d = r.strategy.claimed
-        m = r.metrics
-        mark_c = "✓" if agrees(claim_c, coh) else "✗"
-        mark_d = "✓" if agrees(claim_d, div) else "✗"
-        lines.append(
-            f"| {r.strategy.name} | {claim_c} | {fmt(m['known_words'], digits=2)}, "
-            f"{fmt(m['nll'], digits=2)} | {coh} {mark_c} | {claim_d} | "
-            f"{fmt(m['mean_distinct_1'], digits=2)}, {fmt(m['mean_distinct_2'], digits=2)}, "
-            f"{fmt(m['repeated_4gram'], digits=2)} | "
-            f"{div} {mark_d} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def moe_claim(groups: Sequence[Group]) -> str:
-    dense = next((g for g in groups if g.runs[0].ffn == "dense"), None)
-    moe = next((g for g in groups if g.runs[0].ffn != "dense"), None)
-    if dense is None or moe is None:
-        return (
-            "Not measured: the sweep holds no "
-            + ("MoE" if moe is None else "dense")
-            + ' runs (sweep both: `--run "model=dense,moe seed=1,2,3"`).'
-        )
-    d_best, d_std = dense.stats["best_val_loss"]
-    m_best, m_std = moe.stats["best_val_loss"]
-    diff = m_best - d_best
-    better = "lower is better" if diff < 0 else "higher is worse" if diff > 0 else "equal"
-    wall = ratio(moe.stats["wall_seconds"][0], dense.stats["wall_seconds"][0])
-    tps = ratio(moe.stats["train_tokens_per_second"][0], dense.stats["train_tokens_per_second"][0])
-    slower = (1 / tps - 1) * 100 if tps and not math.isnan(tps) else math.nan
-    return (
-        f"Measured over {len(dense.runs)} dense and {len(moe.runs)} {moe.label} runs: "
-        f"{moe.label} best "
-        f"val loss {fmt(m_best, m_std)} vs dense {fmt(d_best, d_std)}, {diff:+.3f} nats "
-        f"({better}); training throughput {fmt(tps, digits=2)}× dense "
-        f"({fmt(slower, digits=0)}% more time per token), wall time {fmt(wall, digits=2)}× dense."
-    )
-
-
-def entropy_claim(groups: Sequence[Group]) -> str:
-    parts = []
-    for g in groups:
-        if not g.entropy:
-            continue
-        flat = [v for row in g.entropy for v in row]
-        parts.append(
-            f"{g.label}: {len(flat)} heads, entropy {min(flat):.2f}–{max(flat):.2f} nats "
-            f"(spread {max(flat) - min(flat):.2f})"
-        )
-    return "; ".join(parts) + "." if parts else "Not measured."
-
-
 def report_markdown(
     groups: Sequence[Group],
     decoding: Sequence[StrategyResult] | None,
@@ -458,8 +375,8 @@ def report_markdown(
         runs_table(groups),
         f"![val loss]({prefix}val_loss.png)\n",
         f"{heading} Attention entropy per head\n",
-        "Nats, mean over seeds, best checkpoint, on the first `block_size` characters of the "
-        "validation text (0 = one key per query; higher = spread out).\n",
+        "Nats, mean over seeds, best checkpoint, on up to 64 windows of the validation text "
+        "(0 = one key per query; higher = spread out).\n",
         entropy_table(groups),
     ]
     experts = expert_load_section(groups)
@@ -473,20 +390,6 @@ def report_markdown(
             f"![decoding]({prefix}decoding.png)\n",
             f"Samples: [decoding_samples.json]({prefix}decoding_samples.json).\n",
         ]
-    return "\n".join(parts)
-
-
-def claims_markdown(groups: Sequence[Group], decoding: Sequence[StrategyResult] | None) -> str:
-    parts = [
-        "**(a) Attention heads learn different patterns.** " + entropy_claim(groups) + "\n",
-        "**(b) Decoding strategies** (the TinyGPT notebook's rating next to ours; ours ranks the "
-        "six strategies: top third high, middle third medium, bottom third low, ties sharing a "
-        "rank; coherence by known-word share, diversity by mean distinct-1):\n",
-        decoding_claims(decoding) if decoding else "Not measured.\n",
-        '**(c) MoE: "slightly better" val loss than dense, "about 40% slower".** '
-        + moe_claim(groups)
-        + "\n",
-    ]
     return "\n".join(parts)
 
 
@@ -519,9 +422,8 @@ def run_sweep(sweep: Path, overrides: str) -> None:
     train(argv)
 
 
-def best_dense_run(groups: Sequence[Group]) -> Run:
-    group = next((g for g in groups if g.runs[0].ffn == "dense"), groups[0])
-    return min(group.runs, key=lambda r: r.summary.get("best_val_loss", math.inf) or math.inf)
+def first_dense_group(groups: Sequence[Group]) -> Group:
+    return next((g for g in groups if g.runs[0].ffn == "dense"), groups[0])
 
 
 def build_report(args: argparse.Namespace) -> dict[str, Path]:
@@ -549,22 +451,25 @@ def build_report(args: argparse.Namespace) -> dict[str, Path]:
     )
     decoding, source = None, ""
     if not args.no_decoding:
-        run = best_dense_run(groups)
-        ckpt = best_checkpoint(run)
-        model = load_model(ckpt)
-        run_config = load_checkpoint(ckpt)[CHECKPOINT_KEY].get("config") or run.config
+        group = first_dense_group(groups)
+        models = [(f"seed {r.seed}", load_model(best_checkpoint(r))) for r in group.runs]
+        ckpt = best_checkpoint(group.runs[0])
+        run_config = load_checkpoint(ckpt)[CHECKPOINT_KEY].get("config") or group.runs[0].config
         text = training_text(run_config, args.train_text)
-        decoding = compare_decoding(model, text, max_new_tokens=args.max_new_tokens)
+        decoding = compare_decoding(models, text, max_new_tokens=args.max_new_tokens)
         written.update(write_decoding_report(decoding, out, args.tb_dir))
+        cells = len(decoding[0].cells)
         source = (
-            f"Best checkpoint of the best dense run (`{run.path.name}`, seed {run.seed}); "
-            f"{len(decoding[0].samples)} samples of {args.max_new_tokens} characters per "
-            "strategy (3 prompts × 2 seeds); metrics are means over the samples and score the "
+            f"The best checkpoints of the {len(models)} {group.label} runs; per run and prompt "
+            f"a batch of {len(decoding[0].samples) // cells} samples of {args.max_new_tokens} "
+            f"characters; mean ± std over the {cells} cells (run × prompt), scoring the "
             "continuation only."
         )
-    title = "# Results\n\nGenerated by `python -m tinygpt.report`.\n\n"
-    claims = "## The TinyGPT notebook's claims, measured\n\n" + claims_markdown(groups, decoding)
-    written["report"].write_text(title + claims + "\n" + report_markdown(groups, decoding, source))
+    title = (
+        "# Report\n\nGenerated by `python -m tinygpt.report`. The TinyGPT notebook's claims, "
+        "with verdicts: `python -m tinygpt.claims`.\n\n"
+    )
+    written["report"].write_text(title + report_markdown(groups, decoding, source))
     if args.results:
         page = Path(args.results)
         page.parent.mkdir(parents=True, exist_ok=True)
@@ -589,8 +494,7 @@ def results_section(
     source: str,
 ) -> str:
     """The results for a page written by ``option`` (``--results`` or ``--readme``): how to
-    regenerate them, the notebook's claims measured, then the report, its pictures linked from
-    where the page lives."""
+    regenerate them, then the report, its pictures linked from where the page lives."""
     out = Path(args.out)
     link = os.path.relpath(out.resolve(), page.resolve().parent)
     command = "python -m tinygpt.report " + " ".join(
@@ -600,9 +504,6 @@ def results_section(
     )
     return (
         f"Regenerate with `{command}` (full report: [{link}/report.md]({link}/report.md)).\n\n"
-        + f"{heading} The TinyGPT notebook's claims, measured\n\n"
-        + claims_markdown(groups, decoding)
-        + "\n"
         + report_markdown(groups, decoding, source, link, heading=heading)
     )
 

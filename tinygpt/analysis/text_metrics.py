@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 _WORD = re.compile(r"(?:[^\W\d_]|')+")
@@ -87,3 +88,40 @@ def known_word_share(texts: str | Iterable[str], vocabulary: set[str]) -> float:
     if not generated:
         return math.nan
     return sum(w in vocabulary for w in generated) / len(generated)
+
+
+def char_ngrams(text: str, n: int) -> list[str]:
+    """Contiguous character n-grams of ``text``, spaces and line breaks included."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return [text[i : i + n] for i in range(len(text) - n + 1)]
+
+
+def shared_share(grams: Sequence, reference: Sequence) -> float:
+    """The share of ``grams`` also found in ``reference``, each n-gram counted at most as often
+    as ``reference`` holds it (BLEU's clipped n-gram precision, for one n); ``nan`` if
+    ``grams`` is empty."""
+    if not grams:
+        return math.nan
+    available = Counter(reference)
+    return sum(min(count, available[g]) for g, count in Counter(grams).items()) / len(grams)
+
+
+def self_similarity(texts: Sequence[str], n: int = 4, unit: str = "word") -> float:
+    """How much samples of one prompt repeat each other: the mean over ordered pairs of samples
+    ``(a, b)``, ``a != b``, of :func:`shared_share` of ``a``'s n-grams in ``b``'s.
+
+    ``unit`` is ``"word"`` (word n-grams, as :func:`words` splits them) or ``"char"``. 1 when
+    every sample is the same text, 0 when no two share an n-gram; within-sample repetition
+    does not count, only repetition across samples. ``nan`` with fewer than two samples that
+    have an n-gram.
+    """
+    if unit == "word":
+        grams = [ngrams(words(text), n) for text in texts]
+    elif unit == "char":
+        grams = [char_ngrams(text, n) for text in texts]
+    else:
+        raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+    grams = [g for g in grams if g]
+    pairs = [shared_share(a, b) for i, a in enumerate(grams) for j, b in enumerate(grams) if i != j]
+    return sum(pairs) / len(pairs) if pairs else math.nan

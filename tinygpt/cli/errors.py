@@ -17,6 +17,7 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
+from omegaconf.errors import InterpolationResolutionError
 
 from tinygpt.cli.quoting import quoting_hint
 from tinygpt.errors import TinyGPTError
@@ -36,10 +37,15 @@ SWEEPS_EXTRA = 'pip install -e ".[sweeps]"'
 
 
 def _user_error(exc: BaseException) -> BaseException | None:
-    """The user error behind ``exc``: Hydra wraps errors raised by ``_target_`` constructors."""
+    """The user error behind ``exc``: Hydra wraps errors raised by ``_target_`` constructors,
+    OmegaConf those raised by a resolver (``${epoch_steps:...}``)."""
     while exc is not None:
         if isinstance(exc, TinyGPTError):
             return exc
+        if isinstance(exc, InterpolationResolutionError):
+            # OmegaConf drops the cause (unless OC_CAUSE is set), but the context keeps it.
+            exc = exc.__cause__ or exc.__context__
+            continue
         if not isinstance(exc, InstantiationException):
             return None
         exc = exc.__cause__

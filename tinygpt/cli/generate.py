@@ -99,6 +99,29 @@ def read_prompt(cfg: DictConfig) -> str:
     return cfg.prompt
 
 
+class SampleText:
+    """A sample's text as it streams in, a piece a step.
+
+    The pieces are joined every JOIN_PIECES: held one by one, each character outside Latin-1
+    would stay an object of its own, about 80 bytes (tinygpt.generation.memory counts on less).
+    """
+
+    JOIN_PIECES = 256
+
+    def __init__(self, start: str) -> None:
+        self.chunks = [start]
+        self.pieces: list[str] = []
+
+    def add(self, piece: str) -> None:
+        self.pieces.append(piece)
+        if len(self.pieces) == self.JOIN_PIECES:
+            self.chunks.append("".join(self.pieces))
+            self.pieces.clear()
+
+    def text(self) -> str:
+        return "".join(self.chunks) + "".join(self.pieces)
+
+
 def stream_to_terminal(
     model: torch.nn.Module,
     cfg: DictConfig,
@@ -118,14 +141,14 @@ def stream_to_terminal(
         compile=cfg.compile,
     )
     many = cfg.num_samples > 1
-    pieces: list[list[str]] = [[prompt] for _ in range(cfg.num_samples)]
+    samples = [SampleText(prompt) for _ in range(cfg.num_samples)]
     print(f"--- sample 1/{cfg.num_samples} ---\n" if many else "", end=prompt, flush=True)
     for step in steps:
         step = step if many else [step]  # one sample streams as a string
         print(step[0], end="", flush=True)
-        for sample, piece in zip(pieces, step, strict=True):
-            sample.append(piece)
-    texts = ["".join(sample) for sample in pieces]
+        for sample, piece in zip(samples, step, strict=True):
+            sample.add(piece)
+    texts = [sample.text() for sample in samples]
     for i, text in enumerate(texts[1:], start=2):
         print(f"\n--- sample {i}/{cfg.num_samples} ---\n{text}", end="")
     print(flush=True)

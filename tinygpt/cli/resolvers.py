@@ -152,6 +152,14 @@ class SweepResumeNotice(Callback):
             )
 
 
+def epoch_steps(*args: object) -> int:
+    """``${epoch_steps:max_chars,train_fraction,batch_size,block_size[,epochs]}``: see
+    :func:`tinygpt.training.epochs.epoch_steps` (imported here, on use: it needs Lightning)."""
+    from tinygpt.training.epochs import epoch_steps as steps
+
+    return steps(*args)
+
+
 def register_resolvers(argv: Sequence[str] | None = None) -> None:
     """Register the resolvers conf/ uses; ``argv``: the command's arguments (None: this
     process's command line), whose swept keys name a sweep's job directories."""
@@ -161,6 +169,7 @@ def register_resolvers(argv: Sequence[str] | None = None) -> None:
     OmegaConf.register_new_resolver("parallel_jobs", parallel_jobs, replace=True)
     OmegaConf.register_new_resolver("decoder_setting", decoder_setting, replace=True)
     OmegaConf.register_new_resolver("job_config_subdir", job_config_subdir, replace=True)
+    OmegaConf.register_new_resolver("epoch_steps", epoch_steps, replace=True)
     # The command line is read here, in the process that parses it: launcher plugins (joblib,
     # submitit, SLURM) resolve a job's directory in a worker process whose sys.argv is not the
     # sweep's. Hydra hands its registered resolvers, with this argument, to those workers.

@@ -10,10 +10,8 @@ sweep, through :func:`train`); tests compose a config and call :func:`train` in-
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+import tinygpt.cli.quiet  # noqa: F401  (on import: Lightning's needless notices off)
 from tinygpt.analysis.hparams import expert_load_balance, log_training_session
 from tinygpt.cli import hydra_ddp
 from tinygpt.cli.errors import run_hydra_app, user_errors
@@ -43,19 +42,10 @@ from tinygpt.training import TinyGPTModule
 from tinygpt.training.callbacks import TokenThroughput, tensorboard_dir
 from tinygpt.training.checkpointing import LastCheckpoint
 from tinygpt.training.resumed_events import drop_events_from
+from tinygpt.training.trainer_switches import check_trainer_switches
 
 # The entry script next to conf/: what DDP ranks re-run, and what the resume command names.
 TRAIN_SCRIPT = PROJECT_ROOT / "train.py"
-
-# Printed on every run and nothing a user can act on: Lightning's own use of a deprecated torch
-# API; its notice that TinyGPTModule moves batches itself (on purpose: Lightning's generic walk
-# over the batch is a noticeable share of a small model's step); its advertisement for its cloud
-# logger.
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device`")
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda record: not record.getMessage().startswith("💡 Tip")
-)
 
 # The first job of the launching process counts its wall time from launch (main's `launched`);
 # later jobs of a multirun, which share the process, from their own start. So do jobs in a
@@ -85,6 +75,7 @@ def train(cfg: DictConfig) -> float:
         if finished is not None:
             print(f"{run_dir}: finished ({cfg.trainer.max_steps} steps); left as it is", flush=True)
             return finished["best_val_loss"]
+    check_trainer_switches(cfg.trainer)
     allow_data_change = data_change_allowed(cfg.resume_data_change)
     lock = RunDirLock(run_dir)
     if rank_zero_only.rank == 0:  # DDP ranks > 0 are this job's own processes
@@ -116,7 +107,8 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
     for callback in callbacks:
         if isinstance(callback, LastCheckpoint):
             callback.resume_hint = f"resume with: {resume_command(run_dir)}"
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     events = tensorboard_dir(trainer)
     if cfg.ckpt_path == "last" and ckpt_path is None and events and rank_zero_only.rank == 0:
         # A sweep's job that never saved a checkpoint starts again: so do its TensorBoard

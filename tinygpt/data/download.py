@@ -50,7 +50,7 @@ def fetch_verified(
     tmp = Path(tmp_name)
     try:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, _progress_bar(progress) as bar:
+        with os.fdopen(fd, "wb") as out, byte_progress(progress) as bar:
             task = bar.add_task(f"downloading {dest.name}", total=size)
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -73,7 +73,8 @@ def fetch_verified(
     return dest
 
 
-def _progress_bar(enabled: bool) -> Progress:
+def byte_progress(enabled: bool) -> Progress:
+    """A transient bar counting bytes, with their speed (downloads, tokenizing a big text)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

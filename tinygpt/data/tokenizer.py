@@ -36,8 +36,9 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str) -> torch.Tensor:
-        """Encode text as a 1-D int64 tensor; unknown characters raise, naming them."""
+    def encode(self, text: str, skip_unknown: bool = False) -> torch.Tensor:
+        """Encode text as a 1-D int64 tensor; unknown characters raise, naming them, or with
+        ``skip_unknown`` are left out (``len(text) - len(ids)`` of them)."""
         if not text:
             return torch.empty(0, dtype=torch.int64)
         codepoints = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
@@ -45,6 +46,8 @@ class CharTokenizer:
         ids = torch.searchsorted(self._codepoints, codepoints).clamp_(max=self.vocab_size - 1)
         unknown = self._codepoints[ids] != codepoints
         if unknown.any():
+            if skip_unknown:
+                return ids[~unknown]
             missing = sorted({chr(c) for c in codepoints[unknown].tolist()})
             shown = ", ".join(repr(c) for c in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
@@ -54,7 +57,8 @@ class CharTokenizer:
         return ids
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:
-        if isinstance(ids, torch.Tensor):
+        """Ids (a list, a tensor or a numpy array such as a slice of the token cache) as text."""
+        if not isinstance(ids, list):
             ids = ids.tolist()
         return "".join(self.chars[i] for i in ids)
 

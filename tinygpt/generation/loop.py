@@ -38,8 +38,10 @@ import torch
 
 from tinygpt.errors import ConfigError, NonFiniteLogitsError
 from tinygpt.generation.fast_step import DecodeStep, can_compile, compiled_decode_step
+from tinygpt.generation.memory import check_generation_memory
 from tinygpt.generation.sampling import (
     MAX_NEW_TOKENS_LIMIT,
+    Observer,
     SamplingParams,
     check_int,
     next_token,
@@ -181,6 +183,7 @@ def decode_columns(
     guard: FiniteGuard,
     compile: bool = False,
     prompt_lengths: torch.Tensor | None = None,
+    observe: Observer | None = None,
 ) -> Iterator[int]:
     """Fill ``seq[:, prompt_len:]`` column by column, yielding each filled column's index.
 
@@ -196,6 +199,9 @@ def decode_columns(
     reads that prompt one token per step and the token sampled there is discarded. Positions
     stay aligned, so a row whose prompt fits the window sees the contexts it would see decoded
     alone (the cache fills and refills at the same columns).
+
+    ``observe`` is called at each step with the distribution the step's tokens are drawn from
+    (see :func:`~tinygpt.generation.sampling.next_token`).
     """
     block = model.config.block_size
     total = seq.size(1)
@@ -218,7 +224,7 @@ def decode_columns(
             for n in range(prompt_len, total):
                 guard.add(logits)
                 history = seq[:, :n] if penalise else None
-                token = next_token(logits, params, history, generator)
+                token = next_token(logits, params, history, generator, observe)
                 if n < longest:  # rows still inside their prompt keep its token
                     token = torch.where(prompt_lengths > n, seq[:, n], token)
                 seq[:, n] = token
@@ -241,7 +247,8 @@ def decode_columns(
 
 
 def _start(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    """Validate the prompt ids and return the ``(batch, prompt + new)`` buffer holding them."""
+    """Validate the prompt ids and the request's memory (:mod:`tinygpt.generation.memory`), and
+    return the ``(batch, prompt + new)`` buffer holding them."""
     check_int("max_new_tokens", max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
     if idx.dim() != 2 or idx.size(1) == 0 or idx.dtype != torch.long:
         raise ConfigError(
@@ -251,6 +258,7 @@ def _start(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tens
     vocab = model.config.vocab_size
     if idx.min() < 0 or idx.max() >= vocab:
         raise ConfigError(f"prompt ids must be in [0, {vocab - 1}] (the model's vocabulary)")
+    check_generation_memory(model, idx.size(0), idx.size(1) + max_new_tokens)
     device = model.wte.weight.device
     seq = torch.empty(idx.size(0), idx.size(1) + max_new_tokens, dtype=torch.long, device=device)
     seq[:, : idx.size(1)] = idx
@@ -266,6 +274,7 @@ def generate_ids(
     use_cache: bool = True,
     compile: bool = False,
     num_threads: int | str | None = DECODE_THREADS,
+    observe: Observer | None = None,
 ) -> torch.Tensor:
     """Prompt ids ``(batch, t)`` followed by ``max_new_tokens`` generated ids per row.
 
@@ -277,15 +286,18 @@ def generate_ids(
     decodes uncompiled with a warning): tens of seconds to build once per shape and process, faster
     per token after. It is independent of ``model.config.compile``, which is about training.
     ``num_threads``: torch intra-op threads while decoding (see the module docstring).
+    ``observe``: called with each step's ``(batch, vocab)`` distribution that the new tokens are
+    drawn from, e.g. to measure its entropy (the tokens are the same as without it).
     """
     params = params or SamplingParams()
     seq = _start(model, idx, max_new_tokens)
     guard = FiniteGuard(seq.device)
     compile = compile_applies(model, compile)
+    steps = decode_columns(
+        model, seq, idx.size(1), params, generator, use_cache, guard, compile, observe=observe
+    )
     with decoding_settings(decode_threads(model, num_threads)):
-        for _ in decode_columns(
-            model, seq, idx.size(1), params, generator, use_cache, guard, compile
-        ):
+        for _ in steps:
             pass
     guard.check()
     return seq

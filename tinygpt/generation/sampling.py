@@ -11,6 +11,7 @@ min-p. Where this module chooses differently from Hugging Face, the function's d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -232,19 +233,29 @@ def make_generator(
     return torch.Generator(device=device).manual_seed(seed)
 
 
+Observer = Callable[[torch.Tensor], None]
+
+
 def next_token(
     logits: torch.Tensor,
     params: SamplingParams,
     history: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    observe: Observer | None = None,
 ) -> torch.Tensor:
     """The next token id per row, ``(batch,)``: argmax when greedy, otherwise a sample.
 
     ``history`` (``(batch, seq)`` token ids so far, prompt included as in Hugging Face) feeds
-    the repetition penalty. No host synchronisation happens here.
+    the repetition penalty. ``observe``, if given, is called with the distribution the token is
+    drawn from, ``(batch, vocab)``: the processed logits' softmax, one-hot on the argmax when
+    greedy (the tokens chosen are the same as without it). No host synchronisation happens here.
     """
     if history is not None:
         logits = _repetition_penalty(logits, history, params.repetition_penalty)
+    if observe is not None:
+        probs = warp(logits, params).softmax(dim=-1)
+        observe(probs)
+        return probs.argmax(dim=-1) if params.greedy else sample(probs, generator)
     if params.greedy:
         return logits.argmax(dim=-1)
     return sample(warp(logits, params).softmax(dim=-1), generator)

@@ -50,6 +50,7 @@ from tinygpt.generation.loop import (
     decoding_settings,
     one_step_at_a_time,
 )
+from tinygpt.generation.memory import check_generation_memory
 from tinygpt.generation.sampling import (
     MAX_NEW_TOKENS_LIMIT,
     SamplingParams,
@@ -155,7 +156,8 @@ def _request(
     seed: int | torch.Generator | None,
     stop: str | Sequence[str] | None,
 ) -> _Request:
-    """Validate a text call (all but the sampling parameters), before any model work."""
+    """Validate a text call (all but the sampling parameters), before any model work; a call
+    whose buffers would not fit in memory is refused (:mod:`tinygpt.generation.memory`)."""
     prompts = _prompt_list(prompt)
     check_int("max_new_tokens", max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
     check_int("num_samples", num_samples, 1, MAX_NUM_SAMPLES)
@@ -169,6 +171,9 @@ def _request(
     check_stop_characters(stops, tokenizer.chars)
     device = model.wte.weight.device
     ids = [encode_prompt(tokenizer, text).to(device) for text in prompts]
+    longest = max(len(i) for i in ids)
+    rows, columns = len(prompts) * num_samples, longest + max_new_tokens
+    check_generation_memory(model, rows, columns, tokenizer.chars)
     generator = make_generator(seed, device)
     one_prompt = isinstance(prompt, str)
     return _Request(

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import OmegaConf
 
 from tinygpt.analysis.attention import (
@@ -96,6 +96,18 @@ def tensorboard_dir(trainer: L.Trainer) -> Path | None:
     """The event directory of the trainer's first TensorBoard logger, if it has one."""
     dirs = [lg.log_dir for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
     return Path(dirs[0]) if dirs else None
+
+
+def metrics_dir(trainer: L.Trainer) -> Path | None:
+    """Where the run's logged scalars are read back: the first TensorBoard logger's event
+    directory, else the first CSV logger's directory (each version a resumed run added)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return Path(logger.log_dir)
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):
+            return Path(logger.root_dir)
+    return None
 
 
 def prompt_in_vocabulary(prompt: str, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
@@ -298,9 +310,9 @@ class CustomScalarsLayout(Callback):
 class MetricPlots(Callback):
     """At the end of training, writes PNG plots of the logged metrics (loss, val ppl, lr, ...).
 
-    The plots are read back from the TensorBoard logger's event files (see
-    :mod:`tinygpt.analysis.plots`), so they show exactly what TensorBoard shows. ``dirpath``
-    defaults to ``<default_root_dir>/plots``.
+    The plots are read back from the logger's files (:func:`metrics_dir`, read by
+    :mod:`tinygpt.analysis.plots`), so they show exactly what TensorBoard, or the CSV file,
+    shows. Nothing without such a logger. ``dirpath`` defaults to ``<default_root_dir>/plots``.
     """
 
     def __init__(self, dirpath: str | None = None) -> None:
@@ -310,13 +322,15 @@ class MetricPlots(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers:
+        log_dir = metrics_dir(trainer)
+        if log_dir is None:
             return
-        logger = loggers[0]
-        logger.experiment.flush()  # the writer buffers events; the plots must see the last ones
+        # Loggers buffer (TensorBoard's writer, the CSV logger's rows); the plots must see the
+        # last values.
+        for logger in trainer.loggers:
+            logger.save()
         out_dir = Path(self.dirpath or Path(trainer.default_root_dir) / "plots")
-        self.written = plot_run(logger.log_dir, out_dir)
+        self.written = plot_run(log_dir, out_dir)
 
 
 class MoEDashboard(Callback):

@@ -121,11 +121,20 @@ class TinyGPTModule(L.LightningModule):
         self.val_loss.update(loss, weight=targets.numel())
 
     def on_validation_epoch_end(self) -> None:
+        self._log_epoch_loss("val")
+
+    # The test loop (eval.py) is the validation loop over the DataModule's test split.
+    test_step = validation_step
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_loss("test")
+
+    def _log_epoch_loss(self, prefix: str) -> None:
         loss = self.val_loss.compute()  # synchronised across DDP ranks by torchmetrics
         self.val_loss.reset()
         # Already identical on every rank; sync_dist only silences Lightning's DDP warning.
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("val/ppl", loss.exp(), sync_dist=True)
+        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log(f"{prefix}/ppl", loss.exp(), sync_dist=True)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # The learning rate is logged by Lightning's LearningRateMonitor (conf/callbacks/).

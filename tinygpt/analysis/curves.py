@@ -1,0 +1,148 @@
+"""Loss curves of several seeds, drawn as a mean with a band of ± one standard deviation: per
+epoch (conf/experiment/notebook_100k.yaml) with when val loss is lowest, whether it turns up
+after and the train/val gap; and val loss per step.
+
+Per-epoch losses are the ``epoch/train_loss`` and ``epoch/val_loss`` scalars that
+:class:`tinygpt.training.epochs.EpochLoss` logs at step = epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from tinygpt.analysis.plots import Series, read_scalars
+from tinygpt.training.epochs import TRAIN_TAG, VAL_TAG
+
+
+@dataclass(frozen=True)
+class EpochCurve:
+    """One run's losses per epoch: ``epochs[i]`` has ``train[i]`` and ``val[i]``."""
+
+    epochs: list[int]
+    train: list[float]
+    val: list[float]
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch of the lowest val loss (the first, on ties)."""
+        return self.epochs[int(np.argmin(self.val))]
+
+    @property
+    def best_val(self) -> float:
+        return min(self.val)
+
+    @property
+    def final_gap(self) -> float:
+        """Val minus train loss at the last epoch: how much better the model fits its training
+        text than text it has not seen."""
+        return self.val[-1] - self.train[-1]
+
+    @property
+    def late_change(self) -> float:
+        """How val loss moves at the end: the mean over the last tenth of the epochs (at least
+        one) minus the mean over the tenth before. Positive while it turns up (the model
+        overfits), negative while it still falls, 0 on a plateau."""
+        n = max(1, len(self.val) // 10)
+        if len(self.val) < 2 * n:
+            return float("nan")
+        return float(np.mean(self.val[-n:]) - np.mean(self.val[-2 * n : -n]))
+
+    @property
+    def rise(self) -> float:
+        """Val loss at the last epoch minus its lowest: how far it turned up (0 if it never
+        did)."""
+        return self.val[-1] - self.best_val
+
+
+def read_epoch_curve(run_dir: str | Path) -> EpochCurve:
+    """The run's per-epoch losses; a ValueError if it logged none (not a per-epoch run)."""
+    scalars = read_scalars(run_dir)
+    train, val = dict(scalars.get(TRAIN_TAG, [])), dict(scalars.get(VAL_TAG, []))
+    epochs = sorted(set(train) & set(val))
+    if not epochs:
+        raise ValueError(
+            f"{run_dir} logged no {TRAIN_TAG} and {VAL_TAG} (train it with "
+            "experiment=notebook_100k)"
+        )
+    return EpochCurve(epochs, [train[e] for e in epochs], [val[e] for e in epochs])
+
+
+def mean_band(ax: Axes, series: Sequence[Series], label: str, color: str, style: str = "-") -> None:
+    """Draw the mean of ``series`` (``[(x, y), ...]`` each) over the x values they all share,
+    with a band of ± one standard deviation (none for a single series)."""
+    shared = set.intersection(*(set(dict(s)) for s in series))
+    xs = sorted(shared)
+    values = np.array([[dict(s)[x] for x in xs] for s in series])
+    mean = values.mean(0)
+    std = values.std(0, ddof=1) if len(series) > 1 else np.zeros_like(mean)
+    ax.plot(xs, mean, style, color=color, label=label)
+    ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_epoch_curves(
+    groups: dict[str, Sequence[EpochCurve]],
+    path: str | Path,
+    title: str = "",
+    mark_epoch: int | None = None,
+) -> Path:
+    """Train (dashed) and val (solid) loss per epoch, one colour per group: the mean over its
+    runs with a band of ± one standard deviation, and a dot at each run's best val epoch.
+    ``mark_epoch`` draws a dotted vertical line there (the epoch a claim names)."""
+    fig = Figure(figsize=(8.0, 4.8), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for i, (label, curves) in enumerate(groups.items()):
+        color, n = f"C{i}", len(curves)
+        for name, style in (("train", "--"), ("val", "-")):
+            series = [list(zip(c.epochs, getattr(c, name), strict=True)) for c in curves]
+            mean_band(ax, series, f"{label} {name} loss (mean ± std, n={n})", color, style)
+        best = [(c.best_epoch, c.best_val) for c in curves]
+        ax.plot(*zip(*best, strict=True), "o", color=color, ms=5, mec="black", mew=0.6)
+    if mark_epoch is not None:
+        ax.axvline(mark_epoch, color="grey", lw=1, ls=":", label=f"epoch {mark_epoch}")
+    ax.set_xlabel("epoch (one pass over the training characters)")
+    ax.set_ylabel("loss (nats/char)")
+    ax.set_title(title or "Loss per epoch; dots: each run's lowest val loss", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    low = min(min(c.train + c.val) for curves in groups.values() for c in curves)
+    ax.set_ylim(low - 0.05, low + 1.0)  # the first epochs' high losses would flatten the rest
+    return _save(fig, path)
+
+
+def plot_val_bands(
+    groups: dict[str, Sequence[str | Path]],
+    path: str | Path,
+    tag: str = "val/loss",
+    title: str = "",
+) -> Path:
+    """``tag`` against the step for each group of runs: its mean with ± one std band."""
+    fig = Figure(figsize=(7.0, 4.2), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for i, (label, runs) in enumerate(groups.items()):
+        series = []
+        for run in runs:
+            points = read_scalars(run).get(tag)
+            if not points:
+                raise ValueError(f"{run} logged no {tag!r}")
+            series.append(points)
+        best = np.mean([min(v for _, v in s) for s in series])
+        mean_band(ax, series, f"{label} (n={len(runs)}, mean best {best:.3f})", f"C{i}", "-o")
+    ax.set_xlabel("step")
+    ax.set_ylabel(tag)
+    ax.set_title(title or f"{tag}: mean ± std over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,343 @@
+"""The results page of ``python -m tinygpt.claims``: the tables, the text between the page's
+results markers, the pictures, and every number as JSON."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tinygpt.analysis.attention import head_statistics_figure
+from tinygpt.analysis.curves import plot_epoch_curves, plot_val_bands
+from tinygpt.analysis.decoding_report import StrategyResult, markdown_table
+from tinygpt.analysis.notebook_claims import (
+    CONVERGENCE_EPOCH,
+    CONVERGENCE_TOLERANCE,
+    DECODING_MEASURES,
+    KINDS,
+    TIME_RATIO,
+    TIME_TOLERANCE,
+    Claim,
+    Setting,
+    time_per_token_ratio,
+)
+from tinygpt.analysis.report import END_MARKER, START_MARKER, Run, replace_section
+from tinygpt.analysis.verdicts import RULE, Stat
+from tinygpt.generation.strategies import NOTEBOOK_STRATEGIES
+
+COMMAND = "python -m tinygpt.claims"
+
+
+def notebook_table() -> str:
+    """The notebook's table of decoding strategies, as it is written."""
+    lines = [
+        "| strategy | coherence | diversity | recommended use |",
+        "|---|---|---|---|",
+    ]
+    for s in NOTEBOOK_STRATEGIES:
+        lines.append(f"| {s.notebook_label} | {s.claimed[0]} | {s.claimed[1]} | {s.use} |")
+    return "\n".join(lines) + "\n"
+
+
+def decoding_claims_table(rows: Sequence[dict[str, Any]]) -> str:
+    titles = [f"{axis}: {title}" for title, axis, _ in DECODING_MEASURES.values()]
+    lines = [
+        "| strategy | the notebook: coherence / diversity | " + " | ".join(titles) + " |",
+        "|---|---|" + "---|" * len(titles),
+    ]
+    for row in rows:
+        cells = []
+        for key in DECODING_MEASURES:
+            m = row["measures"][key]
+            cells.append(
+                f"{Stat(m['mean'], m['std'], m['n']).fmt(2)}: {m['level']}, {m['verdict']}"
+            )
+        lines.append(f"| {row['strategy']} | {row['claimed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def claims_table(claims: Sequence[Claim]) -> str:
+    lines = [
+        "| the TinyGPT notebook | measured (mean ± std over seeds) | verdict |",
+        "|---|---|---|",
+    ]
+    for claim in claims:
+        lines.append(f"| {claim.notebook} | {claim.measured} | **{claim.verdict}** |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_of(runs: Sequence[Run]) -> str:
+    return f"{len(runs)} ({', '.join(str(r.seed) for r in runs)})"
+
+
+def full_table(setting: Setting) -> str:
+    lines = [
+        "| model | runs (seeds) | best val loss | final val loss | train tokens/s | "
+        "time per token × dense | wall s | parameters |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    per_token = time_per_token_ratio(setting)
+    for kind, runs in setting.runs.items():
+        ratio = "1.00" if kind == "dense" else per_token.fmt(2)
+        lines.append(
+            f"| {kind} | {seeds_of(runs)} | {setting.stat(kind, 'best_val_loss').fmt()} | "
+            f"{setting.stat(kind, 'final_val_loss').fmt()} | "
+            f"{setting.stat(kind, 'train_tokens_per_second').fmt(0)} | {ratio} | "
+            f"{setting.stat(kind, 'wall_seconds').fmt(1)} | "
+            f"{setting.stat(kind, 'parameters').mean:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def epochs_table(setting: Setting) -> str:
+    lines = [
+        "| model | runs (seeds) | epoch of lowest val loss | lowest val loss | last epoch | "
+        "val loss there | rise after the lowest | change over the last tenth | train loss there "
+        "| train/val gap there |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, curves in setting.curves.items():
+        stat = {
+            "best_epoch": Stat.of([c.best_epoch for c in curves]).fmt(1),
+            "best_val": Stat.of([c.best_val for c in curves]).fmt(),
+            "last": Stat.of([c.epochs[-1] for c in curves]).fmt(0),
+            "final_val": Stat.of([c.val[-1] for c in curves]).fmt(),
+            "rise": Stat.of([c.rise for c in curves]).fmt(),
+            "change": Stat.of([c.late_change for c in curves]).fmt(),
+            "final_train": Stat.of([c.train[-1] for c in curves]).fmt(),
+            "gap": Stat.of([c.final_gap for c in curves]).fmt(),
+        }
+        lines.append(
+            f"| {kind} | {seeds_of(setting.runs[kind])} | " + " | ".join(stat.values()) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def attention_table(settings: Sequence[Setting]) -> str:
+    """Per setting, model kind and layer: each head measure's mean over the layer's heads, and
+    the standard deviation across them, each as mean ± std over seeds."""
+    lines = [
+        "| setting | model | layer | entropy (nats) | its std across heads | distance (chars) | "
+        "its std across heads | share on previous 1–3 |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for setting in settings:
+        for kind, runs in setting.heads.items():
+            for layer in range(runs[0]["entropy"].shape[0]):
+                cells = []
+                for key, spread in (
+                    ("entropy", True),
+                    ("distance", True),
+                    ("previous_3", False),
+                ):
+                    rows = [stats[key][layer] for stats in runs]
+                    cells.append(Stat.of([float(r.mean()) for r in rows]).fmt(2))
+                    if spread:
+                        cells.append(Stat.of([float(r.std(unbiased=True)) for r in rows]).fmt(2))
+                lines.append(f"| {setting.name} | {kind} | {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def timing_table(timings: dict[str, float | None], settings: Sequence[Setting]) -> str:
+    """The time each part took: each sweep's runs (the sum of their wall_seconds, whichever
+    process ran them), and this command's measuring and writing."""
+    lines = ["| part | seconds |", "|---|---:|"]
+    for setting in settings:
+        for kind, runs in setting.runs.items():
+            total = sum(r.summary.get("wall_seconds") or 0.0 for r in runs)
+            lines.append(f"| training: {setting.name}, {kind}, {len(runs)} runs | {total:.0f} |")
+    for part, seconds in timings.items():
+        lines.append(f"| {part} | {'n/a' if seconds is None else f'{seconds:.0f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the page ------------------------------------------------------------------------------
+
+PAGE_INTRO = f"""# Results
+
+The TinyGPT notebook's claims, each beside what this project measures and a verdict. Everything
+between the two `results` markers below, and everything in [results/](results/), is written by
+`{COMMAND}` ([how it works](analysis.md#the-notebooks-claims)).
+
+"""
+
+
+def page_body(
+    claims: Sequence[Claim],
+    decoding_rows: Sequence[dict[str, Any]],
+    decoding: Sequence[StrategyResult],
+    settings: dict[str, Setting],
+    timings: dict[str, float | None],
+    link: str,
+    command: str,
+) -> str:
+    """The generated part of the results page; ``link`` prefixes the pictures' paths."""
+    prefix = f"{link.rstrip('/')}/" if link else ""
+    full, small = settings["full"], settings["notebook_100k"]
+    n_seeds = len(full.runs["dense"])
+    models = len({c["model"] for c in decoding[0].cells})
+    cells = len(decoding[0].cells)
+    samples = len(decoding[0].samples) // cells
+    chars = len(decoding[0].samples[0]["text"])
+    train_share = small.value("data.train_fraction")
+    train_chars = int(train_share * small.value("data.max_chars"))
+    about_epochs = (
+        CONVERGENCE_EPOCH - CONVERGENCE_TOLERANCE,
+        CONVERGENCE_EPOCH + CONVERGENCE_TOLERANCE,
+    )
+    about_time = (TIME_RATIO - TIME_TOLERANCE, TIME_RATIO + TIME_TOLERANCE)
+    parts = [
+        f"Regenerate with `{command}`: it trains what is missing (dense and MoE, {n_seeds} "
+        "seeds, in two settings) and writes this page and its pictures; the time each part "
+        "took is [at the end](#regeneration).",
+        "## The notebook's claims, measured",
+        f'{RULE} "About 15 epochs" is taken as {about_epochs[0]}–{about_epochs[1]} epochs, '
+        f'"about 40% more" as {about_time[0]:.2f}–{about_time[1]:.2f} times the time per '
+        "training token. The attention claims are measured on the models trained on all of "
+        "TinyShakespeare (both settings are in the [attention table](#attention-per-head)).",
+        claims_table(claims),
+        "**Decoding strategies.** The notebook rates each strategy's coherence / diversity (its "
+        "table is [quoted below](#decoding-strategies)). Each measure ranks the six "
+        "strategies: the two lowest are low, the middle two medium, the two highest high (by NLL "
+        "and by self-similarity, lower counts as more coherent and more diverse). The verdict: "
+        "*agrees* when that level is the notebook's; *within noise* when it is not, but the "
+        "strategy's mean is within noise (as above; the spread is over the "
+        f"{cells} cells of {models} dense models × {cells // models} prompts) of a strategy "
+        "measured at the notebook's level, so that the two could swap ranks; *disagrees* "
+        "otherwise.",
+        decoding_claims_table(decoding_rows),
+        "## The 100k setting: loss per epoch",
+        f"`experiment=notebook_100k`: the first {small.value('data.max_chars'):,} characters of "
+        f"TinyShakespeare, split {train_share:.0%} / {1 - train_share:.0%}, the notebook's size; "
+        f"an epoch is one pass over the {train_chars:,} training characters "
+        f"({small.value('trainer.val_check_interval')} steps of "
+        f"{small.value('data.batch_size')} × {small.value('model.block_size')} characters), "
+        "validation after each, and a constant learning rate after the warm-up. Train loss "
+        "per epoch is the mean over the epoch's steps.",
+        f"![loss per epoch]({prefix}epochs.png)",
+        epochs_table(small),
+        f"Training speed in this setting: {setting_line(small)}.",
+        "## All of TinyShakespeare: dense vs MoE",
+        f"The notebook's size, {full.value('trainer.max_steps')} steps, validation every "
+        f"{full.value('trainer.val_check_interval')} steps.",
+        f"![val loss]({prefix}val_loss.png)",
+        full_table(full),
+        "## Attention per head",
+        f"Each run's best checkpoint, on up to 64 windows of {full.value('model.block_size')} "
+        "characters spread "
+        "over its validation text. Entropy: of a query's attention, in nats (uniform attention "
+        "over the visible characters has the most); distance: how far back the attended "
+        "characters are, on average; share on previous 1–3: the attention on the three "
+        "characters before the query (queries with three before them). Per layer: the mean "
+        "over its heads and the standard deviation across them, each as mean ± std over seeds.",
+        f"![attention per head]({prefix}attention.png)",
+        attention_table(list(settings.values())),
+        "## Decoding strategies",
+        "The notebook's table, as written:",
+        notebook_table(),
+        f"Measured on the best checkpoints of the {models} dense runs on all of "
+        f"TinyShakespeare: per model and prompt, a batch of {samples} samples of {chars} "
+        "characters (seed 1). Each measure is the mean over a cell's samples (self-similarity: "
+        f"over its pairs of samples), shown as mean ± std over the {cells} cells. Sampled "
+        "entropy: of the distribution each character was drawn from, after temperature and "
+        "filtering; self-similarity: the share of a sample's character 4-grams that another "
+        "sample of its cell holds (1: identical samples). Mean distinct-2 is near 1 for every "
+        "sampling strategy, so it cannot rank them.",
+        markdown_table(decoding),
+        f"![decoding]({prefix}decoding.png)",
+        f"Samples: [decoding_samples.json]({prefix}decoding_samples.json); every number on "
+        f"this page: [claims.json]({prefix}claims.json).",
+        "## Regeneration",
+        timing_table(timings, list(settings.values())),
+        "Training times are the runs' own wall time, as each run's summary.json records it; "
+        "this machine was shared with other work while they ran, so they are upper bounds.",
+    ]
+    return "\n\n".join(part.strip("\n") for part in parts) + "\n"
+
+
+def setting_line(setting: Setting) -> str:
+    parts = []
+    for kind in KINDS:
+        parts.append(
+            f"{kind} {setting.stat(kind, 'train_tokens_per_second').fmt(0)} train tokens/s, "
+            f"{setting.stat(kind, 'wall_seconds').fmt(1)} s per run"
+        )
+    per_token = time_per_token_ratio(setting)
+    return "; ".join(parts) + f"; time per token MoE / dense {per_token.fmt(2)}"
+
+
+def write_page(page: Path, body: str) -> None:
+    """Replace the page's part between the results markers, or write a new page."""
+    text = page.read_text() if page.is_file() else PAGE_INTRO + f"{START_MARKER}\n{END_MARKER}\n"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(replace_section(text, body))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def numbers(
+    claims: Sequence[Claim],
+    decoding_rows: Sequence[dict[str, Any]],
+    settings: dict[str, Setting],
+    timings: dict[str, float | None],
+) -> dict[str, Any]:
+    """Everything the page states, for claims.json: claims, decoding verdicts, every run."""
+    runs = {}
+    for name, setting in settings.items():
+        runs[name] = {}
+        for kind, kind_runs in setting.runs.items():
+            runs[name][kind] = []
+            for i, run in enumerate(kind_runs):
+                entry = {"run": run.path.name, "seed": run.seed, "summary": run.summary}
+                entry["attention"] = setting.heads[kind][i]
+                if kind in setting.curves:
+                    curve = setting.curves[kind][i]
+                    entry["epochs"] = asdict(curve) | {"best_epoch": curve.best_epoch}
+                runs[name][kind].append(entry)
+    return _jsonable(
+        {
+            "rule": RULE,
+            "claims": [asdict(c) for c in claims],
+            "decoding": list(decoding_rows),
+            "runs": runs,
+            "timings": timings,
+        }
+    )
+
+
+def draw(settings: dict[str, Setting], out: Path) -> dict[str, Path]:
+    full, small = settings["full"], settings["notebook_100k"]
+    paths = {
+        "epochs": plot_epoch_curves(
+            small.curves,
+            out / "epochs.png",
+            title="The 100k setting: loss per epoch, mean ± std over seeds; dots: each run's "
+            "lowest val loss",
+            mark_epoch=CONVERGENCE_EPOCH,
+        ),
+        "val_loss": plot_val_bands(
+            {kind: [r.path for r in runs] for kind, runs in full.runs.items()},
+            out / "val_loss.png",
+            title="All of TinyShakespeare: val loss, mean ± std over seeds",
+        ),
+    }
+    figure = head_statistics_figure(
+        full.heads,
+        title="Attention per head, all of TinyShakespeare: dots are heads, one colour per seed; "
+        "bars: means",
+    )
+    paths["attention"] = out / "attention.png"
+    figure.savefig(paths["attention"], dpi=100)
+    return paths

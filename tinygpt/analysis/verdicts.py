@@ -1,0 +1,122 @@
+"""The verdict on a claim from measurements over seeds: "agrees", "disagrees" or "within noise".
+
+One rule, stated on the results page (:data:`RULE`): a difference counts only when it is larger
+than the noise of the two measurements, the root sum of squares of their standard deviations
+over seeds (the spread of a difference between one run of each). So:
+
+* "A is lower (higher) than B": ``d = mean(A) - mean(B)``; within noise when ``|d| <= noise``,
+  else agrees when ``d`` has the claimed sign and disagrees when not;
+* "about X" (a quantity, with the tolerance the word "about" is given): agrees when the mean is
+  within the tolerance of X, within noise when it misses by no more than its standard
+  deviation, disagrees otherwise;
+* a rating among several (low, medium, high): see :func:`rating_verdict`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+AGREES, DISAGREES, WITHIN_NOISE = "agrees", "disagrees", "within noise"
+LEVELS = ("low", "medium", "high")
+
+RULE = (
+    "A difference counts when it is larger than the noise: the root sum of squares of the two "
+    "standard deviations over seeds, sqrt(s1² + s2²). A claim that one is lower or higher "
+    "*agrees* when the difference of means has the claimed sign and is larger than the noise, "
+    "*disagrees* when it has the other sign and is larger than the noise, and is *within "
+    'noise* otherwise. A claim of "about X" agrees when the mean lies within the stated '
+    "tolerance of X, is within noise when it misses the tolerance by no more than one standard "
+    "deviation, and disagrees otherwise."
+)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (n - 1) of values over seeds (``nan`` std for one)."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> Stat:
+        finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+        if not finite:
+            return cls(math.nan, math.nan, 0)
+        std = statistics.stdev(finite) if len(finite) > 1 else math.nan
+        return cls(statistics.fmean(finite), std, len(finite))
+
+    def spread(self) -> float:
+        """The standard deviation, 0 where it is unknown (one value)."""
+        return 0.0 if math.isnan(self.std) else self.std
+
+    def fmt(self, digits: int = 3) -> str:
+        if math.isnan(self.mean):
+            return "n/a"
+        if math.isnan(self.std):
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+def noise(a: Stat, b: Stat) -> float:
+    """The noise of the difference ``a - b``: ``sqrt(s_a^2 + s_b^2)``."""
+    return math.hypot(a.spread(), b.spread())
+
+
+def compare(a: Stat, b: Stat, claimed: str) -> str:
+    """The verdict on "``a`` is ``claimed`` (``"lower"`` or ``"higher"``) than ``b``"."""
+    if claimed not in ("lower", "higher"):
+        raise ValueError(f"claimed must be 'lower' or 'higher', got {claimed!r}")
+    difference = a.mean - b.mean
+    if math.isnan(difference) or abs(difference) <= noise(a, b):
+        return WITHIN_NOISE
+    return AGREES if (difference < 0) == (claimed == "lower") else DISAGREES
+
+
+def about(value: Stat, target: float, tolerance: float) -> str:
+    """The verdict on "``value`` is about ``target``", "about" meaning within ``tolerance``."""
+    if math.isnan(value.mean):
+        return WITHIN_NOISE
+    miss = abs(value.mean - target) - tolerance
+    if miss <= 0:
+        return AGREES
+    return WITHIN_NOISE if miss <= value.spread() else DISAGREES
+
+
+def rank_levels(means: Sequence[float]) -> list[str]:
+    """A level per value by its rank among ``means``: the bottom third low, the middle third
+    medium, the top third high (six values: two each). Tied values share their mean rank."""
+    finite = [m for m in means if not math.isnan(m)]
+    levels = []
+    for value in means:
+        if math.isnan(value):
+            levels.append("n/a")
+            continue
+        below = sum(m < value for m in finite)
+        ties = sum(m == value for m in finite) - 1
+        position = (below + ties / 2) / max(1, len(finite) - 1)  # 0 lowest .. 1 highest
+        levels.append(
+            LEVELS[0] if position < 1 / 3 else LEVELS[2] if position > 2 / 3 else LEVELS[1]
+        )
+    return levels
+
+
+def rating_verdict(index: int, stats: Sequence[Stat], claimed: str) -> tuple[str, str]:
+    """The measured level of ``stats[index]`` among ``stats`` (:func:`rank_levels` of the
+    means) and the verdict on the claimed level: agrees when they are the same; within noise
+    when not, but the value is within noise (:func:`noise`) of a value measured at the claimed
+    level, so that the two could swap ranks; disagrees otherwise."""
+    if claimed not in LEVELS:
+        raise ValueError(f"a rating is one of {', '.join(LEVELS)}, got {claimed!r}")
+    levels = rank_levels([s.mean for s in stats])
+    measured = levels[index]
+    if measured == claimed:
+        return measured, AGREES
+    own = stats[index]
+    for other, level in zip(stats, levels, strict=True):
+        if level == claimed and abs(other.mean - own.mean) <= noise(own, other):
+            return measured, WITHIN_NOISE
+    return measured, DISAGREES

@@ -1,0 +1,258 @@
+"""Export a dense TinyGPT checkpoint as a Hugging Face transformers model directory.
+
+    python -m tinygpt.export outputs/runs/<run>/checkpoints/best.ckpt outputs/tinygpt-hf [--force]
+
+The directory loads with ``AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained``, no custom code: TinyGPT's dense model is GPT-2's architecture
+(pre-LayerNorm blocks, learned positions, tied output head), so the weights are written in
+GPT-2's layout (``model.safetensors``) with a GPT-2 ``config.json``, and the character vocabulary
+as a ``tokenizer.json`` whose ids are ours. Writing needs ``safetensors`` only, not
+``transformers``.
+
+Where GPT-2's defaults differ from TinyGPT, the export says so: the activation is exact GELU
+(``"gelu"``; GPT-2's ``"gelu_new"`` is the tanh approximation); a model trained with
+``model.bias=false`` gets zero biases, which compute the same function; GPT-2's ``Conv1D``
+stores weights as (in, out), the transpose of ``nn.Linear``. MoE checkpoints are refused: no
+stock transformers architecture has TinyGPT's experts (see :data:`MOE_REFUSAL`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from safetensors.torch import save
+
+from tinygpt.checkpoint import load_model
+from tinygpt.data.tokenizer import CharTokenizer
+from tinygpt.errors import TinyGPTError
+from tinygpt.models import TinyGPT, TinyGPTConfig
+
+WEIGHTS_FILE = "model.safetensors"
+# Checked against transformers 5.x: Mixtral, Qwen2-MoE, OLMoE, GraniteMoE, DBRX and gpt-oss
+# experts are gated (SwiGLU-like, three matrices) in RMSNorm blocks with rotary positions, and
+# Switch Transformers is an encoder-decoder; none computes TinyGPT's block.
+MOE_REFUSAL = (
+    "cannot export a mixture-of-experts model: no stock transformers architecture has its "
+    "experts (two-matrix GELU MLPs routed top-k by softmax weight, in GPT-2 blocks); "
+    "export a dense checkpoint (model=dense)"
+)
+
+
+class ExportError(TinyGPTError):
+    """An export that cannot be written: an MoE model, an output directory in the way."""
+
+
+def gpt2_state_dict(model: TinyGPT) -> dict[str, torch.Tensor]:
+    """The dense model's weights under GPT2LMHeadModel's names and layouts.
+
+    GPT-2's ``Conv1D`` computes ``x @ W + b`` with ``W`` stored (in, out): our ``nn.Linear``
+    weights transposed. A module without bias (``model.bias=false``) gets a zero bias, which
+    GPT-2's always-biased layers need. ``lm_head`` is left out: it is tied to ``wte``, and
+    transformers ties it again on loading (``tie_word_embeddings``).
+    """
+    if model.moe_modules():
+        raise ExportError(MOE_REFUSAL)
+    state = model.state_dict()
+    n_embd = model.config.n_embd
+
+    def bias(name: str, size: int) -> torch.Tensor:
+        return state.get(name, torch.zeros(size, dtype=state["wte.weight"].dtype))
+
+    out = {
+        "transformer.wte.weight": state["wte.weight"],
+        "transformer.wpe.weight": state["wpe.weight"],
+    }
+    for i in range(model.config.n_layer):
+        ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
+        for norm in ("ln_1", "ln_2"):
+            out[f"{theirs}{norm}.weight"] = state[f"{ours}{norm}.weight"]
+            out[f"{theirs}{norm}.bias"] = bias(f"{ours}{norm}.bias", n_embd)
+        for mine, gpt2 in (
+            ("attn.qkv", "attn.c_attn"),
+            ("attn.proj", "attn.c_proj"),
+            ("mlp.fc", "mlp.c_fc"),
+            ("mlp.proj", "mlp.c_proj"),
+        ):
+            weight = state[f"{ours}{mine}.weight"]  # (out, in)
+            out[f"{theirs}{gpt2}.weight"] = weight.t()
+            out[f"{theirs}{gpt2}.bias"] = bias(f"{ours}{mine}.bias", weight.size(0))
+    out["transformer.ln_f.weight"] = state["ln_f.weight"]
+    out["transformer.ln_f.bias"] = bias("ln_f.bias", n_embd)
+    # safetensors stores each tensor's own contiguous bytes.
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in out.items()}
+
+
+def gpt2_config(config: TinyGPTConfig) -> dict[str, Any]:
+    """GPT2Config's fields, as config.json holds them, for a model of this shape."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": 4 * config.n_embd,
+        "activation_function": "gelu",  # exact GELU, as F.gelu; GPT-2's gelu_new is the tanh one
+        "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "resid_pdrop": config.dropout,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        # A character vocabulary has no special tokens: generation stops at max_new_tokens.
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+        "dtype": "float32",
+    }
+
+
+def tokenizer_json(tokenizer: CharTokenizer) -> dict[str, Any]:
+    """A ``tokenizers`` definition that splits text into single characters and gives each its
+    id in our vocabulary; decoding joins them with nothing between.
+
+    The split pattern ``[\\s\\S]`` matches any one character, line breaks included (``.`` would
+    not). A character outside the vocabulary is an error when encoding, as in ours: the
+    ``unk_token`` names no token of the vocabulary.
+    """
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Split",
+            "pattern": {"Regex": "[\\s\\S]"},
+            "behavior": "Isolated",
+            "invert": False,
+        },
+        "post_processor": None,
+        "decoder": {"type": "Fuse"},
+        "model": {
+            "type": "WordLevel",
+            "vocab": {char: i for i, char in enumerate(tokenizer.chars)},
+            "unk_token": "<unk>",
+        },
+    }
+
+
+def tokenizer_config(block_size: int) -> dict[str, Any]:
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        # transformers' clean-up would turn " ." into "." on decoding: every character counts.
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": block_size,
+    }
+
+
+def write_model_dir(
+    out_dir: Path, weights: dict[str, torch.Tensor], config: TinyGPTConfig, tokenizer: CharTokenizer
+) -> None:
+    """Write a transformers model directory's files into ``out_dir`` (existing): the weights
+    (:func:`gpt2_state_dict`), config.json, tokenizer.json and tokenizer_config.json."""
+    # Bytes written by Python, so the file gets the usual permissions (safetensors' own
+    # save_file makes it readable by its owner only).
+    (out_dir / WEIGHTS_FILE).write_bytes(save(weights, metadata={"format": "pt"}))
+    files = {
+        "config.json": gpt2_config(config),
+        "tokenizer.json": tokenizer_json(tokenizer),
+        "tokenizer_config.json": tokenizer_config(config.block_size),
+    }
+    for name, content in files.items():
+        text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
+        (out_dir / name).write_text(text, encoding="utf-8")
+
+
+def export(ckpt_path: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """Export the checkpoint to ``out_dir``; returns it.
+
+    Refuses an existing non-empty ``out_dir`` unless ``force`` (then it is replaced, if it is a
+    model directory: one holding a config.json). The files
+    are written into a new directory beside ``out_dir`` and renamed into place at the end, so an
+    export that fails leaves nothing behind, and a replaced directory is whole until then.
+    """
+    out_dir = Path(out_dir).resolve()  # "." or "a/.." has no name to make siblings from
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise ExportError(f"{out_dir} exists and is not empty; add --force to replace it")
+        if not (out_dir / "config.json").is_file():
+            # --force replaces a model directory, never a directory of other files.
+            raise ExportError(
+                f"{out_dir} holds files but no config.json: not a model directory, so not "
+                "replaced even with --force; choose another OUT_DIR"
+            )
+    model = load_model(ckpt_path)
+    weights = gpt2_state_dict(model)  # refuses an MoE model
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden siblings of out_dir: the same file system, so renames are atomic.
+    hidden = f".{out_dir.name}.{uuid.uuid4().hex[:8]}"
+    staging, aside = out_dir.parent / f"{hidden}.tmp", out_dir.parent / f"{hidden}.old"
+    staging.mkdir()
+    try:
+        write_model_dir(staging, weights, model.config, model.tokenizer)
+        if out_dir.exists():
+            # Moved aside first (a directory cannot be renamed onto a non-empty one), and put
+            # back if the new one cannot take its place.
+            os.replace(out_dir, aside)
+            try:
+                os.replace(staging, out_dir)
+            except OSError:
+                os.replace(aside, out_dir)
+                raise
+            shutil.rmtree(aside)
+        else:
+            os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one ``error:`` line, as every TinyGPT command gives them."""
+
+    def error(self, message: str) -> NoReturn:
+        # tinygpt.cli imports Hydra: only the command needs it, not export() from a notebook.
+        from tinygpt.cli.errors import exit_with_user_error
+
+        exit_with_user_error(f"{message} (usage: {self.format_usage().split(': ', 1)[1].strip()})")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m tinygpt.export",
+        description="Export a dense TinyGPT checkpoint as a Hugging Face transformers model.",
+    )
+    p.add_argument(
+        "checkpoint", help="a TinyGPT checkpoint, e.g. outputs/runs/<run>/checkpoints/best.ckpt"
+    )
+    p.add_argument("out_dir", help="the directory to write (from_pretrained loads it)")
+    p.add_argument("--force", action="store_true", help="replace out_dir if it holds files")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tinygpt.export ARGV``: errors a user can cause are one line and exit 2."""
+    from tinygpt.cli.errors import user_errors  # Hydra's, as in _Parser.error
+
+    args = parser().parse_args(argv)
+    with user_errors():
+        out_dir = export(args.checkpoint, args.out_dir, force=args.force)
+    print(f"exported {args.checkpoint} to {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
