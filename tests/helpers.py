@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata
 
 from tinygpt.checkpoint import checkpoint_entry
@@ -226,3 +227,41 @@ def read_session(session_dir: Path):
     content = events.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content
     end = metadata.parse_session_end_info_plugin_data(content)
     return start, end, events.Tags()
+
+
+def scalar_events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the run's TensorBoard event files (``<run>/tb``, its HParams session
+    aside), read raw, in the order written: a step logged twice shows twice."""
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tensor.float_val:
+                    found.setdefault(value.tag, []).append((event.step, value.tensor.float_val[0]))
+    return found
+
+
+# Scalars that two runs of the same config log alike (not speed, not wall time).
+DETERMINISTIC_TAGS = ("train/loss", "val/loss", "val/ppl", "train/grad_norm", "train/lr/decay")
+
+
+def assert_same_events(run_dir: Path, reference_dir: Path) -> None:
+    """The run's TensorBoard scalars log each step once, as the reference run logged them."""
+    got, expected = scalar_events(run_dir), scalar_events(reference_dir)
+    for tag in DETERMINISTIC_TAGS:
+        assert expected.get(tag), f"the reference run logged no {tag}"
+        steps = [step for step, _ in got.get(tag, [])]
+        assert len(steps) == len(set(steps)), f"{tag}: a step logged twice: {steps}"
+        assert sorted(steps) == [step for step, _ in expected.get(tag, [])], tag
+        values = dict(got.get(tag, []))
+        for step, value in expected.get(tag, []):
+            assert values[step] == pytest.approx(value, abs=1e-6), (tag, step)
+
+
+def file_bytes(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (relative path -> content), to compare before and after."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }

@@ -4,11 +4,14 @@ ClippingProbe records what clipping did to the gradients, each step. It reads th
 ``on_before_optimizer_step``, where Lightning has unscaled them (16-mixed) but not clipped them
 yet, and in ``on_train_batch_end``, after clipping and the optimizer step (Lightning zeroes them
 only at the next step). At the end of training, rank 0 writes ``probe.json`` in ``out_dir``.
-FirstBatchProbe records each DDP rank's first batch, and what holds its data.
+FirstBatchProbe records each DDP rank's first batch, and what holds its data. SignalProbe sends
+its own process a real signal in the middle of a chosen step or validation.
 """
 
 import hashlib
 import json
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -105,3 +108,28 @@ class BatchProbe(L.Callback):
         if trainer.is_global_zero:
             record = {"epochs": self.epochs, "validations": self.validations}
             (self.out_dir / "batches.json").write_text(json.dumps(record))
+
+
+class SignalProbe(L.Callback):
+    """Sends this process the signal ``name`` (SIGTERM) once, at training step ``step``:
+    between its backward pass and its optimizer step (``during="step"``), or after the first
+    batch of the validation that follows it (``during="validation"``)."""
+
+    def __init__(self, name: str, step: int, during: str = "step") -> None:
+        self.signal = signal.Signals[name]
+        self.step, self.during = step, during
+        self.sent = False
+
+    def _send(self, trainer, phase: str) -> None:
+        # global_step counts finished optimizer steps: step n runs while it is n - 1.
+        at = trainer.global_step + (phase == "step")
+        if not self.sent and phase == self.during and at == self.step:
+            self.sent = True
+            os.kill(os.getpid(), self.signal)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._send(trainer, "step")
+
+    def on_validation_batch_end(self, trainer, pl_module, *args, **kwargs) -> None:
+        if not trainer.sanity_checking:
+            self._send(trainer, "validation")

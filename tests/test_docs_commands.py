@@ -64,13 +64,13 @@ TINY_TEXT = (
     "KING RICHARD III:\nNow is the winter of our discontent.\n\n"
     "First Citizen:\nPeace! Peace; away. It's True.\n\n"
 ) * 30
-# Appended to every training command: later values win, so these cut any documented length.
+# Appended to every training command: later values win, so these cut any documented length (a
+# resumed run keeps them too: a resume with another trainer.max_steps is refused).
 TRAIN_ALWAYS = [
     "trainer.max_steps=2",
     "trainer.val_check_interval=2",
     "trainer.log_every_n_steps=1",
 ]
-RESUMED_STEPS = "trainer.max_steps=4"  # a resumed run (ckpt_path=...) trains on past step 2
 # Appended unless the command sets the key itself: pictures cost more than two steps of training.
 TRAIN_UNLESS_SET = [
     "callbacks.attention_heatmap=null",
@@ -314,8 +314,6 @@ def sets(args: list[str], key: str) -> bool:
 
 def train_overrides(args: list[str], data: str) -> list[str]:
     extra = list(TRAIN_ALWAYS)
-    if sets(args, "ckpt_path"):
-        extra.append(RESUMED_STEPS)
     extra += [o for o in TRAIN_UNLESS_SET if not sets(args, o.split("=")[0])]
     if not sets(args, "data.path"):
         extra.append(f"data.path={data}")

@@ -24,10 +24,18 @@ MODEL_PREFIX = "model."
 
 
 def checkpoint_entry(
-    config: TinyGPTConfig, tokenizer: CharTokenizer, run_config: dict[str, Any]
+    config: TinyGPTConfig,
+    tokenizer: CharTokenizer,
+    run_config: dict[str, Any],
+    data_fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """What a training checkpoint stores under ``"tinygpt"`` besides Lightning's own state."""
-    return {"model_config": asdict(config), "tokenizer": tokenizer.to_dict(), "config": run_config}
+    """What a training checkpoint stores under ``"tinygpt"`` besides Lightning's own state;
+    ``data_fingerprint`` (:func:`tinygpt.data.fingerprint.text_fingerprint` of the training
+    text) lets a resume notice another text with the same vocabulary."""
+    entry = {"model_config": asdict(config), "tokenizer": tokenizer.to_dict(), "config": run_config}
+    if data_fingerprint is not None:
+        entry["data_fingerprint"] = data_fingerprint
+    return entry
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

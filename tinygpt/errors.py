@@ -4,6 +4,8 @@
 class TinyGPTError(Exception):
     """A problem with the user's input (a path, a value, a prompt), not a bug in TinyGPT."""
 
+    exit_code = 2  # what the entry points exit with: a usage error, as argparse's
+
 
 class ConfigError(TinyGPTError, ValueError):
     """A configuration value outside its allowed range."""
@@ -23,3 +25,17 @@ class NonFiniteLogitsError(TinyGPTError, ArithmeticError):
 
 class CompileError(TinyGPTError):
     """The decoding step could not be compiled here (no C++ compiler, for instance)."""
+
+
+class RunDirInUseError(TinyGPTError):
+    """Another live process is writing into the run directory this run would write into."""
+
+
+class WriteError(TinyGPTError):
+    """An output (checkpoint, summary, plot) could not be written: disk full, no permission.
+
+    Not a mistake in the user's input, so its exit status is 1, not 2: the same command may
+    succeed once there is room.
+    """
+
+    exit_code = 1

@@ -226,7 +226,7 @@ def check_training_runs(base: str, jobs: list[Path]) -> None:
     losses = []
     for job in jobs:
         run = run_name(job)
-        assert set(scalar_tags[run]) >= SCALAR_TAGS | {"train/lr"}
+        assert set(scalar_tags[run]) >= SCALAR_TAGS | {"train/lr/decay", "train/lr/no_decay"}
         assert HEATMAP_TAG in image_tags[run]
         assert {CONFIG_TAG, SAMPLE_TAG} <= set(text_tags[run])
 

@@ -16,18 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from tinygpt.cli import generate as generate_cli
 from tinygpt.cli import paths
 from tinygpt.cli import train as train_cli
-from tinygpt.errors import CheckpointError, ConfigError
-
-
-def test_ckpt_path_last_is_this_run_directorys_last_checkpoint(tmp_path):
-    assert train_cli.resolve_ckpt_path(None, tmp_path) is None
-    assert train_cli.resolve_ckpt_path("other/x.ckpt", tmp_path) == "other/x.ckpt"
-    with pytest.raises(CheckpointError, match="ckpt_path=last: no checkpoint at .*add hydra.run"):
-        train_cli.resolve_ckpt_path("last", tmp_path)
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    last.parent.mkdir()
-    last.write_bytes(b"")
-    assert train_cli.resolve_ckpt_path("last", tmp_path) == str(last)
+from tinygpt.errors import ConfigError
 
 
 def test_the_resume_command_repeats_the_overrides_for_this_run_directory(tmp_path, monkeypatch):
@@ -58,7 +47,10 @@ def test_the_summary_counts_every_rank_and_accumulated_batch(monkeypatch):
     throughput = train_cli.TokenThroughput()
     throughput.tokens, throughput.train_seconds = 4000, 2.0
     trainer = SimpleNamespace(
-        checkpoint_callback=SimpleNamespace(best_model_score=torch.tensor(1.5)),
+        checkpoint_callbacks=[  # last.ckpt's (no monitor), then best.ckpt's
+            SimpleNamespace(monitor=None, best_model_score=None),
+            SimpleNamespace(monitor="val/loss", best_model_score=torch.tensor(1.5)),
+        ],
         callbacks=[throughput],
         callback_metrics={
             "val/loss": torch.tensor(1.75),
@@ -82,7 +74,7 @@ def test_the_summary_counts_every_rank_and_accumulated_batch(monkeypatch):
         "parameters": 1234,
         "expert_load_min_over_max": 0.25,
     }
-    trainer.checkpoint_callback = None  # without a best checkpoint: the final val loss
+    trainer.checkpoint_callbacks = trainer.checkpoint_callbacks[:1]  # no best: the final val loss
     assert train_cli.run_summary(trainer, module, datamodule, time.time())["best_val_loss"] == 1.75
 
 

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tinygpt.analysis.hparams import SESSION_DIR
+from tinygpt.files import atomic_write
 
 Series = list[tuple[int, float]]
 
@@ -162,8 +163,8 @@ def plot_series(
     if len(series) > 1:
         ax.legend()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as f:  # a full disk leaves no half-written PNG
+        fig.savefig(f, format="png", dpi=100)
     return path
 
 

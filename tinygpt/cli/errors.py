@@ -52,10 +52,10 @@ def _user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def exit_with_user_error(message: object) -> NoReturn:
-    """Print ``error: <message>`` on stderr, one line, and exit with status 2."""
+def exit_with_user_error(message: object, code: int = USER_ERROR_EXIT_CODE) -> NoReturn:
+    """Print ``error: <message>`` on stderr, one line, and exit with ``code`` (2: bad input)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(USER_ERROR_EXIT_CODE)
+    sys.exit(code)
 
 
 @contextmanager
@@ -67,7 +67,7 @@ def user_errors() -> Iterator[None]:
         cause = _user_error(exc)
         if cause is None:
             raise
-        exit_with_user_error(cause)
+        exit_with_user_error(cause, cause.exit_code)
 
 
 def run_hydra_app(

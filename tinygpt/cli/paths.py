@@ -79,11 +79,11 @@ def newest_run_checkpoint(root: str | Path) -> ChosenCheckpoint:
         )
     newest = max(runs.values(), key=lambda paths: max(p.stat().st_mtime for p in paths))
     path = newest[0]  # best.ckpt where there is one: PREFERRED's order
-    step, val_loss = _recorded_progress(path)
+    step, val_loss = recorded_progress(path)
     return ChosenCheckpoint(path, step, val_loss)
 
 
-def _recorded_progress(path: Path) -> tuple[int | None, float | None]:
+def recorded_progress(path: Path) -> tuple[int | None, float | None]:
     """The step and val loss that Lightning stored in the checkpoint, else the run's summary.
 
     Only for the message: a checkpoint that cannot be read here gives ``None`` and is reported

@@ -1,5 +1,6 @@
 """OmegaConf resolvers used by the YAML files in conf/ (entry points register them first), and
-the Hydra callback that checks a sweep's launcher settings before any job starts."""
+the Hydra callbacks that act before a sweep's first job: a check of its launcher settings, and
+what a sweep rerun with ``ckpt_path=last`` will do."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 
 import torch
 from hydra.experimental.callback import Callback
@@ -15,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.cli.errors import exit_with_user_error
 from tinygpt.cli.paths import root_dir
+from tinygpt.cli.run_dir import job_config_subdir
 from tinygpt.generation.strategies import decoder_setting
 
 
@@ -117,6 +120,38 @@ class ParallelJobsCheck(Callback):
             )
 
 
+class SweepResumeNotice(Callback):
+    """Says, before any job starts, how a sweep rerun with ``ckpt_path=last`` continues."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        if OmegaConf.select(config, "ckpt_path") != "last":
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.exists():
+            print(
+                f"ckpt_path=last: {sweep_dir} is a new sweep directory, with nothing to resume; "
+                "give the interrupted sweep's hydra.sweep.dir",
+                flush=True,
+            )
+            return
+        print(
+            f"resuming the sweep in {sweep_dir}: finished jobs are left as they are, "
+            "interrupted ones resume from their last.ckpt, the others start",
+            flush=True,
+        )
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+        if (
+            "optuna" in sweeper.lower()
+            and OmegaConf.select(config, "hydra.sweeper.storage") is None
+        ):
+            print(
+                "the Optuna study is not stored (hydra.sweeper.storage=null), so it starts "
+                "again: its seeded sampler asks the same trials in the same order, and the "
+                "finished ones are read back from their summary.json",
+                flush=True,
+            )
+
+
 def epoch_steps(*args: object) -> int:
     """``${epoch_steps:max_chars,train_fraction,batch_size,block_size[,epochs]}``: see
     :func:`tinygpt.training.epochs.epoch_steps` (imported here, on use: it needs Lightning)."""
@@ -133,6 +168,7 @@ def register_resolvers(argv: Sequence[str] | None = None) -> None:
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
     OmegaConf.register_new_resolver("parallel_jobs", parallel_jobs, replace=True)
     OmegaConf.register_new_resolver("decoder_setting", decoder_setting, replace=True)
+    OmegaConf.register_new_resolver("job_config_subdir", job_config_subdir, replace=True)
     OmegaConf.register_new_resolver("epoch_steps", epoch_steps, replace=True)
     # The command line is read here, in the process that parses it: launcher plugins (joblib,
     # submitit, SLURM) resolve a job's directory in a worker process whose sys.argv is not the

@@ -20,21 +20,28 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import tinygpt.cli.quiet  # noqa: F401  (on import: Lightning's needless notices off)
 from tinygpt.analysis.hparams import expert_load_balance, log_training_session
 from tinygpt.cli import hydra_ddp
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import PROJECT_ROOT, config_dir
+from tinygpt.cli.paths import PROJECT_ROOT, config_dir, recorded_progress
 from tinygpt.cli.quoting import hydra_value, shell_word
 from tinygpt.cli.resolvers import register_resolvers
+from tinygpt.cli.run_dir import SUMMARY_FILE, RunDirLock, finished_summary, resolve_ckpt_path
 from tinygpt.data.datamodule import CharDataModule
-from tinygpt.errors import CheckpointError
+from tinygpt.data.fingerprint import text_fingerprint
+from tinygpt.errors import ConfigError
+from tinygpt.files import write_text_atomic
 from tinygpt.training import TinyGPTModule
 from tinygpt.training.callbacks import TokenThroughput, tensorboard_dir
 from tinygpt.training.checkpointing import LastCheckpoint
+from tinygpt.training.resumed_events import drop_events_from
 from tinygpt.training.trainer_switches import check_trainer_switches
 
 # The entry script next to conf/: what DDP ranks re-run, and what the resume command names.
@@ -56,13 +63,33 @@ def job_start_time() -> float:
 
 def train(cfg: DictConfig) -> float:
     """One training job of a composed config (HydraConfig set): fit, write summary.json, log
-    the run's HParams session; returns the best val loss (what an Optuna search minimises)."""
+    the run's HParams session; returns the best val loss (what an Optuna search minimises).
+
+    With ``ckpt_path=last`` a job that already finished (its summary.json is for this
+    ``trainer.max_steps``) is left as it is; this is what makes a rerun sweep continue.
+    """
     started = job_start_time()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.ckpt_path == "last":
+        finished = finished_summary(run_dir, cfg.trainer.max_steps)
+        if finished is not None:
+            print(f"{run_dir}: finished ({cfg.trainer.max_steps} steps); left as it is", flush=True)
+            return finished["best_val_loss"]
     check_trainer_switches(cfg.trainer)
+    allow_data_change = data_change_allowed(cfg.resume_data_change)
+    lock = RunDirLock(run_dir)
+    if rank_zero_only.rank == 0:  # DDP ranks > 0 are this job's own processes
+        lock.acquire()
+    try:
+        return _fit(cfg, run_dir, started, allow_data_change)
+    finally:
+        lock.release()
+
+
+def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool) -> float:
     hydra_ddp.install(str(TRAIN_SCRIPT))
     L.seed_everything(cfg.seed, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup()
@@ -71,38 +98,65 @@ def train(cfg: DictConfig) -> float:
         tokenizer=datamodule.tokenizer,
         optim=instantiate(cfg.optim),
         run_config=OmegaConf.to_container(cfg, resolve=True),
+        data_fingerprint=text_fingerprint(datamodule.text_path),
+        allow_data_change=allow_data_change,
     )
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir, in_sweep, requeued=slurm_requeued())
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     for callback in callbacks:
         if isinstance(callback, LastCheckpoint):
             callback.resume_hint = f"resume with: {resume_command(run_dir)}"
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    events = tensorboard_dir(trainer)
+    if cfg.ckpt_path == "last" and ckpt_path is None and events and rank_zero_only.rank == 0:
+        # A sweep's job that never saved a checkpoint starts again: so do its TensorBoard
+        # events (a resume drops those after its checkpoint: ResumedEvents).
+        drop_events_from(events, 0)
     with hydra_ddp.job_scope():
-        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     summary = run_summary(trainer, module, datamodule, started)
     if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         # The HParams dashboard's row for this run: its settings, and the summary's metrics.
         overrides = HydraConfig.get().overrides.task
         log_training_session(
             tensorboard_dir(trainer), module.run_config, overrides, summary, start=started
         )
+        # Last: a summary.json for trainer.max_steps marks the job finished (ckpt_path=last).
+        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary))
     return summary["best_val_loss"]
+
+
+def data_change_allowed(setting: str) -> bool:
+    """``resume_data_change``: ``refuse`` (a resume on another text than the checkpoint's is
+    refused) or ``allow``."""
+    if setting not in ("refuse", "allow"):
+        raise ConfigError(f"resume_data_change must be refuse or allow, got {setting!r}")
+    return setting == "allow"
+
+
+def slurm_requeued() -> bool:
+    """Whether this is a SLURM job that SLURM requeued (preempted, or ``scontrol requeue``)."""
+    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
 def run_summary(
     trainer: L.Trainer, module: TinyGPTModule, datamodule: CharDataModule, started: float
 ) -> dict[str, Any]:
     """What summary.json holds: the val losses, steps, tokens, wall time and speed of a fit."""
-    checkpoint = trainer.checkpoint_callback
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor == "val/loss"), None)
     throughput = next(c for c in trainer.callbacks if isinstance(c, TokenThroughput))
     final_val = trainer.callback_metrics.get("val/loss")
+    if final_val is None and trainer.ckpt_path:
+        # Resumed from a checkpoint of the last step (stopped before its summary was written):
+        # nothing left to train or validate; the last validation's loss is in the checkpoint.
+        _, final_val = recorded_progress(Path(trainer.ckpt_path))
+    trained = throughput.train_seconds > 0  # not so when resumed at the last step
     return {
-        "best_val_loss": _number(checkpoint.best_model_score if checkpoint else final_val),
+        "best_val_loss": _number(best.best_model_score if best else final_val),
         "final_val_loss": _number(final_val),
         "steps": trainer.global_step,
         "tokens_seen": trainer.global_step
@@ -111,23 +165,13 @@ def run_summary(
         * datamodule.batch_size
         * datamodule.block_size,
         "wall_seconds": round(time.time() - started, 2),
-        "train_tokens_per_second": round(throughput.tokens / max(throughput.train_seconds, 1e-9)),
+        "train_tokens_per_second": (
+            round(throughput.tokens / throughput.train_seconds) if trained else None
+        ),
         "parameters": module.model.num_parameters(),
         # MoE only: from the expert loads last logged, as TensorBoard's moe/ scalars show them.
         **expert_load_balance(trainer.callback_metrics),
     }
-
-
-def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """``last`` means this run directory's last.ckpt; anything else is a path."""
-    if ckpt_path != "last":
-        return ckpt_path
-    path = run_dir / "checkpoints" / "last.ckpt"
-    if not path.exists():
-        raise CheckpointError(
-            f"ckpt_path=last: no checkpoint at {path}; add hydra.run.dir=<the run's directory>"
-        )
-    return str(path)
 
 
 def resume_command(run_dir: Path) -> str:

@@ -28,6 +28,7 @@ from tinygpt.analysis.moe import (
 )
 from tinygpt.analysis.plots import plot_run
 from tinygpt.errors import ConfigError
+from tinygpt.files import atomic_write
 from tinygpt.generation import encode_prompt, generate_ids
 from tinygpt.generation.sampling import (
     MAX_NEW_TOKENS_LIMIT,
@@ -45,6 +46,13 @@ class TokenThroughput(Callback):
     The one interval that holds a validation (with its checkpoint and pictures, whose callbacks
     may run after this one) is left out whole, step and tokens both. ``tokens`` and
     ``train_seconds`` accumulate over the whole fit for the run summary.
+
+    Kept instead of Lightning's ``ThroughputMonitor``, which (Lightning 2.6) logs a rate only
+    once a window of ``window_size`` batches (100) has filled, so a run of fewer steps shows
+    none; logs past ``self.log``, so the rate reaches neither the progress bar nor the values
+    summary.json reads; and logs validation throughput with validation-batch counts as steps,
+    into the same TensorBoard step axis as training. Its FLOPs/MFU would also need a
+    ``flops_per_batch`` that TinyGPTModule does not compute.
     """
 
     def __init__(self, log_every_n_steps: int = 50) -> None:
@@ -366,7 +374,8 @@ class MoEDashboard(Callback):
         if pl_module.model.config.ffn != "moe" or not trainer.is_global_zero:
             return
         out_dir = Path(self.dirpath or Path(trainer.default_root_dir) / "plots")
-        out_dir.mkdir(parents=True, exist_ok=True)
         load_fig, special_fig = self._figures(trainer, pl_module)
-        load_fig.savefig(out_dir / "expert_load.png")
-        special_fig.savefig(out_dir / "expert_specialisation.png")
+        figures = {"expert_load.png": load_fig, "expert_specialisation.png": special_fig}
+        for name, fig in figures.items():
+            with atomic_write(out_dir / name) as f:
+                fig.savefig(f, format="png")

@@ -29,7 +29,11 @@ class TinyGPTModule(L.LightningModule):
         tokenizer: CharTokenizer,
         optim: OptimConfig | None = None,
         run_config: dict[str, Any] | None = None,
+        data_fingerprint: str | None = None,
+        allow_data_change: bool = False,
     ) -> None:
+        """``data_fingerprint``: the training text's, stored in checkpoints; a resume from a
+        checkpoint of another text is refused unless ``allow_data_change``."""
         super().__init__()
         if model_config.vocab_size != tokenizer.vocab_size:
             raise ConfigError(
@@ -40,6 +44,8 @@ class TinyGPTModule(L.LightningModule):
         self.model.tokenizer = tokenizer
         self.optim = optim or OptimConfig()
         self.run_config = run_config or {}
+        self.data_fingerprint = data_fingerprint
+        self.allow_data_change = allow_data_change
         self.val_loss = MeanMetric()
 
     def configure_model(self) -> None:
@@ -65,7 +71,7 @@ class TinyGPTModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         inputs, targets = batch
         _, loss = self.model(inputs, targets)
-        logging_step = self.global_step % self.trainer.log_every_n_steps == 0
+        logging_step = self._logging_step()
         # On CPU the check is free; on an accelerator it would stall the pipeline every step,
         # so there it runs at logging steps (and before every checkpoint, below).
         if loss.device.type == "cpu" or logging_step:
@@ -77,6 +83,12 @@ class TinyGPTModule(L.LightningModule):
                 self._log_routing()
             return loss + aux_loss
         return loss
+
+    def _logging_step(self) -> bool:
+        """Whether Lightning writes this step's logged values to the loggers (its own rule:
+        every log_every_n_steps-th step, counted from 1). A value logged on another step would
+        be written later, under a later step, and not at all by a run resumed in between."""
+        return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
     def _log_routing(self) -> None:
         """Per MoE layer: each expert's share of tokens, router entropy, drops, aux losses."""
@@ -125,10 +137,10 @@ class TinyGPTModule(L.LightningModule):
         self.log(f"{prefix}/ppl", loss.exp(), sync_dist=True)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.global_step % self.trainer.log_every_n_steps == 0:
+        # The learning rate is logged by Lightning's LearningRateMonitor (conf/callbacks/).
+        if self._logging_step():
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
-            self.log("train/lr", optimizer.param_groups[0]["lr"])  # all groups share one lr
 
     def configure_gradient_clipping(
         self,
@@ -167,7 +179,8 @@ class TinyGPTModule(L.LightningModule):
         optimizer, scheduler = build_optimizer(self.parameters(), self.optim, max_steps, fused)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            # The name is the tag LearningRateMonitor logs under: train/lr/<param group>.
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -177,11 +190,12 @@ class TinyGPTModule(L.LightningModule):
                 "good checkpoint (try a lower optim.lr)"
             )
         checkpoint[CHECKPOINT_KEY] = checkpoint_entry(
-            self.model.config, self.model.tokenizer, self.run_config
+            self.model.config, self.model.tokenizer, self.run_config, self.data_fingerprint
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to resume from a checkpoint of another vocabulary or model shape."""
+        """Refuse a resume that would silently go wrong: a checkpoint of another vocabulary or
+        model shape, of another training text, or with another schedule or optimizer."""
         entry = checkpoint.get(CHECKPOINT_KEY)
         if entry is None:
             raise CheckpointError("the checkpoint has no TinyGPT entry; it was not made by TinyGPT")
@@ -196,3 +210,39 @@ class TinyGPTModule(L.LightningModule):
         if differing:
             shown = ", ".join(f"model.{k}={theirs.get(k)!r}" for k in differing)
             raise CheckpointError(f"the checkpoint's model differs from this run's: {shown}")
+        self._check_same_text(entry.get("data_fingerprint"))
+        self._check_same_schedule(entry.get("config") or {})
+
+    def _check_same_text(self, theirs: str | None) -> None:
+        """Same vocabulary, other text: the batches after the resume would come from it."""
+        ours = self.data_fingerprint
+        if theirs is None or ours is None or theirs == ours or self.allow_data_change:
+            return
+        raise CheckpointError(
+            f"the checkpoint was trained on another text than this run's data (same "
+            f"vocabulary; sha256 {theirs[:12]}..., this text {ours[:12]}...); add "
+            "resume_data_change=allow to continue training on this text anyway"
+        )
+
+    def _check_same_schedule(self, saved: dict[str, Any]) -> None:
+        """Another trainer.max_steps or optimizer setting: the restored optimizer and cosine
+        schedule keep the checkpoint's (its length, lr and betas), whatever this run asks."""
+        differing = []
+        steps = (saved.get("trainer") or {}).get("max_steps")
+        if steps is not None and steps != self.trainer.max_steps:
+            differing.append(f"trainer.max_steps={steps} (now {self.trainer.max_steps})")
+        for key, theirs in (saved.get("optim") or {}).items():
+            ours = getattr(self.optim, key, None)
+            if key != "_target_" and _plain(theirs) != _plain(ours):
+                differing.append(f"optim.{key}={_plain(theirs)} (now {_plain(ours)})")
+        if differing:
+            raise CheckpointError(
+                f"the checkpoint was trained with {', '.join(differing)}: its optimizer and "
+                "learning-rate schedule would not follow the new values; resume with the "
+                "checkpoint's, or start a new run"
+            )
+
+
+def _plain(value: Any) -> Any:
+    """Config values as compared: a list and a tuple of the same numbers are equal."""
+    return list(value) if isinstance(value, (list, tuple)) else value

@@ -46,10 +46,15 @@ def build_optimizer(
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW with weight decay on matrices only, and its per-step warmup + cosine schedule."""
     params = [p for p in parameters if p.requires_grad]
-    # Weight decay on matrices (linear and embedding weights) only, not biases or norms.
+    # Weight decay on matrices (linear and embedding weights) only, not biases or norms. The
+    # names label the groups' learning rates in TensorBoard (train/lr/decay, train/lr/no_decay).
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {
+            "name": "decay",
+            "params": [p for p in params if p.dim() >= 2],
+            "weight_decay": optim.weight_decay,
+        },
+        {"name": "no_decay", "params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=fused)
     warmup = min(optim.warmup_steps, max_steps - 1)

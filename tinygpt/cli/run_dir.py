@@ -1,0 +1,129 @@
+"""A run directory as train.py finds it before writing: who else is writing into it (a lock),
+whether its job already finished, and which of its checkpoints a resume starts from.
+
+The same rules make an interrupted sweep resumable: rerun the same ``train.py -m`` command with
+the same ``hydra.sweep.dir`` plus ``ckpt_path=last``, and each job directory decides for itself
+(finished: left alone; interrupted: resumed from its last.ckpt; never started: from scratch).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tinygpt.errors import CheckpointError, RunDirInUseError
+
+LOCK_FILE = ".train.lock"
+SUMMARY_FILE = "summary.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's, saved on SLURM's requeue signal
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory for as long as one train.py process writes into it.
+
+    It is an ``flock`` on ``<run>/.train.lock``, which the kernel drops when the process ends,
+    however it ends: a lock left by a killed run never blocks. The file names its holder (pid
+    and command line) for the message a second process is refused with.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self._file = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`RunDirInUseError` naming the process that holds it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - the lock lasts while open
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not written its pid yet"
+            f.close()
+            raise RunDirInUseError(
+                f"{self.run_dir} is in use by another train.py ({holder}); wait for it to end, "
+                "or give this run another directory"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}: {' '.join(sys.argv)}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock; the file stays, naming its last holder
+            self._file = None
+
+    def held_elsewhere(self) -> bool:
+        """Whether another open of the lock file holds it now (another live process)."""
+        if not self.path.exists():
+            return False
+        with open(self.path, encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        return False
+
+    def __enter__(self) -> RunDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def finished_summary(run_dir: str | Path, max_steps: int) -> dict[str, Any] | None:
+    """The run's summary.json if it finished training for ``max_steps`` steps, else None."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(summary, dict) and summary.get("steps") == max_steps:
+        return summary
+    return None
+
+
+def job_config_subdir(
+    subdir: str, run_dir: str, ckpt_path: str | None, max_steps: int
+) -> str | None:
+    """Where Hydra saves a job's composed config (``hydra.output_subdir``): ``subdir``, or None
+    (nothing saved) for a directory that must stay as it is: a finished job that a resumed
+    sweep skips, or a directory another live train.py writes into (train() then refuses).
+
+    Hydra saves the config before the job starts; this resolver is the hook that runs first.
+    """
+    if ckpt_path == "last" and finished_summary(run_dir, max_steps) is not None:
+        return None
+    if RunDirLock(run_dir).held_elsewhere():
+        return None
+    return subdir
+
+
+def resolve_ckpt_path(
+    ckpt_path: str | None, run_dir: Path, in_sweep: bool = False, requeued: bool = False
+) -> str | None:
+    """The checkpoint a run starts from: ``last`` means this run directory's last.ckpt (in a
+    sweep, a job without one starts from scratch); a requeued SLURM job with none given takes
+    the newest of its last.ckpt and Lightning's hpc checkpoints; anything else is a path."""
+    last = run_dir / LAST_CHECKPOINT
+    if ckpt_path == "last":
+        if last.exists():
+            return str(last)
+        if in_sweep:
+            return None  # this job never saved a checkpoint: it runs from the start
+        raise CheckpointError(
+            f"ckpt_path=last: no checkpoint at {last}; add hydra.run.dir=<the run's directory>"
+        )
+    if ckpt_path is None and requeued:
+        saved = [p for p in [last, *run_dir.glob(HPC_CHECKPOINTS)] if p.is_file()]
+        if saved:
+            return str(max(saved, key=lambda p: p.stat().st_mtime))
+    return ckpt_path
