@@ -35,7 +35,6 @@ from tinygpt.cli.quoting import hydra_value, shell_word
 from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.cli.run_dir import SUMMARY_FILE, RunDirLock, finished_summary, resolve_ckpt_path
 from tinygpt.data.datamodule import CharDataModule
-from tinygpt.data.fingerprint import text_fingerprint
 from tinygpt.errors import ConfigError
 from tinygpt.files import write_text_atomic
 from tinygpt.training import TinyGPTModule
@@ -98,7 +97,7 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
         tokenizer=datamodule.tokenizer,
         optim=instantiate(cfg.optim),
         run_config=OmegaConf.to_container(cfg, resolve=True),
-        data_fingerprint=text_fingerprint(datamodule.text_path),
+        data_fingerprint=datamodule.fingerprint,  # the token cache's: the text is hashed once
         allow_data_change=allow_data_change,
     )
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN

@@ -43,9 +43,9 @@ def check_stop_characters(stops: Sequence[str], vocabulary: str) -> None:
         missing = sorted(set(stop) - known)
         if missing:
             shown = ", ".join(repr(c) for c in missing)
-            hint = (
-                " (Hydra keeps \\n as a backslash and an n; see the README)" if "\\" in stop else ""
-            )
+            hint = ""
+            if "\\" in stop:
+                hint = " (Hydra keeps \\n as two characters: docs/generation.md#quoting-prompt)"
             raise ConfigError(
                 f"stop string {stop!r} can never be generated: {shown} not in the vocabulary{hint}"
             )
