@@ -44,7 +44,7 @@ def test_logger_csv_writes_metrics_csv_and_its_plots_and_the_report_reads_it(tex
     scalars = read_scalars(run)
     assert [step for step, _ in scalars["val/loss"]] == [9, 19]
     assert scalars["val/loss"][-1][1] == pytest.approx(summary["final_val_loss"], abs=1e-6)
-    assert {"train/loss", "train/lr", "train/grad_norm", "moe/layer0/load/expert0"} <= set(scalars)
+    assert {"train/loss", "train/lr/decay", "train/grad_norm", "moe/layer0/load/expert0"} <= set(scalars)
 
     # The report reads the CSV-only run: its val loss curve and its experts' load.
     out = tmp_path / "report"
@@ -65,7 +65,7 @@ def test_logger_many_writes_both_and_they_hold_the_same_values(text, tmp_path):
     assert (run / "csv" / "version_0" / "metrics.csv").is_file()
     assert_plots(run)
     events, rows = read_scalars(run, logger="tensorboard"), read_scalars(run, logger="csv")
-    assert set(events) == set(rows) >= {"train/loss", "val/loss", "val/ppl", "train/lr"}
+    assert set(events) == set(rows) >= {"train/loss", "val/loss", "val/ppl", "train/lr/decay"}
     for tag in events:
         assert [s for s, _ in events[tag]] == [s for s, _ in rows[tag]], tag
         # Events hold float32; the CSV file Python's repr of the value logged.

@@ -79,7 +79,12 @@ def test_train_and_generate_from_another_directory(shakespeare_cache, tmp_path):
     best = run_dir / "checkpoints" / "best.ckpt"
     checkpoint = load_checkpoint(best)
     assert checkpoint["tinygpt"]["config"]["data"]["cache_dir"] == str(root / "data")
-    assert [p.name for p in (root / "data").iterdir()] == ["tinyshakespeare.txt"]
+    # The text and its token cache (tinygpt.data.token_cache), nothing in the cwd.
+    assert sorted(p.name for p in (root / "data").iterdir()) == [
+        "tinyshakespeare.txt",
+        "tinyshakespeare.txt.tokens",
+    ]
+    assert list(cwd.iterdir()) == []
 
     generated = run("generate.py", "decoder=greedy", "max_new_tokens=5")  # no ckpt_path
     assert generated.returncode == 0, generated.stderr[-3000:]
