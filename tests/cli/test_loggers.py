@@ -44,7 +44,9 @@ def test_logger_csv_writes_metrics_csv_and_its_plots_and_the_report_reads_it(tex
     scalars = read_scalars(run)
     assert [step for step, _ in scalars["val/loss"]] == [9, 19]
     assert scalars["val/loss"][-1][1] == pytest.approx(summary["final_val_loss"], abs=1e-6)
-    assert {"train/loss", "train/lr/decay", "train/grad_norm", "moe/layer0/load/expert0"} <= set(scalars)
+    assert {"train/loss", "train/lr/decay", "train/grad_norm", "moe/layer0/load/expert0"} <= set(
+        scalars
+    )
 
     # The report reads the CSV-only run: its val loss curve and its experts' load.
     out = tmp_path / "report"

@@ -33,7 +33,9 @@ def outputs_listing() -> set[str]:
 
 def assert_written_once(job_dir: Path) -> None:
     names = sorted(p.name for p in job_dir.iterdir())
-    assert names == [".hydra", "checkpoints", "plots", "summary.json", "tb", "train.log"], names
+    # .train.lock: rank 0's run-directory lock (tinygpt.cli.run_dir), one per job, not per rank
+    expected = [".hydra", ".train.lock", "checkpoints", "plots", "summary.json", "tb", "train.log"]
+    assert names == expected, names
     assert len(list((job_dir / "tb").glob("events.out.tfevents.*"))) == 1
     assert sorted(p.name for p in (job_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 

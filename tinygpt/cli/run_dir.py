@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omegaconf.errors import OmegaConfBaseException
+
 from tinygpt.errors import CheckpointError, RunDirInUseError
 
 LOCK_FILE = ".train.lock"
@@ -92,16 +94,26 @@ def finished_summary(run_dir: str | Path, max_steps: int) -> dict[str, Any] | No
 
 
 def job_config_subdir(
-    subdir: str, run_dir: str, ckpt_path: str | None, max_steps: int
+    subdir: str, run_dir: str | None, ckpt_path: str | None, *, _root_
 ) -> str | None:
     """Where Hydra saves a job's composed config (``hydra.output_subdir``): ``subdir``, or None
     (nothing saved) for a directory that must stay as it is: a finished job that a resumed
     sweep skips, or a directory another live train.py writes into (train() then refuses).
 
     Hydra saves the config before the job starts; this resolver is the hook that runs first.
+    ``trainer.max_steps`` is read only for ``ckpt_path=last`` and from the root (OmegaConf's
+    ``_root_``), so a config whose max_steps cannot resolve (e.g. a bad epoch setting) still
+    reaches train(), which reports it in one line.
     """
-    if ckpt_path == "last" and finished_summary(run_dir, max_steps) is not None:
-        return None
+    if run_dir is None:  # composing without a job (--cfg): nothing to protect
+        return subdir
+    if ckpt_path == "last":
+        try:
+            max_steps = _root_.trainer.max_steps
+        except OmegaConfBaseException:
+            return subdir
+        if finished_summary(run_dir, max_steps) is not None:
+            return None
     if RunDirLock(run_dir).held_elsewhere():
         return None
     return subdir
