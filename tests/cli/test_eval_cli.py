@@ -55,6 +55,21 @@ def test_the_val_split_gives_the_training_runs_final_val_loss(trained, tmp_path,
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == record
 
 
+def test_a_run_on_the_texts_first_characters_is_evaluated_on_its_own_splits(tmp_path):
+    # data.max_chars (the notebook's 100k setting): the vocabulary and the splits are those of
+    # the text's first characters; the rest of the text holds characters the model never saw.
+    assert set("@~").isdisjoint(TINY_TEXT)
+    text = tmp_path / "text.txt"
+    text.write_text(TINY_TEXT + "@~" * 200)
+    run_dir = tmp_path / "run"
+    overrides = [*TINY_RUN, f"data.path={text}", f"data.max_chars={len(TINY_TEXT)}"]
+    train(compose_task("train", [*overrides, "callbacks.metric_plots=null"], run_dir))
+    record = evaluate(run_dir, tmp_path / "eval")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert abs(record["loss"] - summary["final_val_loss"]) < 1e-4
+    assert record["skipped_characters"] == 0
+
+
 def test_the_train_split_and_the_whole_text(trained, tmp_path):
     val = evaluate(trained, tmp_path / "val")
     train_split = evaluate(trained, tmp_path / "train", "split=train")

@@ -33,6 +33,7 @@ from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.data.datamodule import TEST_SPLITS, CharDataModule
 from tinygpt.data.tokenizer import UnknownCharactersError
 from tinygpt.errors import ConfigError, DataError
+from tinygpt.files import write_text_atomic
 from tinygpt.generation.sampling import check_int
 from tinygpt.training import TinyGPTModule
 
@@ -57,24 +58,30 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("eval.py evaluates on one device: use trainer=default, cpu or gpu")
 
 
-def text_source(cfg: DictConfig, trained_on: dict[str, Any]) -> dict[str, str | None]:
-    """The DataModule's ``path`` and ``cache_dir``: ``data.path``, else the checkpoint's training
-    text (its ``data.path``, or TinyShakespeare, downloaded and verified if not cached)."""
+def text_source(cfg: DictConfig, trained_on: dict[str, Any]) -> dict[str, Any]:
+    """The DataModule's ``path``, ``cache_dir`` and ``max_chars``: ``data.path`` (whole), else the
+    checkpoint's training text (its ``data.path``, or TinyShakespeare, downloaded and verified if
+    not cached) cut to the training's ``data.max_chars``, so its splits are the training's."""
     if cfg.data.path is not None:
-        return {"path": str(cfg.data.path), "cache_dir": cfg.paths.data_dir}
+        return {"path": str(cfg.data.path), "cache_dir": cfg.paths.data_dir, "max_chars": None}
+    max_chars = trained_on.get("max_chars")
     if trained_on.get("path"):
         path = Path(trained_on["path"])
         # A relative path was given from the training's working directory, or the project root.
         for candidate in (path, Path(root_dir()) / path):
             if candidate.is_file():
-                return {"path": str(candidate), "cache_dir": cfg.paths.data_dir}
+                return {
+                    "path": str(candidate),
+                    "cache_dir": cfg.paths.data_dir,
+                    "max_chars": max_chars,
+                }
         raise DataError(
             f"the checkpoint's training text {path} was not found; give the text as data.path=FILE"
         )
     cache_dir = trained_on.get("cache_dir")
     if not cache_dir or not (Path(cache_dir) / SHAKESPEARE_FILE).is_file():
         cache_dir = cfg.paths.data_dir
-    return {"path": None, "cache_dir": str(cache_dir)}
+    return {"path": None, "cache_dir": str(cache_dir), "max_chars": max_chars}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -120,7 +127,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "ckpt_path": str(ckpt_path),
     }
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    (out_dir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(out_dir / "eval.json", json.dumps(record, indent=2) + "\n")
     print(json.dumps(record), flush=True)
     return record
 
