@@ -181,7 +181,7 @@ def test_force_replaces_an_earlier_export_whole(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt", "hf"]
 
 
-def test_a_failed_export_leaves_the_earlier_one_and_nothing_else(tmp_path, monkeypatch):
+def test_a_failed_export_leaves_the_earlier_one_and_nothing_else(tmp_path, monkeypatch, capsys):
     spread_checkpoint(tmp_path / "a.ckpt")
     export(tmp_path / "a.ckpt", tmp_path / "hf")
     earlier = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
@@ -191,7 +191,10 @@ def test_a_failed_export_leaves_the_earlier_one_and_nothing_else(tmp_path, monke
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export_module, "write_model_dir", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        export(tmp_path / "a.ckpt", tmp_path / "hf", force=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a.ckpt"), str(tmp_path / "hf"), "--force"])
+    assert exit_info.value.code == 1
+    error = one_error_line(capsys.readouterr().err)
+    assert error == f"error: cannot write {tmp_path / 'hf'}: No space left on device"
     assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "hf"]  # no staging left

@@ -34,6 +34,7 @@ from safetensors.torch import save
 from tinygpt.checkpoint import load_model
 from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import write_error
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -196,6 +197,16 @@ def export(ckpt_path: str | Path, out_dir: str | Path, force: bool = False) -> P
             )
     model = load_model(ckpt_path)
     weights = gpt2_state_dict(model)  # refuses an MoE model
+    try:
+        _write_in_place(out_dir, weights, model)
+    except OSError as exc:  # disk full, permission denied: one line naming the directory
+        raise write_error(out_dir, exc) from None
+    return out_dir
+
+
+def _write_in_place(out_dir: Path, weights: dict[str, torch.Tensor], model: TinyGPT) -> None:
+    """Write the model directory into a hidden sibling of ``out_dir``, then rename it into place
+    (an existing ``out_dir`` is moved aside first and removed last)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Hidden siblings of out_dir: the same file system, so renames are atomic.
     hidden = f".{out_dir.name}.{uuid.uuid4().hex[:8]}"
@@ -217,7 +228,6 @@ def export(ckpt_path: str | Path, out_dir: str | Path, force: bool = False) -> P
             os.replace(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
 
 
 class _Parser(argparse.ArgumentParser):

@@ -159,6 +159,9 @@ def test_a_page_without_the_markers_is_refused_before_training(tmp_path, capfd):
 def test_smoke_sets_tiny_defaults_that_explicit_values_override():
     args = command.parse_args(["--smoke", "--epochs", "5"])
     assert (args.epochs, args.steps, args.num_samples, args.max_new_tokens) == (5, 20, 2, 40)
+    # Never over the committed page or into the real sweeps, unless asked to.
+    assert {Path(args.sweeps).name, Path(args.out).parent.name} == {"claims-smoke"}
+    assert Path(args.results).name == "results.md" and "docs" not in Path(args.results).parts
     assert command.command_line(args) == "python -m tinygpt.claims --smoke --epochs 5"
     full = command.setting_overrides("full", args)
     assert "trainer.max_steps=20" in full and "trainer.val_check_interval=3" in full

@@ -56,6 +56,7 @@ from tinygpt.checkpoint import load_model
 from tinygpt.cli.errors import user_errors
 from tinygpt.cli.paths import root_dir
 from tinygpt.cli.quoting import hydra_value
+from tinygpt.files import write_text_atomic
 
 DEFAULT_OUT = Path("docs/results")
 DEFAULT_PAGE = Path("docs/results.md")
@@ -155,7 +156,8 @@ def regenerate(args: argparse.Namespace) -> dict[str, Path]:
             # ckpt_path=last: finished jobs kept, interrupted ones resumed, new ones started.
             resume = sweep.is_dir() and any(sweep.iterdir())
             seconds = train_sweep(sweep, sweep_command(shared, args.seeds, resume))
-            record.write_text(json.dumps({"seconds": round(seconds, 1), "resumed": resume}) + "\n")
+            timing = {"seconds": round(seconds, 1), "resumed": resume}
+            write_text_atomic(record, json.dumps(timing) + "\n")
         # The sweep's own time, as the command that trained it measured it (a --pages-only
         # page keeps stating it).
         if record.is_file():
@@ -197,8 +199,9 @@ def regenerate(args: argparse.Namespace) -> dict[str, Path]:
     write_page(page, body)
     written["results"] = page
     written["numbers"] = out / "claims.json"
-    written["numbers"].write_text(
-        json.dumps(numbers(claims, decoding_rows, settings, timings), indent=1) + "\n"
+    write_text_atomic(
+        written["numbers"],
+        json.dumps(numbers(claims, decoding_rows, settings, timings), indent=1) + "\n",
     )
     return written
 
@@ -289,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the whole pipeline in about a minute: "
         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items())
-        + " unless given (the page's numbers then mean nothing)",
+        + " unless given; the sweeps, pictures and page go to outputs/claims-smoke unless given",
     )
     p.add_argument(
         "--pages-only",
@@ -304,7 +307,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = parser()
     args = p.parse_args(argv)
     if args.smoke:
-        p.set_defaults(**SMOKE)
+        # A smoke run's numbers mean nothing: by default it writes to a scratch folder, never
+        # over docs/results.md or into the real sweeps (whose checkpoints it would clash with).
+        scratch = Path(root_dir()) / "outputs" / "claims-smoke"
+        p.set_defaults(
+            **SMOKE,
+            sweeps=str(scratch),
+            out=str(scratch / "results"),
+            results=str(scratch / "results.md"),
+        )
         args = p.parse_args(argv)
     return args
 
