@@ -73,3 +73,12 @@ def test_logger_many_writes_both_and_they_hold_the_same_values(text, tmp_path):
         # Events hold float32; the CSV file Python's repr of the value logged.
         assert [v for _, v in events[tag]] == pytest.approx([v for _, v in rows[tag]], rel=1e-6)
     assert rows["val/loss"][-1][1] == pytest.approx(summary["final_val_loss"], abs=1e-6)
+
+
+def test_no_logger_trains_and_keeps_its_checkpoints_and_summary(text, tmp_path):
+    # ~logger drops the group (logger=null is refused by Hydra in one line: test_train_cli).
+    run = tmp_path / "run"
+    summary = train_run(run, text, "~logger", "callbacks.sample_text=null")
+    assert summary["steps"] == 20 and summary["final_val_loss"] is not None
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not (run / "tb").exists() and not (run / "csv").exists()

@@ -87,6 +87,7 @@ def test_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):
         ("trainer.limit_train_batches=0.5", "training is an endless stream of batches"),
         ("trainer.profiler=fancy", "trainer.profiler must be null, simple, advanced, pytorch"),
         ("debug=no_such_option", "Could not find 'debug/no_such_option'"),
+        ("logger=null", "Config group override must be a string or a list"),
         ("model=no_such_model", "Could not find 'model/no_such_model'"),
         ("experiment=no_such_recipe", "Could not find 'experiment/no_such_recipe'"),
     ],

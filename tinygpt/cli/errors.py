@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +107,11 @@ def run_hydra_app(
         if ambiguous:
             message += f"; {quoting_hint(ambiguous.group(1))}"
         exit_with_user_error(_missing_plugin(message) or message)
+    except ValueError as exc:
+        # Hydra's defaults list refuses e.g. `logger=null` with a bare ValueError.
+        if not _raised_in_hydra(exc):
+            raise
+        exit_with_user_error(f"{exc} (a config group takes one of its options; ~GROUP drops it)")
     finally:
         sys.argv = saved
         if full_error is None:
@@ -118,6 +124,12 @@ def run_hydra_app(
             handler.close()
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def _raised_in_hydra(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by Hydra's own code (composing the config), not by the run."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and f"{os.sep}hydra{os.sep}" in frames[-1].filename
 
 
 def _missing_plugin(message: str) -> str | None:

@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -106,7 +107,9 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
     for callback in callbacks:
         if isinstance(callback, LastCheckpoint):
             callback.resume_hint = f"resume with: {resume_command(run_dir)}"
-    loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    if not loggers:  # ~logger (no logger): nothing for the learning-rate monitor to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     events = tensorboard_dir(trainer)
     if cfg.ckpt_path == "last" and ckpt_path is None and events and rank_zero_only.rank == 0:

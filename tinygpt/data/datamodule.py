@@ -31,13 +31,14 @@ class CharDataModule(L.LightningDataModule):
     Split as nanoGPT does: the first ``train_fraction`` of the tokens train, the rest validate.
     The text is tokenized once into a token cache (tinygpt.data.token_cache) and both splits are
     views of its memory map: every run after the first only streams the text's bytes through
-    sha256 (to know the cache is the text's) and no process holds the text in RAM. The vocabulary is the text's own characters,
-    or ``tokenizer``'s (a checkpoint's, to evaluate it on any text): then characters outside it
-    are refused, or left out with ``skip_unknown`` (``skipped`` counts them). ``test_dataloader``
-    serves ``test_split`` (val, train or all) as the validation windows are served: every
-    non-overlapping window, in order.
-    ``max_chars`` keeps only the text's first characters (the TinyGPT notebook trained on the
-    first 100,000), split the same way.
+    sha256 (to know the cache is the text's), and no process holds the text in RAM.
+
+    The vocabulary is the text's own characters, or ``tokenizer``'s (a checkpoint's, to evaluate
+    it on any text): then characters outside it are refused, or left out with ``skip_unknown``
+    (``skipped`` counts them). ``test_dataloader`` serves ``test_split`` (val, train or all) as
+    the validation windows are served: every non-overlapping window, in order. ``max_chars``
+    keeps only the text's first characters (the TinyGPT notebook trained on the first 100,000),
+    split the same way.
     """
 
     def __init__(
