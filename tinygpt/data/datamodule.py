@@ -137,12 +137,7 @@ class CharDataModule(L.LightningDataModule):
         known = set(self.tokenizer.chars)
         unknown = [c for c in chars if c not in known]
         if unknown and not self.skip_unknown:
-            shown = ", ".join(repr(c) for c in unknown[:10])
-            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-            raise UnknownCharactersError(
-                f"{self.text_path}: text contains {len(unknown)} character(s) not in the "
-                f"vocabulary: {shown}{more}"
-            )
+            raise UnknownCharactersError.naming(unknown, str(self.text_path))
         index = {c: i for i, c in enumerate(self.tokenizer.chars)}
         lookup = np.array([index.get(c, -1) for c in chars], dtype=np.int64)
         ids = lookup[np.asarray(tokens)]

@@ -10,6 +10,18 @@ from tinygpt.errors import TinyGPTError
 class UnknownCharactersError(TinyGPTError, ValueError):
     """Text contains characters that are not in the vocabulary."""
 
+    @classmethod
+    def naming(cls, missing: list[str], where: str = "") -> UnknownCharactersError:
+        """The error naming the first ten ``missing`` characters (and how many more), after
+        ``where`` (e.g. the text's path) if given."""
+        shown = ", ".join(repr(c) for c in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        prefix = f"{where}: " if where else ""
+        return cls(
+            f"{prefix}text contains {len(missing)} character(s) not in the vocabulary: "
+            f"{shown}{more}"
+        )
+
 
 class CharTokenizer:
     """Maps each character of a fixed, sorted vocabulary to its index.
@@ -49,11 +61,7 @@ class CharTokenizer:
             if skip_unknown:
                 return ids[~unknown]
             missing = sorted({chr(c) for c in codepoints[unknown].tolist()})
-            shown = ", ".join(repr(c) for c in missing[:10])
-            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise UnknownCharactersError(
-                f"text contains {len(missing)} character(s) not in the vocabulary: {shown}{more}"
-            )
+            raise UnknownCharactersError.naming(missing)
         return ids
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:
