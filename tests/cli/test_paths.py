@@ -112,6 +112,7 @@ def test_what_a_sweep_prints_pastes_back_unquoted(python, tiny_text_file, tmp_pa
             "-m",
             *TINY_RUN,
             "trainer.max_steps=60",
+            "callbacks.last_checkpoint.every_n_steps=2",
             "model=moe",
             "model.num_experts=2,3",
             f"data.path={tiny_text_file}",
@@ -122,7 +123,9 @@ def test_what_a_sweep_prints_pastes_back_unquoted(python, tiny_text_file, tmp_pa
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(job / "tb" / "events.out.tfevents.*", process)  # the first job is training
+    # The first job is training: its first last.ckpt is written after the stop-signal handlers
+    # are installed. (Its TensorBoard file is not proof: Lightning creates it before setup.)
+    wait_for(job / "checkpoints" / "last.ckpt", process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr[-3000:]
