@@ -79,7 +79,7 @@ def bare_loop(config, batch_size, steps, warmup, device) -> list[float]:
     """What a user would write by hand: the same model, optimizer, schedule and clipping."""
     module = make_module(config, steps).to(device)
     fused = fused_adamw(device)  # as TinyGPTModule chooses
-    optimizer, scheduler = build_optimizer(module.parameters(), module.optim, steps, fused)
+    optimizer, scheduler = build_optimizer(module.named_parameters(), module.optim, steps, fused)
     stream = iter(RandomWindows(DATA, config.block_size, batch_size, 0, 0, 0))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
     times = []

@@ -134,6 +134,27 @@ def test_16_mixed_with_a_grad_scaler_clips_true_gradients(tiny_text_file, tmp_pa
     assert summary["final_val_loss"] < vocab_loss(tiny_text_file) - 0.5
 
 
+@pytest.mark.parametrize(
+    ("precision", "expected"),
+    [
+        (["trainer.precision=bf16-mixed"], (None, "bf16-mixed")),
+        (FP16_MIXED, ("GradScaler", "16-mixed")),
+    ],
+    ids=["bf16-mixed", "16-mixed"],
+)
+def test_muon_trains_moe_under_mixed_precision_with_clipping(
+    tiny_text_file, tmp_path, precision, expected
+):
+    # MuonWithAdamW is one optimizer to Lightning: the GradScaler unscales both optimizers'
+    # gradients before clipping, and the MoE router's matrix is Muon's.
+    summary, probe = train_in_process(
+        tmp_path / "run", tiny_text_file, "trainer=cpu", *precision, "model=moe", "optim.name=muon"
+    )
+    assert (probe["scaler"], probe["precision"]) == expected
+    assert_clipped(probe)
+    assert summary["final_val_loss"] < vocab_loss(tiny_text_file) - 0.4
+
+
 def test_compiled_model_trains_under_bf16_mixed(tiny_text_file, tmp_path):
     # The GPU check's first step (bf16-mixed + compile), at one layer: compiling is the cost.
     torch._dynamo.reset()

@@ -176,7 +176,8 @@ class TinyGPTModule(L.LightningModule):
         # its step, as the fused AdamW does. So under a loss scaler AdamW runs foreach.
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
         fused = fused_adamw(self.device) and not scaled
-        optimizer, scheduler = build_optimizer(self.parameters(), self.optim, max_steps, fused)
+        named = self.named_parameters()
+        optimizer, scheduler = build_optimizer(named, self.optim, max_steps, fused)
         return {
             "optimizer": optimizer,
             # The name is the tag LearningRateMonitor logs under: train/lr/<param group>.

@@ -1,32 +1,52 @@
-"""The optimizer: AdamW with weight decay on matrices only, linear warmup, then cosine decay."""
+"""The optimizer: AdamW with weight decay on matrices only (or Muon for the blocks' matrices and
+AdamW for the rest), linear warmup, then cosine decay."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, SequentialLR
 
 from tinygpt.errors import ConfigError
+from tinygpt.training.muon import MuonWithAdamW
+
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup, then cosine decay to ``min_lr`` at ``trainer.max_steps``."""
+    """AdamW with linear warmup, then cosine decay to ``min_lr`` at ``trainer.max_steps``.
 
+    ``name: muon`` trains the transformer blocks' weight matrices with Muon at ``muon_lr``
+    instead (``tinygpt.training.muon``); the rest stays on AdamW at ``lr``. Both follow the same
+    warmup and cosine, each down to ``min_lr / lr`` of its own peak.
+    """
+
+    name: str = "adamw"
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.1
     betas: tuple[float, float] = field(default=(0.9, 0.99))
+    muon_lr: float = 0.05  # Muon's own scale ("original" adjustment: sqrt(max(1, rows / cols)))
+    muon_momentum: float = 0.95
 
     def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            choices = ", ".join(OPTIMIZERS)
+            raise ConfigError(f"optim.name must be one of {choices}, got {self.name!r}")
         if not self.lr > 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr!r}")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"optim.min_lr must be in [0, optim.lr], got {self.min_lr!r}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if not self.muon_lr > 0:
+            raise ConfigError(f"optim.muon_lr must be > 0, got {self.muon_lr!r}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum!r}")
         self.betas = tuple(self.betas)
 
 
@@ -42,13 +62,46 @@ def fused_adamw(device: torch.device | str) -> bool:
 
 
 def build_optimizer(
-    parameters, optim: OptimConfig, max_steps: int, fused: bool = False
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with weight decay on matrices only, and its per-step warmup + cosine schedule."""
-    params = [p for p in parameters if p.requires_grad]
+    named_parameters, optim: OptimConfig, max_steps: int, fused: bool = False
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimizer ``optim.name`` names over ``named_parameters`` (``module.named_parameters()``),
+    and its per-step warmup + cosine schedule."""
+    named = [(name, p) for name, p in named_parameters if p.requires_grad]
+    if optim.name == "muon":
+        hidden, rest = [], []
+        for name, p in named:
+            (hidden if _is_hidden_matrix(name, p) else rest).append(p)
+        muon_groups = [{"name": "muon", "params": hidden}]
+        muon = {
+            "lr": optim.muon_lr,
+            "weight_decay": optim.weight_decay,
+            "momentum": optim.muon_momentum,
+        }
+        adamw = {"lr": optim.lr, "betas": optim.betas, "fused": fused}
+        optimizer = MuonWithAdamW(muon_groups, _adamw_groups(rest, optim), muon, adamw)
+        return optimizer, LambdaLR(optimizer, _warmup_cosine(optim, max_steps))
+    params = [p for _, p in named]
+    optimizer = torch.optim.AdamW(
+        _adamw_groups(params, optim), lr=optim.lr, betas=optim.betas, fused=fused
+    )
+    warmup = min(optim.warmup_steps, max_steps - 1)
+    cosine = CosineAnnealingLR(optimizer, T_max=max_steps - warmup, eta_min=optim.min_lr)
+    if warmup == 0:
+        return optimizer, cosine
+    ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
+    return optimizer, SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+
+
+def _is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
+    """A transformer block's weight matrix (attention, MLP, MoE router): not an embedding, the
+    tied head, a norm, a bias (MoE expert biases are 2-D stacks) or a 3-D stack of experts."""
+    return param.dim() == 2 and name.endswith(".weight") and "blocks" in name.split(".")
+
+
+def _adamw_groups(params: list[torch.Tensor], optim: OptimConfig) -> list[dict]:
     # Weight decay on matrices (linear and embedding weights) only, not biases or norms. The
     # names label the groups' learning rates in TensorBoard (train/lr/decay, train/lr/no_decay).
-    groups = [
+    return [
         {
             "name": "decay",
             "params": [p for p in params if p.dim() >= 2],
@@ -56,10 +109,18 @@ def build_optimizer(
         },
         {"name": "no_decay", "params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=fused)
+
+
+def _warmup_cosine(optim: OptimConfig, max_steps: int):
+    """The AdamW schedule's shape as a factor of each group's peak lr (LinearLR's ramp, then
+    the cosine to min_lr / lr), for optimizers whose groups peak at different rates."""
     warmup = min(optim.warmup_steps, max_steps - 1)
-    cosine = CosineAnnealingLR(optimizer, T_max=max_steps - warmup, eta_min=optim.min_lr)
-    if warmup == 0:
-        return optimizer, cosine
-    ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
-    return optimizer, SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+    floor = optim.min_lr / optim.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(step - warmup, max_steps - warmup) / (max_steps - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
