@@ -133,19 +133,22 @@ SIGNALLED = [
 
 
 @pytest.mark.parametrize(
-    ("name", "during", "step", "saved_at", "code"),
+    ("name", "during", "step", "saved_at", "code", "optimizer"),
     [
-        ("SIGINT", "step", 10, 10, 130),  # saved once the validation after step 10 has ended
-        ("SIGTERM", "validation", 10, 11, 143),  # saved after the next step
-        ("SIGTERM", "step", 30, 30, 143),  # the last step: nothing left to train when resumed
+        ("SIGINT", "step", 10, 10, 130, "adamw"),  # saved once the validation after step 10 ended
+        ("SIGTERM", "validation", 10, 11, 143, "adamw"),  # saved after the next step
+        ("SIGTERM", "step", 30, 30, 143, "adamw"),  # the last step: nothing left to train
+        # Between validations, at a logging step: its train/loss is logged before the exit.
+        ("SIGTERM", "step", 15, 15, 143, "adamw"),
+        ("SIGTERM", "step", 15, 15, 143, "muon"),  # Muon's and AdamW's state, in one optimizer
     ],
 )
 def test_a_signal_mid_step_or_mid_validation_resumes_exactly(
-    text, tmp_path, capsys, name, during, step, saved_at, code
+    text, tmp_path, capsys, name, during, step, saved_at, code, optimizer
 ):
     # The checkpoint waits for the end of the step and of the validation that follows it: a
     # signal in the middle of either stops the run at a point it resumes from exactly.
-    args = [*RUN, *SIGNALLED, f"data.path={text}"]
+    args = [*RUN, *SIGNALLED, f"optim.name={optimizer}", f"data.path={text}"]
     reference_dir = tmp_path / "reference"
     train_cli.main([*args, f"hydra.run.dir={reference_dir}"])
     run_dir = tmp_path / "run"

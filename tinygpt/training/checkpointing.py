@@ -125,6 +125,8 @@ class LastCheckpoint(ModelCheckpoint):
         if not waited and _validation_follows(trainer):
             self._deferred_at = trainer.global_step  # act once the validation has finished
         else:
+            if self._stop is not None:
+                _log_this_step(trainer)
             self._act_on_signals(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -165,6 +167,14 @@ class LastCheckpoint(ModelCheckpoint):
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
         self._previous_handlers.clear()
+
+
+def _log_this_step(trainer: L.Trainer) -> None:
+    """Send this training step's metrics to the loggers, as Lightning does once the
+    on_train_batch_end hooks have returned: a run that stops inside them would otherwise leave
+    a gap at this step in its curves (the resumed run starts after it)."""
+    trainer._logger_connector.on_batch_end()
+    trainer._logger_connector.update_train_step_metrics()
 
 
 def _validation_follows(trainer: L.Trainer) -> bool:
