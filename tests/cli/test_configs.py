@@ -73,7 +73,8 @@ def test_cpu_fast_overrides_the_run_defaults_too(tmp_path):
     cfg = compose_task("train", ["experiment=cpu_fast"], tmp_path)
     assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps) == (5e-3, 3e-4, 50)
     assert (cfg.model.block_size, cfg.data.block_size) == (64, 64)
-    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (800, 400)
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (350, 350)
+    assert (cfg.optim.name, cfg.optim.muon_lr) == ("muon", 0.08)
     assert cfg.callbacks.attention_heatmap is None
 
 
