@@ -3,6 +3,7 @@ a user runs them, and the checks several tests make. Fixtures are in conftest.py
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -21,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata
 
+from tinygpt.analysis.plots import csv_files
 from tinygpt.checkpoint import checkpoint_entry
 from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.cli.train import train
@@ -238,6 +240,16 @@ def scalar_events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             for value in event.summary.value:
                 if value.tensor.float_val:
                     found.setdefault(value.tag, []).append((event.step, value.tensor.float_val[0]))
+    return found
+
+
+def csv_rows(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """Every (step, value) of ``tag`` in the run's CSV logger files, oldest version first, read
+    raw: a step logged twice shows twice."""
+    found = []
+    for path in csv_files(run_dir):
+        with path.open(newline="") as f:
+            found += [(int(r["step"]), float(r[tag])) for r in csv.DictReader(f) if r.get(tag)]
     return found
 
 

@@ -19,6 +19,7 @@ from helpers import (
     TINY_TEXT,
     CreatesFile,
     assert_same_events,
+    csv_rows,
     file_bytes,
     one_error_line,
     wait_for,
@@ -93,6 +94,41 @@ def test_killed_run_resumes_to_the_same_result(text, tmp_path):
     got = json.loads((run_dir / "summary.json").read_text())
     assert got["steps"] == expected["steps"] == 200
     assert abs(got["final_val_loss"] - expected["final_val_loss"]) <= 1e-6
+
+
+@pytest.mark.slow
+def test_a_killed_runs_logs_past_its_checkpoint_are_dropped_on_resume(text, tmp_path):
+    # Killed (SIGKILL, sent from inside at step 17 by probes.SignalProbe) with last.ckpt at step
+    # 10 and, from a CSV logger that writes every step, rows up to step 14 on disk.
+    args = [
+        "trainer.max_steps=30",
+        "trainer.val_check_interval=10",
+        "callbacks.last_checkpoint.every_n_steps=10",
+        "logger=many",
+        "+logger.csv.flush_logs_every_n_steps=1",
+        f"data.path={text}",
+    ]
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    train_cli.main([*RUN, *args, f"hydra.run.dir={reference_dir}"])
+    killed = train_process(
+        *args,
+        "+callbacks.probe._target_=probes.SignalProbe",
+        "+callbacks.probe.name=SIGKILL",
+        "+callbacks.probe.step=17",
+        f"hydra.run.dir={run_dir}",
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert killed.wait(timeout=300) == -signal.SIGKILL
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 10
+    assert max(step for step, _ in csv_rows(run_dir, "train/loss")) == 14
+
+    train_cli.main([*RUN, *args, f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+    assert_same_events(run_dir, reference_dir)
+    for tag in ("train/loss", "val/loss"):  # over both CSV versions, each step once
+        steps = [step for step, _ in csv_rows(run_dir, tag)]
+        assert steps == [step for step, _ in csv_rows(reference_dir, tag)], tag
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ from tinygpt.files import write_text_atomic
 from tinygpt.training import TinyGPTModule
 from tinygpt.training.callbacks import TokenThroughput, tensorboard_dir
 from tinygpt.training.checkpointing import LastCheckpoint
-from tinygpt.training.resumed_events import drop_events_from
+from tinygpt.training.resumed_events import drop_logged_from
 from tinygpt.training.trainer_switches import check_trainer_switches
 
 # The entry script next to conf/: what DDP ranks re-run, and what the resume command names.
@@ -111,11 +111,10 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
     if not loggers:  # ~logger (no logger): nothing for the learning-rate monitor to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    events = tensorboard_dir(trainer)
-    if cfg.ckpt_path == "last" and ckpt_path is None and events and rank_zero_only.rank == 0:
+    if cfg.ckpt_path == "last" and ckpt_path is None and rank_zero_only.rank == 0:
         # A sweep's job that never saved a checkpoint starts again: so do its TensorBoard
-        # events (a resume drops those after its checkpoint: ResumedEvents).
-        drop_events_from(events, 0)
+        # events and CSV rows (a resume drops those after its checkpoint: ResumedEvents).
+        drop_logged_from(trainer.loggers, 0)
     with hydra_ddp.job_scope():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
