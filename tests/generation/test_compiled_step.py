@@ -55,6 +55,20 @@ def test_compiled_decoding_chooses_the_eager_tokens(model, params):
     assert torch.equal(*runs)
 
 
+@pytest.mark.slow  # a C++ build
+def test_a_one_token_prompt_decodes_compiled_as_eager(model):
+    # The prompt's last token runs through the compiled step: here it is the whole prompt, so
+    # no eager prefill comes before it.
+    params = SamplingParams(temperature=0.9, top_k=8, top_p=0.95)
+    runs = [
+        generate_ids(
+            model, prompt()[:, :1], BLOCK + 3, params, torch.Generator().manual_seed(0), compile=c
+        )
+        for c in (True, False)
+    ]
+    assert torch.equal(*runs)
+
+
 def flip_final_norm(model: TinyGPT) -> None:
     """Negate the last layer norm's affine weights in place, which negates the logits."""
     model.ln_f.weight.mul_(-1)

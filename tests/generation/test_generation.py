@@ -266,15 +266,20 @@ def test_non_finite_logits_are_reported_not_sampled(use_cache):
 def settings_per_step(monkeypatch) -> list[tuple[int, bool]]:
     """(torch thread count, oneDNN enabled) at each decoding step, appended as it runs."""
     seen = []
-    real_decode = loop.decode_columns
 
-    def spy(*args, **kwargs):
-        for n in real_decode(*args, **kwargs):
-            seen.append((torch.get_num_threads(), torch.backends.mkldnn.enabled))
-            yield n
+    def spy_on(real):
+        def spy(*args, **kwargs):
+            for n in real(*args, **kwargs):
+                seen.append((torch.get_num_threads(), torch.backends.mkldnn.enabled))
+                yield n
 
-    monkeypatch.setattr(loop, "decode_columns", spy)
-    monkeypatch.setattr(text, "decode_columns", spy)
+        return spy
+
+    # generate_ids runs the loop itself (fill_columns); streams, step by step (decode_columns).
+    step_by_step = spy_on(loop.decode_columns)
+    monkeypatch.setattr(loop, "fill_columns", spy_on(loop.fill_columns))
+    monkeypatch.setattr(loop, "decode_columns", step_by_step)
+    monkeypatch.setattr(text, "decode_columns", step_by_step)
     return seen
 
 

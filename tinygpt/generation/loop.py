@@ -177,8 +177,7 @@ def compile_applies(model: TinyGPT, compile: bool) -> bool:
     return bool(compile)
 
 
-@torch.inference_mode()
-def decode_columns(
+def fill_columns(
     model: TinyGPT,
     seq: torch.Tensor,
     prompt_len: int,
@@ -190,7 +189,8 @@ def decode_columns(
     prompt_lengths: torch.Tensor | None = None,
     observe: Observer | None = None,
 ) -> Iterator[int]:
-    """Fill ``seq[:, prompt_len:]`` column by column, yielding each filled column's index.
+    """Fill ``seq[:, prompt_len:]`` column by column, yielding each filled column's index. Run
+    it in inference mode: :func:`decode_columns` is this generator in inference mode step by step.
 
     Nothing here reads a tensor's value on the host, so steps are not synchronised. The model
     runs in eval mode and its KV cache is set up here and cleared at the end (also when a
@@ -225,11 +225,20 @@ def decode_columns(
                 cached = DecodeStep(model)
             start = max(0, prompt_len - block)
             filled = prompt_len - start
-            if use_cache:
+            token = None  # set by a compiled step that samples in its graph, else from logits
+            if use_cache and samples_in_step and total - prompt_len > 1:
+                # The prompt's last token goes through the compiled step too, so the first new
+                # token costs one library call, not an eager forward and eager sampling. (One
+                # new token alone needs no step built.)
+                if filled > 1:
+                    cached(seq[:, start : prompt_len - 1], 0)
+                one_token = _one_token_step(model, cached, compile, True, params, generator)
+                token, logits_sum = one_token(seq[:, prompt_len - 1 : prompt_len], filled - 1)
+                guard.total.add_(logits_sum)
+            elif use_cache:
                 logits = cached(seq[:, start:prompt_len], 0)
             else:
                 logits = _last_logits(model, seq[:, start:prompt_len])
-            token = None  # set by a compiled step that samples in its graph, else from logits
             for n in range(prompt_len, total):
                 if token is None:
                     guard.add(logits)
@@ -261,6 +270,13 @@ def decode_columns(
         finally:
             if use_cache:
                 model.clear_kv_cache()
+
+
+# Inference mode entered for each step and left at each yield, so that the consumer's code
+# between steps (a stream's reader, a training callback) runs in the mode it was called in.
+# generate_ids, which runs nothing between steps, enters it once around the whole loop instead:
+# a few microseconds a token at the notebook's size.
+decode_columns = torch.inference_mode()(fill_columns)
 
 
 def _one_token_step(
@@ -327,10 +343,10 @@ def generate_ids(
     seq = _start(model, idx, max_new_tokens)
     guard = FiniteGuard(seq.device)
     compile = compile_applies(model, compile)
-    steps = decode_columns(
+    steps = fill_columns(
         model, seq, idx.size(1), params, generator, use_cache, guard, compile, observe=observe
     )
-    with decoding_settings(decode_threads(model, num_threads)):
+    with decoding_settings(decode_threads(model, num_threads)), torch.inference_mode():
         for _ in steps:
             pass
     guard.check()
