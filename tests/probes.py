@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -133,3 +134,17 @@ class SignalProbe(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, *args, **kwargs) -> None:
         if not trainer.sanity_checking:
             self._send(trainer, "validation")
+
+
+class HangProbe(L.Callback):
+    """Holds this process at training step ``step`` (between its backward pass and its optimizer
+    step, as :class:`SignalProbe` counts), after creating the file ``marker``: a test kills it
+    there, at a point it chose rather than one a race chose."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, Path(marker)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step + 1 == self.step:
+            self.marker.touch()
+            time.sleep(3600)

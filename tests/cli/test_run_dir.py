@@ -24,6 +24,7 @@ from helpers import (
     scalar_events,
 )
 
+from tinygpt.checkpoint import load_checkpoint
 from tinygpt.cli import train as train_cli
 from tinygpt.cli.run_dir import resolve_ckpt_path
 from tinygpt.errors import CheckpointError
@@ -139,19 +140,30 @@ def test_a_killed_sweep_rerun_with_ckpt_path_last_continues(text, tmp_path, laun
     command = ["-m", *JOB, SWEPT, f"data.path={text}", f"hydra.sweep.dir={sweep}"]
     if launcher == "parallel":
         command.append("hydra/launcher=parallel")  # two jobs at once, in worker processes
+    # The second job holds at step 37 (probes.HangProbe; the others end before it): its last.ckpt
+    # is step 35's and everything logged before it is on disk. Killing it at a moment a poll
+    # happened to see the checkpoint could land before Lightning logs the saved step's metrics.
+    holding = tmp_path / "second-job-holds"
+    hold = [
+        "+callbacks.probe._target_=probes.HangProbe",
+        "+callbacks.probe.step=37",
+        f"+callbacks.probe.marker={holding}",
+    ]
     # The whole sweep is killed at once (launcher and workers): SIGKILL to its process group.
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *command],
+        [sys.executable, str(ROOT / "train.py"), *command, *hold],
         cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},  # where the probe is
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     first_done = sweep / FIRST / "summary.json"
     second_saved = sweep / SECOND / "checkpoints" / "last.ckpt"
-    wait_until(lambda: first_done.exists() and second_saved.exists(), process)
+    wait_until(lambda: first_done.exists() and holding.exists(), process)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    assert load_checkpoint(second_saved)["global_step"] == 35
     finished = {
         job.name: file_bytes(job) for job in sweep.glob("*/") if (job / "summary.json").exists()
     }
