@@ -14,7 +14,7 @@ from tinygpt.analysis import report
 from tinygpt.analysis.decoding_report import (
     METRICS,
     compare_decoding,
-    markdown_table,
+    strategies_table,
     training_text,
     write_decoding_report,
 )
@@ -201,7 +201,7 @@ def test_decoding_report_scores_continuations_per_cell_and_writes_outputs(tiny_c
     hot = results[2]  # temperature 1.5: the most choice at each step, samples unlike each other
     assert hot.metrics["entropy"] > results[1].metrics["entropy"] > 0
     assert hot.metrics["self_similarity"] < 1.0
-    table = markdown_table(results)
+    table = strategies_table(results)
     assert len(table.strip().splitlines()) == 2 + len(STRATEGIES)
     assert "| greedy | high / low | 0.000 ± 0.000 | 1.000 ± 0.000 |" in table
     assert "| temperature 0.5 | high / medium |" in table

@@ -44,6 +44,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tinygpt.analysis.likelihood import SampledEntropy, mean_nll
+from tinygpt.analysis.tables import markdown_table
 from tinygpt.analysis.text_metrics import (
     known_word_share,
     mean_distinct_n,
@@ -216,18 +217,17 @@ def _cell(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def markdown_table(results: Sequence[StrategyResult]) -> str:
+def strategies_table(results: Sequence[StrategyResult]) -> str:
     """One row per strategy: the notebook's rating, and every metric as mean ± std over the
     cells."""
     titles = [title for title, _ in METRICS.values()]
-    lines = [
-        "| strategy | the notebook: coherence / diversity | " + " | ".join(titles) + " |",
-        "|---|---|" + "---:|" * len(titles),
+    rows = [
+        [r.strategy.name, r.strategy.claim, *(r.stat(key).fmt() for key in METRICS)]
+        for r in results
     ]
-    for r in results:
-        cells = " | ".join(r.stat(key).fmt() for key in METRICS)
-        lines.append(f"| {r.strategy.name} | {r.strategy.claim} | {cells} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(
+        ["strategy", "the notebook: coherence / diversity", *titles], rows, left=2
+    )
 
 
 def plot_metrics(results: Sequence[StrategyResult], path: str | Path, title: str = "") -> Path:
@@ -333,7 +333,7 @@ def write_decoding_report(
         "plot": out_dir / "decoding.png",
         "samples": out_dir / "decoding_samples.json",
     }
-    paths["table"].write_text(markdown_table(results))
+    paths["table"].write_text(strategies_table(results))
     plot_metrics(results, paths["plot"], title)
     paths["samples"].write_text(json.dumps(to_json(results), indent=1) + "\n")
     if log_dir is not None:
@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, text, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens
         )
         paths = write_decoding_report(results, args.out, args.tb_dir)
-    print(markdown_table(results), end="")
+    print(strategies_table(results), end="")
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

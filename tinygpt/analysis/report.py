@@ -44,7 +44,7 @@ from tinygpt.analysis.decoding_report import (
     DEFAULT_MAX_NEW_TOKENS,
     StrategyResult,
     compare_decoding,
-    markdown_table,
+    strategies_table,
     training_text,
     validation_text,
     write_decoding_report,
@@ -386,7 +386,7 @@ def report_markdown(
         parts += [
             f"{heading} Decoding strategies\n",
             f"{decoding_source}\n",
-            markdown_table(decoding),
+            strategies_table(decoding),
             f"![decoding]({prefix}decoding.png)\n",
             f"Samples: [decoding_samples.json]({prefix}decoding_samples.json).\n",
         ]

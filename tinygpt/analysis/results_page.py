@@ -11,7 +11,7 @@ from typing import Any
 
 from tinygpt.analysis.attention import head_statistics_figure
 from tinygpt.analysis.curves import plot_epoch_curves, plot_val_bands
-from tinygpt.analysis.decoding_report import StrategyResult, markdown_table
+from tinygpt.analysis.decoding_report import StrategyResult, strategies_table
 from tinygpt.analysis.notebook_claims import (
     CONVERGENCE_EPOCH,
     CONVERGENCE_TOLERANCE,
@@ -24,6 +24,7 @@ from tinygpt.analysis.notebook_claims import (
     time_per_token_ratio,
 )
 from tinygpt.analysis.report import END_MARKER, START_MARKER, Run, replace_section
+from tinygpt.analysis.tables import markdown_table
 from tinygpt.analysis.verdicts import RULE, Stat
 from tinygpt.generation.strategies import NOTEBOOK_STRATEGIES
 
@@ -32,40 +33,30 @@ COMMAND = "python -m tinygpt.claims"
 
 def notebook_table() -> str:
     """The notebook's table of decoding strategies, as it is written."""
-    lines = [
-        "| strategy | coherence | diversity | recommended use |",
-        "|---|---|---|---|",
-    ]
-    for s in NOTEBOOK_STRATEGIES:
-        lines.append(f"| {s.notebook_label} | {s.claimed[0]} | {s.claimed[1]} | {s.use} |")
-    return "\n".join(lines) + "\n"
+    header = ["strategy", "coherence", "diversity", "recommended use"]
+    rows = [[s.notebook_label, *s.claimed, s.use] for s in NOTEBOOK_STRATEGIES]
+    return markdown_table(header, rows)
 
 
 def decoding_claims_table(rows: Sequence[dict[str, Any]]) -> str:
     titles = [f"{axis}: {title}" for title, axis, _ in DECODING_MEASURES.values()]
-    lines = [
-        "| strategy | the notebook: coherence / diversity | " + " | ".join(titles) + " |",
-        "|---|---|" + "---|" * len(titles),
-    ]
+    header = ["strategy", "the notebook: coherence / diversity", *titles]
+    table = []
     for row in rows:
-        cells = []
+        cells = [row["strategy"], row["claimed"]]
         for key in DECODING_MEASURES:
             m = row["measures"][key]
             cells.append(
                 f"{Stat(m['mean'], m['std'], m['n']).fmt(2)}: {m['level']}, {m['verdict']}"
             )
-        lines.append(f"| {row['strategy']} | {row['claimed']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append(cells)
+    return markdown_table(header, table)
 
 
 def claims_table(claims: Sequence[Claim]) -> str:
-    lines = [
-        "| the TinyGPT notebook | measured (mean ± std over seeds) | verdict |",
-        "|---|---|---|",
-    ]
-    for claim in claims:
-        lines.append(f"| {claim.notebook} | {claim.measured} | **{claim.verdict}** |")
-    return "\n".join(lines) + "\n"
+    header = ["the TinyGPT notebook", "measured (mean ± std over seeds)", "verdict"]
+    rows = [[c.notebook, c.measured, f"**{c.verdict}**"] for c in claims]
+    return markdown_table(header, rows)
 
 
 def seeds_of(runs: Sequence[Run]) -> str:
@@ -73,31 +64,47 @@ def seeds_of(runs: Sequence[Run]) -> str:
 
 
 def full_table(setting: Setting) -> str:
-    lines = [
-        "| model | runs (seeds) | best val loss | final val loss | train tokens/s | "
-        "time per token × dense | wall s | parameters |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+    header = [
+        "model",
+        "runs (seeds)",
+        "best val loss",
+        "final val loss",
+        "train tokens/s",
+        "time per token × dense",
+        "wall s",
+        "parameters",
     ]
     per_token = time_per_token_ratio(setting)
-    for kind, runs in setting.runs.items():
-        ratio = "1.00" if kind == "dense" else per_token.fmt(2)
-        lines.append(
-            f"| {kind} | {seeds_of(runs)} | {setting.stat(kind, 'best_val_loss').fmt()} | "
-            f"{setting.stat(kind, 'final_val_loss').fmt()} | "
-            f"{setting.stat(kind, 'train_tokens_per_second').fmt(0)} | {ratio} | "
-            f"{setting.stat(kind, 'wall_seconds').fmt(1)} | "
-            f"{setting.stat(kind, 'parameters').mean:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+    rows = [
+        [
+            kind,
+            seeds_of(runs),
+            setting.stat(kind, "best_val_loss").fmt(),
+            setting.stat(kind, "final_val_loss").fmt(),
+            setting.stat(kind, "train_tokens_per_second").fmt(0),
+            "1.00" if kind == "dense" else per_token.fmt(2),
+            setting.stat(kind, "wall_seconds").fmt(1),
+            f"{setting.stat(kind, 'parameters').mean:.0f}",
+        ]
+        for kind, runs in setting.runs.items()
+    ]
+    return markdown_table(header, rows, left=2)
 
 
 def epochs_table(setting: Setting) -> str:
-    lines = [
-        "| model | runs (seeds) | epoch of lowest val loss | lowest val loss | last epoch | "
-        "val loss there | rise after the lowest | change over the last tenth | train loss there "
-        "| train/val gap there |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    header = [
+        "model",
+        "runs (seeds)",
+        "epoch of lowest val loss",
+        "lowest val loss",
+        "last epoch",
+        "val loss there",
+        "rise after the lowest",
+        "change over the last tenth",
+        "train loss there",
+        "train/val gap there",
     ]
+    rows = []
     for kind, curves in setting.curves.items():
         stat = {
             "best_epoch": Stat.of([c.best_epoch for c in curves]).fmt(1),
@@ -109,20 +116,24 @@ def epochs_table(setting: Setting) -> str:
             "final_train": Stat.of([c.train[-1] for c in curves]).fmt(),
             "gap": Stat.of([c.final_gap for c in curves]).fmt(),
         }
-        lines.append(
-            f"| {kind} | {seeds_of(setting.runs[kind])} | " + " | ".join(stat.values()) + " |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append([kind, seeds_of(setting.runs[kind]), *stat.values()])
+    return markdown_table(header, rows, left=2)
 
 
 def attention_table(settings: Sequence[Setting]) -> str:
     """Per setting, model kind and layer: each head measure's mean over the layer's heads, and
     the standard deviation across them, each as mean ± std over seeds."""
-    lines = [
-        "| setting | model | layer | entropy (nats) | its std across heads | distance (chars) | "
-        "its std across heads | share on previous 1–3 |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+    header = [
+        "setting",
+        "model",
+        "layer",
+        "entropy (nats)",
+        "its std across heads",
+        "distance (chars)",
+        "its std across heads",
+        "share on previous 1–3",
     ]
+    rows = []
     for setting in settings:
         for kind, runs in setting.heads.items():
             for layer in range(runs[0]["entropy"].shape[0]):
@@ -132,25 +143,27 @@ def attention_table(settings: Sequence[Setting]) -> str:
                     ("distance", True),
                     ("previous_3", False),
                 ):
-                    rows = [stats[key][layer] for stats in runs]
-                    cells.append(Stat.of([float(r.mean()) for r in rows]).fmt(2))
+                    per_seed = [stats[key][layer] for stats in runs]
+                    cells.append(Stat.of([float(h.mean()) for h in per_seed]).fmt(2))
                     if spread:
-                        cells.append(Stat.of([float(r.std(unbiased=True)) for r in rows]).fmt(2))
-                lines.append(f"| {setting.name} | {kind} | {layer} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+                        cells.append(
+                            Stat.of([float(h.std(unbiased=True)) for h in per_seed]).fmt(2)
+                        )
+                rows.append([setting.name, kind, str(layer), *cells])
+    return markdown_table(header, rows, left=3)
 
 
 def timing_table(timings: dict[str, float | None], settings: Sequence[Setting]) -> str:
     """The time each part took: each sweep's runs (the sum of their wall_seconds, whichever
     process ran them), and this command's measuring and writing."""
-    lines = ["| part | seconds |", "|---|---:|"]
+    rows = []
     for setting in settings:
         for kind, runs in setting.runs.items():
             total = sum(r.summary.get("wall_seconds") or 0.0 for r in runs)
-            lines.append(f"| training: {setting.name}, {kind}, {len(runs)} runs | {total:.0f} |")
+            rows.append([f"training: {setting.name}, {kind}, {len(runs)} runs", f"{total:.0f}"])
     for part, seconds in timings.items():
-        lines.append(f"| {part} | {'n/a' if seconds is None else f'{seconds:.0f}'} |")
-    return "\n".join(lines) + "\n"
+        rows.append([part, "n/a" if seconds is None else f"{seconds:.0f}"])
+    return markdown_table(["part", "seconds"], rows, left=1)
 
 
 # --- the page ------------------------------------------------------------------------------
@@ -245,7 +258,7 @@ def page_body(
         "filtering; self-similarity: the share of a sample's character 4-grams that another "
         "sample of its cell holds (1: identical samples). Mean distinct-2 is near 1 for every "
         "sampling strategy, so it cannot rank them.",
-        markdown_table(decoding),
+        strategies_table(decoding),
         f"![decoding]({prefix}decoding.png)",
         f"Samples: [decoding_samples.json]({prefix}decoding_samples.json); every number on "
         f"this page: [claims.json]({prefix}claims.json).",
