@@ -14,10 +14,10 @@ generate ``block_size - 1`` new tokens (31 and 255) from the same one-token prom
 implementation. A last row per size times TinyGPT generating ``--long-tokens`` tokens, past
 the window (the cache is refilled, see tinygpt.generation). "compiled" rows run the cached
 one-token step built by AOTInductor with the token's sampling inside it (``compile=True``,
-tinygpt.generation.fast_step.compiled_sampling_step); the first call, which builds it, is a
+tinygpt.generation.compiled); the first call, which builds it, is a
 warm-up and its time is printed, not counted. Threads: TinyGPT runs with
-its default (tinygpt.generation.DECODE_THREADS: one intra-op thread for models under 1M weights
-per token, torch's default above) and oneDNN off (tinygpt.generation.onednn_disabled). HF
+its default (tinygpt.generation.loop.DECODE_THREADS: one intra-op thread for models under 1M weights
+per token, torch's default above) and oneDNN off (torch.backends.mkldnn.flags). HF
 generate runs three ways: with torch's defaults, with one thread, and with one thread and
 oneDNN off (TinyGPT's settings); the "vs HF" ratios are against the fastest of the three.
 Each measurement repeats whole generate calls for at least ``--min-seconds``;
@@ -36,12 +36,11 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from tinygpt.generation import SamplingParams, generate_ids, intra_op_threads, onednn_disabled
+from tinygpt.generation import Decoder, generate_ids, intra_op_threads
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
 SIZES = {
@@ -61,7 +60,7 @@ def tinygpt_runner(
 ) -> Callable[[], None]:
     torch.manual_seed(0)
     model = TinyGPT(TinyGPTConfig(vocab_size=VOCAB, **shape)).eval()
-    params = SamplingParams(temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P)
+    params = Decoder(temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P)
     prompt = torch.zeros(1, 1, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
     return lambda: generate_ids(model, prompt, new_tokens, params, generator, use_cache, compile)
@@ -96,7 +95,10 @@ def hf_runner(
     mask = torch.ones_like(prompt)
 
     def run() -> None:
-        with intra_op_threads(threads), nullcontext() if onednn else onednn_disabled():
+        onednn_flag = torch.backends.mkldnn.flags(  # None: leave the other flags alone
+            enabled=onednn, deterministic=None, allow_tf32=None, fp32_precision=None
+        )
+        with intra_op_threads(threads), onednn_flag:
             out = model.generate(prompt, attention_mask=mask, generation_config=generation)
         assert out.shape[1] == 1 + new_tokens, out.shape
 

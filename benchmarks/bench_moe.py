@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from tinygpt.models import MoEFeedForward, TinyGPT, TinyGPTConfig
+from tinygpt.models import TinyGPT, TinyGPTConfig
 from tinygpt.models.gpt import MLP
+from tinygpt.models.moe import MoEFeedForward
 from tinygpt.training.optim import fused_adamw
 
 NOTEBOOK_SIZE = dict(n_layer=2, n_head=4, n_embd=64, block_size=32)

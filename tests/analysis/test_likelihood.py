@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tinygpt.analysis.likelihood import SampledEntropy, entropy, mean_nll
 from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.data.windows import ValidationBatches
-from tinygpt.generation import SamplingParams, generate_ids, make_generator
+from tinygpt.generation import Decoder, generate_ids, make_generator
 from tinygpt.generation.sampling import warp
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
@@ -97,7 +97,7 @@ def test_entropy_of_uniform_is_log_v_and_of_one_hot_is_zero():
 
 @pytest.mark.parametrize(
     "params",
-    [SamplingParams(), SamplingParams(temperature=0.0), SamplingParams(0.8, top_k=5, top_p=0.9)],
+    [Decoder(), Decoder(temperature=0.0), Decoder(0.8, top_k=5, top_p=0.9)],
     ids=["sampling", "greedy", "combined"],
 )
 def test_sampled_entropy_sees_the_distribution_drawn_from_and_changes_no_token(params):

@@ -3,12 +3,10 @@
 import pytest
 import torch
 
-from tinygpt import generation
 from tinygpt.data.tokenizer import CharTokenizer, UnknownCharactersError
 from tinygpt.errors import ConfigError, NonFiniteLogitsError
 from tinygpt.generation import (
-    STOP_READ_STEPS,
-    cache_context_start,
+    Decoder,
     generate,
     generate_greedy,
     generate_ids,
@@ -18,14 +16,15 @@ from tinygpt.generation import (
     generateV2,
     loop,
     stream_generate,
-    stream_ids,
     text,
 )
-from tinygpt.generation.sampling import SamplingParams, repetition_penalty
+from tinygpt.generation.loop import SINGLE_THREAD_MAX_WEIGHTS, cache_context_start
+from tinygpt.generation.sampling import repetition_penalty
+from tinygpt.generation.text import STOP_READ_STEPS
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
 BLOCK = 8
-GREEDY = SamplingParams(temperature=0.0)
+GREEDY = Decoder(temperature=0.0)
 
 
 def make_model(chars: str = "\n !,.abcdefghijklmnopqrstuvwxyz", seed: int = 0) -> TinyGPT:
@@ -148,12 +147,6 @@ def test_stream_yields_the_same_text_as_generate(model):
     assert streamed == generate(model, "we ", 3 * BLOCK, **kwargs)
 
 
-def test_stream_ids_matches_generate_ids(model):
-    idx = prompt_ids(model, "hi")
-    steps = torch.stack(list(stream_ids(model, idx, 12, GREEDY)), dim=1)
-    assert torch.equal(steps, generate_ids(model, idx, 12, GREEDY)[:, 2:])
-
-
 def test_named_variants_are_generate_with_their_parameters(model):
     greedy = generate(model, "a", 20, temperature=0.0)
     assert generate_greedy(model, "a", 20) == greedy
@@ -263,23 +256,17 @@ def test_non_finite_logits_are_reported_not_sampled(use_cache):
 
 
 @pytest.fixture
-def settings_per_step(monkeypatch) -> list[tuple[int, bool]]:
-    """(torch thread count, oneDNN enabled) at each decoding step, appended as it runs."""
+def settings_per_step(monkeypatch) -> list[tuple[int, bool, bool]]:
+    """(torch thread count, oneDNN enabled, inference mode) at each token chosen, as it runs."""
     seen = []
+    real = loop.next_token
 
-    def spy_on(real):
-        def spy(*args, **kwargs):
-            for n in real(*args, **kwargs):
-                seen.append((torch.get_num_threads(), torch.backends.mkldnn.enabled))
-                yield n
+    def spy(logits, *args, **kwargs):
+        seen.append((torch.get_num_threads(), torch.backends.mkldnn.enabled))
+        assert torch.is_inference_mode_enabled()
+        return real(logits, *args, **kwargs)
 
-        return spy
-
-    # generate_ids runs the loop itself (fill_columns); streams, step by step (decode_columns).
-    step_by_step = spy_on(loop.decode_columns)
-    monkeypatch.setattr(loop, "fill_columns", spy_on(loop.fill_columns))
-    monkeypatch.setattr(loop, "decode_columns", step_by_step)
-    monkeypatch.setattr(text, "decode_columns", step_by_step)
+    monkeypatch.setattr(loop, "next_token", spy)
     return seen
 
 
@@ -289,7 +276,9 @@ def test_decoding_runs_single_threaded_without_onednn_then_restores(model, setti
     generate(model, "ab", 3, seed=0)
     stream = stream_generate(model, "ab", 3, seed=0)
     next(stream)
-    assert (torch.get_num_threads(), torch.backends.mkldnn.enabled) == (before, True)  # between
+    # Between steps, the consumer runs in the mode it was called in.
+    assert (torch.get_num_threads(), torch.backends.mkldnn.enabled) == (before, True)
+    assert not torch.is_inference_mode_enabled()
     list(stream)
     generate(model, "ab", 3, seed=0, num_threads=None)
     assert settings_per_step == [(1, False)] * 6 + [(before, False)] * 3
@@ -303,7 +292,7 @@ def test_decoding_runs_single_threaded_without_onednn_then_restores(model, setti
 def test_a_large_model_decodes_with_torchs_thread_count_unless_told(settings_per_step):
     torch.manual_seed(0)
     large = TinyGPT(TinyGPTConfig(vocab_size=30, block_size=8, n_embd=256, n_layer=2))
-    assert generation.weights_per_token(large.config) >= generation.SINGLE_THREAD_MAX_WEIGHTS
+    assert 12 * 2 * 256**2 >= SINGLE_THREAD_MAX_WEIGHTS  # weights per token
     before = torch.get_num_threads()
     prompt = torch.zeros(1, 1, dtype=torch.long)
     generate_ids(large, prompt, 2)
@@ -315,29 +304,29 @@ def test_generation_restores_training_mode_and_frees_the_cache():
     model = make_model().train()
     generate(model, "ab", 3, seed=0)
     assert model.training
-    assert all(block.attn.kv_cache is None for block in model.blocks)
+    assert model.kv_cache is None
 
 
 def test_abandoning_a_stream_frees_the_cache():
     model = make_model()
     stream = stream_generate(model, "ab", 5, seed=0)
     next(stream)
-    assert model.blocks[0].attn.kv_cache is not None  # decoding is under way
+    assert model.kv_cache is not None  # decoding is under way
     stream.close()
-    assert all(block.attn.kv_cache is None for block in model.blocks)
+    assert model.kv_cache is None
 
 
 @pytest.fixture
 def batch_rows(monkeypatch) -> list[int]:
     """The number of rows of each batch decoded, appended as each starts."""
     rows = []
-    real_decode = loop.decode_columns
+    real = loop.fill_columns
 
     def spy(model, seq, *args, **kwargs):
         rows.append(seq.size(0))
-        return real_decode(model, seq, *args, **kwargs)
+        return real(model, seq, *args, **kwargs)
 
-    monkeypatch.setattr(text, "decode_columns", spy)
+    monkeypatch.setattr(text, "fill_columns", spy)
     return rows
 
 
@@ -419,5 +408,5 @@ def test_a_stream_with_stop_strings_ends_as_the_last_sample_stops(model):
 def test_decoding_leaves_no_inference_tensor_among_the_buffers(model):
     # DDP syncs every buffer before each forward; the text-sample callback decodes on rank 0
     # between training steps, so an inference tensor left behind would crash the next step.
-    generation.generate(model, "ab", max_new_tokens=40)
+    generate(model, "ab", max_new_tokens=40)
     assert not any(buffer.is_inference() for buffer in model.buffers())

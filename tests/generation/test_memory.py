@@ -13,9 +13,8 @@ from tinygpt.cli import generate as generate_cli
 from tinygpt.cli.errors import USER_ERROR_EXIT_CODE
 from tinygpt.data import CharTokenizer
 from tinygpt.errors import ConfigError
-from tinygpt.generation import generate, generate_ids, memory, stream_generate, stream_ids
+from tinygpt.generation import Decoder, generate, generate_ids, memory, stream_generate
 from tinygpt.generation.memory import GenerationMemoryError, parse_bytes
-from tinygpt.generation.strategies import decoder
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
 GB = 1 << 30
@@ -68,7 +67,6 @@ def test_every_api_entry_refuses_it_before_allocating(ckpt, machine_with_24_gb, 
         lambda: stream_generate(model, "To be", 1_000_000, num_samples=10_000),
         lambda: generate(model, ["To be", "Or not"], 1_000_000, num_samples=5_000),
         lambda: generate_ids(model, prompts, 1_000_000),
-        lambda: stream_ids(model, prompts, 1_000_000),
     ):
         with pytest.raises(GenerationMemoryError, match="would need about"):
             call()
@@ -104,7 +102,7 @@ def test_generate_py_keeps_wide_characters_within_the_estimate(capsys):
     )
     tracemalloc.start()
     try:
-        texts = generate_cli.stream_to_terminal(model, cfg, "", decoder())
+        texts = generate_cli.stream_to_terminal(model, cfg, "", Decoder())
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

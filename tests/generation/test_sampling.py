@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinygpt.generation.sampling import (
-    SamplingParams,
+    Decoder,
     apply_temperature,
     choose,
     filter_logits,
@@ -162,23 +162,7 @@ def test_filter_logits_rejects_out_of_range_values_naming_them(kwargs, message):
 @pytest.mark.parametrize("penalty", [0.0, -1.0, float("nan")])
 def test_repetition_penalty_must_be_positive(penalty):
     with pytest.raises(ValueError, match="repetition_penalty must be a number > 0"):
-        SamplingParams(repetition_penalty=penalty)
-    with pytest.raises(ValueError, match="repetition_penalty must be a number > 0"):
-        repetition_penalty(LOGITS, torch.tensor([[0]]), penalty)
-
-
-@pytest.mark.parametrize(
-    ("function", "value", "name"),
-    [
-        (apply_temperature, -1.0, "temperature"),
-        (top_k_filter, 0, "top_k"),
-        (top_p_filter, 0.0, "top_p"),
-        (min_p_filter, 1.1, "min_p"),
-    ],
-)
-def test_each_processor_validates_its_parameter(function, value, name):
-    with pytest.raises(ValueError, match=f"^{name} must be"):
-        function(LOGITS, value)
+        Decoder(repetition_penalty=penalty)
 
 
 def test_seed_must_be_a_non_negative_integer():
@@ -190,19 +174,19 @@ def test_seed_must_be_a_non_negative_integer():
 
 def test_greedy_next_token_is_the_argmax():
     logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 2.9]])
-    assert next_token(logits, SamplingParams(temperature=0.0)).tolist() == [1, 0]
+    assert next_token(logits, Decoder(temperature=0.0)).tolist() == [1, 0]
 
 
 def test_greedy_applies_the_repetition_penalty_first():
     logits = torch.tensor([[2.0, 1.5]])
     history = torch.tensor([[0]])  # token 0 repeated: 2.0 / 2 = 1.0 < 1.5
-    params = SamplingParams(temperature=0.0, repetition_penalty=2.0)
+    params = Decoder(temperature=0.0, repetition_penalty=2.0)
     assert next_token(logits, params, history).tolist() == [1]
 
 
 def test_sampling_with_a_seed_ignores_the_global_rng():
     logits = torch.randn(8, 65, generator=torch.Generator().manual_seed(0))
-    params = SamplingParams(temperature=1.0)
+    params = Decoder(temperature=1.0)
     draws = []
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)
@@ -213,7 +197,7 @@ def test_sampling_with_a_seed_ignores_the_global_rng():
 def test_sampling_follows_the_filtered_distribution():
     # Top-k 2 over 0.5, 0.3, 0.15, 0.05 samples tokens 0 and 1 with probability 0.625 / 0.375.
     logits = LOGITS.expand(20_000, -1)
-    tokens = next_token(logits, SamplingParams(top_k=2), generator=make_generator(0))
+    tokens = next_token(logits, Decoder(top_k=2), generator=make_generator(0))
     counts = torch.bincount(tokens, minlength=4).double() / tokens.numel()
     assert counts[2:].tolist() == [0.0, 0.0]
     assert counts[0].item() == pytest.approx(0.625, abs=0.015)
@@ -254,12 +238,12 @@ def test_matches_hugging_face_warpers_on_random_logits():
 @pytest.mark.parametrize(
     "params",
     [
-        SamplingParams(temperature=0.0),
-        SamplingParams(),
-        SamplingParams(temperature=0.8, top_k=10, top_p=0.9),
-        SamplingParams(temperature=1.3, top_p=0.5, min_p=0.1),
-        SamplingParams(temperature=0.5, top_k=3),
-        SamplingParams(top_k=100, min_p=0.2),
+        Decoder(temperature=0.0),
+        Decoder(),
+        Decoder(temperature=0.8, top_k=10, top_p=0.9),
+        Decoder(temperature=1.3, top_p=0.5, min_p=0.1),
+        Decoder(temperature=0.5, top_k=3),
+        Decoder(top_k=100, min_p=0.2),
     ],
     ids=["greedy", "plain", "notebook", "top-p-min-p", "top-k", "k-past-vocab"],
 )
@@ -274,8 +258,3 @@ def test_the_compiled_steps_choice_is_next_tokens_choice(params):
         if not params.greedy:
             noise.exponential_(generator=make_generator(seed))
         assert torch.equal(choose(logits, values, top_k, noise), expected)
-
-
-def test_sampling_tensors_refuse_a_repetition_penalty():
-    with pytest.raises(ValueError, match="history"):
-        sampling_tensors(SamplingParams(repetition_penalty=1.2), 65)

@@ -3,7 +3,7 @@
 import pytest
 
 from tinygpt.errors import ConfigError
-from tinygpt.generation.stop_strings import StopStrings, check_stop, check_stop_characters
+from tinygpt.generation.text import StopStrings, check_stop, check_stop_characters
 
 
 def test_stop_is_normalised_to_a_tuple():

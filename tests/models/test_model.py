@@ -7,9 +7,14 @@ from tinygpt.errors import ConfigError
 from tinygpt.models import TinyGPT, TinyGPTConfig, evaluating
 
 
-def test_default_config_is_the_notebooks_size():
-    config = TinyGPTConfig()
-    assert (config.n_embd, config.n_head, config.n_layer, config.block_size) == (64, 4, 2, 32)
+def test_dropout_applies_in_training_only():
+    torch.manual_seed(0)
+    model = TinyGPT(TinyGPTConfig(vocab_size=20, block_size=8, dropout=0.5))
+    plain = TinyGPT(TinyGPTConfig(vocab_size=20, block_size=8))
+    plain.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 20, (2, 8))
+    assert not torch.equal(model(idx)[0], model(idx)[0])  # a new mask each forward
+    torch.testing.assert_close(model.eval()(idx)[0], plain.eval()(idx)[0], atol=0, rtol=0)
 
 
 def test_output_shapes_and_loss():
@@ -84,8 +89,8 @@ def test_bad_config_values_are_named(kwargs, message):
 def test_evaluating_runs_the_body_in_eval_mode_and_restores_the_mode():
     model = TinyGPT(TinyGPTConfig(vocab_size=20, block_size=16, dropout=0.5))
     with evaluating(model) as inside:
-        assert inside is model and not model.training and not model.drop.training
-    assert model.training and model.drop.training
+        assert inside is model and not model.training and not model.blocks[0].training
+    assert model.training and model.blocks[0].training
     with pytest.raises(KeyError), evaluating(model):
         raise KeyError("a failing body")
     assert model.training  # restored after an error too

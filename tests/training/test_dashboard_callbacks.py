@@ -12,8 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 from tinygpt.errors import ConfigError
-from tinygpt.generation import generate_ids
-from tinygpt.generation.sampling import SamplingParams
+from tinygpt.generation import Decoder, generate_ids
 from tinygpt.training.callbacks import CustomScalarsLayout, SampleText, scalar_layout
 
 LAYOUT_TAG = "custom_scalars__config__"
@@ -60,7 +59,7 @@ def test_a_seeded_sample_is_logged_at_each_validation_and_a_layout_at_the_start(
     model = module.model
     ids = model.tokenizer.encode(prompt)[None]
     generator = torch.Generator().manual_seed(3)
-    again = generate_ids(model, ids, 40, SamplingParams(temperature=0.8), generator)
+    again = generate_ids(model, ids, 40, Decoder(temperature=0.8), generator)
     assert prompt + model.tokenizer.decode(again[0, ids.size(1) :].tolist()) == sample.last_text
 
     # The layout, for this dense model without an attention callback: the loss chart only.

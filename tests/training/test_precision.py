@@ -25,7 +25,7 @@ from tinygpt.analysis.plots import read_scalars
 from tinygpt.checkpoint import load_checkpoint, load_model
 from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.generation import generate
-from tinygpt.generation.fast_step import shape_key
+from tinygpt.generation.compiled import shape_key
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
 # Lightning's CPU 16-mixed: trainer.precision=16-mixed on CPU falls back to bf16-mixed (see the

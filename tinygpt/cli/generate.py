@@ -27,7 +27,6 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.analysis.generation_dashboard import log_generation_run
@@ -37,9 +36,9 @@ from tinygpt.cli.paths import PROJECT_ROOT, config_dir, newest_run_checkpoint
 from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.errors import ConfigError, DataError
 from tinygpt.generation import MAX_NUM_SAMPLES, stream_generate
-from tinygpt.generation.fast_step import can_compile, package_dir
-from tinygpt.generation.sampling import MAX_NEW_TOKENS_LIMIT, check_int
-from tinygpt.generation.strategies import Decoder
+from tinygpt.generation.compiled import can_compile, package_dir
+from tinygpt.generation.sampling import MAX_NEW_TOKENS_LIMIT, Decoder, check_int, named_decoder
+from tinygpt.generation.text import check_stop
 
 GENERATE_SCRIPT = PROJECT_ROOT / "generate.py"
 
@@ -122,21 +121,29 @@ class SampleText:
         return "".join(self.chunks) + "".join(self.pieces)
 
 
+def configured_decoder(node: DictConfig) -> tuple[Decoder, tuple[str, ...]]:
+    """conf/decoder/'s decoder (its name and settings, as resolved) and its stop strings."""
+    settings = OmegaConf.to_container(node, resolve=True)
+    stop = check_stop(settings.pop("stop"))
+    return named_decoder(**settings), stop
+
+
 def stream_to_terminal(
     model: torch.nn.Module,
     cfg: DictConfig,
     prompt: str,
     decoder: Decoder,
+    stop: Sequence[str] = (),
 ) -> list[str]:
     """Print sample 1 as it is generated, then the others; return every sample's text."""
     steps = stream_generate(
         model,
         prompt,
         cfg.max_new_tokens,
-        **asdict(decoder.params),
+        **asdict(decoder),
         seed=cfg.seed,
         num_samples=cfg.num_samples,
-        stop=decoder.stop,
+        stop=stop,
         use_cache=cfg.use_cache,
         compile=cfg.compile,
     )
@@ -160,7 +167,7 @@ def generate(cfg: DictConfig) -> None:
     samples.json, samples.txt and the TensorBoard record into the run directory."""
     # Validate everything cheap before loading the checkpoint.
     prompt = read_prompt(cfg)
-    decoder = instantiate(cfg.decoder)  # a named strategy of tinygpt/generation/strategies.py
+    decoder, stop = configured_decoder(cfg.decoder)
     check_int("max_new_tokens", cfg.max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
     check_int("num_samples", cfg.num_samples, 1, MAX_NUM_SAMPLES)
     if cfg.compile not in (True, False) or cfg.use_cache not in (True, False):
@@ -185,7 +192,7 @@ def generate(cfg: DictConfig) -> None:
         )
 
     start = time.perf_counter()
-    texts = stream_to_terminal(model, cfg, prompt, decoder)
+    texts = stream_to_terminal(model, cfg, prompt, decoder, stop)
     seconds = time.perf_counter() - start
     new_characters = sum(len(text) - len(prompt) for text in texts)  # fewer when stopped
 
@@ -193,7 +200,7 @@ def generate(cfg: DictConfig) -> None:
     record: dict[str, Any] = {
         "ckpt_path": str(ckpt_path),
         "overrides": list(HydraConfig.get().overrides.task),
-        "decoder": decoder.record(),
+        "decoder": {"name": cfg.decoder.name, **asdict(decoder), "stop": list(stop)},
         "tokens_per_s": round(new_characters / seconds, 1),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "prompt": prompt,

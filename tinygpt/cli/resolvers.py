@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tinygpt.cli.errors import exit_with_user_error
 from tinygpt.cli.paths import root_dir
 from tinygpt.cli.run_dir import job_config_subdir
-from tinygpt.generation.strategies import decoder_setting
+from tinygpt.generation.sampling import DECODERS, Decoder
 
 
 def auto_precision() -> str:
@@ -167,7 +167,11 @@ def register_resolvers(argv: Sequence[str] | None = None) -> None:
     OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
     OmegaConf.register_new_resolver("parallel_jobs", parallel_jobs, replace=True)
-    OmegaConf.register_new_resolver("decoder_setting", decoder_setting, replace=True)
+    # conf/decoder/: a setting of the named decoder. An unknown name reads the plain sampler's,
+    # and generate refuses the name itself: an error raised while resolving loses its message.
+    OmegaConf.register_new_resolver(
+        "decoder", lambda name, key: getattr(DECODERS.get(name, Decoder()), key), replace=True
+    )
     OmegaConf.register_new_resolver("job_config_subdir", job_config_subdir, replace=True)
     OmegaConf.register_new_resolver("epoch_steps", epoch_steps, replace=True)
     # The command line is read here, in the process that parses it: launcher plugins (joblib,

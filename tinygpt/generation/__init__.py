@@ -1,41 +1,17 @@
-"""Generation, torch only: logits processors and sampling, the token loop, the fast cached steps,
+"""Generation, torch only: the decoders and logits processors, the token loop, the compiled step,
 and the text API the TinyGPT notebook calls (``generate(model, "To be", 200)``)."""
 
-from tinygpt.generation.fast_step import DecodeStep, can_compile, compiled_decode_step
-from tinygpt.generation.loop import (
-    DECODE_THREADS,
-    SINGLE_THREAD_MAX_WEIGHTS,
-    cache_context_start,
-    decode_threads,
-    decoding_settings,
-    generate_ids,
-    intra_op_threads,
-    onednn_disabled,
-    refill_length,
-    stream_ids,
-    weights_per_token,
-)
+from tinygpt.generation.loop import generate_ids, intra_op_threads
 from tinygpt.generation.sampling import (
-    MAX_NEW_TOKENS_LIMIT,
-    SamplingParams,
-    apply_temperature,
+    DECODERS,
+    Decoder,
     filter_logits,
     make_generator,
-    min_p_filter,
-    next_token,
-    repetition_penalty,
-    sample,
-    top_k_filter,
-    top_p_filter,
+    named_decoder,
 )
-from tinygpt.generation.stop_strings import StopStrings, check_stop
-from tinygpt.generation.strategies import DECODERS, NOTEBOOK_STRATEGIES
+from tinygpt.generation.strategies import NOTEBOOK_STRATEGIES
 from tinygpt.generation.text import (
-    EMPTY_PROMPT_START,
     MAX_NUM_SAMPLES,
-    STOP_READ_STEPS,
-    Generated,
-    Prompt,
     encode_prompt,
     generate,
     generate_greedy,
@@ -48,25 +24,9 @@ from tinygpt.generation.text import (
 
 __all__ = [
     "DECODERS",
-    "DECODE_THREADS",
-    "EMPTY_PROMPT_START",
-    "MAX_NEW_TOKENS_LIMIT",
     "MAX_NUM_SAMPLES",
     "NOTEBOOK_STRATEGIES",
-    "SINGLE_THREAD_MAX_WEIGHTS",
-    "STOP_READ_STEPS",
-    "DecodeStep",
-    "Generated",
-    "Prompt",
-    "SamplingParams",
-    "StopStrings",
-    "apply_temperature",
-    "cache_context_start",
-    "can_compile",
-    "check_stop",
-    "compiled_decode_step",
-    "decode_threads",
-    "decoding_settings",
+    "Decoder",
     "encode_prompt",
     "filter_logits",
     "generate",
@@ -78,15 +38,6 @@ __all__ = [
     "generate_top_k",
     "intra_op_threads",
     "make_generator",
-    "min_p_filter",
-    "next_token",
-    "onednn_disabled",
-    "refill_length",
-    "repetition_penalty",
-    "sample",
+    "named_decoder",
     "stream_generate",
-    "stream_ids",
-    "top_k_filter",
-    "top_p_filter",
-    "weights_per_token",
 ]

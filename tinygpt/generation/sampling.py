@@ -1,18 +1,19 @@
-"""Choosing the next token: logits processors, their validation, and sampling. Torch only.
+"""Choosing the next token: the :class:`Decoder` settings, the named decoders, the logits
+processors and sampling. Torch only.
 
 Every processor is a pure function of a ``(batch, vocab)`` logits tensor that returns a new
 tensor with removed tokens set to ``-inf``. Semantics follow Hugging Face transformers'
 ``RepetitionPenaltyLogitsProcessor``, ``TemperatureLogitsWarper``, ``TopKLogitsWarper``,
-``TopPLogitsWarper`` and ``MinPLogitsWarper`` (with ``min_tokens_to_keep=1``), and
-:func:`filter_logits` applies the warpers in Hugging Face's order: temperature, top-k, top-p,
-min-p. Where this module chooses differently from Hugging Face, the function's docstring says so.
+``TopPLogitsWarper`` and ``MinPLogitsWarper`` (with ``min_tokens_to_keep=1``), applied in
+Hugging Face's order: temperature, top-k, top-p, min-p. Where this module chooses differently
+from Hugging Face, the function's docstring says so.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -22,50 +23,37 @@ MAX_NEW_TOKENS_LIMIT = 1_000_000
 NEG_INF = float("-inf")
 
 
-def _is_number(value: object) -> bool:
-    # bool is an int subclass, but ``top_p=True`` is a mistake, not 1.0.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` as an int in ``[low, high]``, or a ConfigError naming ``name`` and the range."""
     allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not isinstance(value, int) or isinstance(value, bool):  # True is an int, not a count
         raise ConfigError(f"{name} must be {allowed}, got {value!r}")
-    if value < low:
-        raise ConfigError(f"{name} must be {allowed}, got {value}")
-    if high is not None and value > high:
-        raise ConfigError(f"{name} must be {allowed}, got {value} (too large)")
+    if value < low or (high is not None and value > high):
+        too_large = " (too large)" if value >= low else ""
+        raise ConfigError(f"{name} must be {allowed}, got {value}{too_large}")
     return value
 
 
 def check_float(
-    name: str,
-    value: object,
-    low: float,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
+    name: str, value: object, low: float, high: float = math.inf, low_open: bool = False
 ) -> float:
-    """``value`` as a float in the given interval, or a ConfigError naming ``name`` and it."""
-    left, right = "(" if low_open else "[", ")" if high_open else "]"
-    interval = f"{left}{low:g}, {high:g}{right}" if high != math.inf else None
-    allowed = (
-        f"a number in {interval}" if interval else f"a number {'>' if low_open else '>='} {low:g}"
-    )
-    if not _is_number(value):
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` if ``low_open``), or a
+    ConfigError naming ``name`` and the interval."""
+    if high < math.inf:
+        allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+    else:
+        allowed = f"a number {'>' if low_open else '>='} {low:g}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ConfigError(f"{name} must be {allowed}, got {value!r}")
     value = float(value)
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    # NaN fails every comparison and inf is never a usable setting, so both are tested here.
-    if not math.isfinite(value) or too_low or too_high:
+    # NaN fails every comparison, so it is refused with inf by the finiteness test.
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
         raise ConfigError(f"{name} must be {allowed}, got {value!r}")
     return value
 
 
 @dataclass(frozen=True)
-class SamplingParams:
+class Decoder:
     """How the next token is chosen; validated on construction, before any work is done.
 
     ``temperature=0`` means greedy decoding (argmax). ``None`` disables top-k, top-p or min-p;
@@ -79,21 +67,45 @@ class SamplingParams:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        # frozen: write the normalised values through object.__setattr__.
-        set_ = object.__setattr__
-        set_(self, "temperature", check_float("temperature", self.temperature, 0.0))
-        if self.top_k is not None:
-            set_(self, "top_k", check_int("top_k", self.top_k, 1))
-        if self.top_p is not None:
-            set_(self, "top_p", check_float("top_p", self.top_p, 0.0, 1.0, low_open=True))
-        if self.min_p is not None:
-            set_(self, "min_p", check_float("min_p", self.min_p, 0.0, 1.0))
-        penalty = check_float("repetition_penalty", self.repetition_penalty, 0.0, low_open=True)
-        set_(self, "repetition_penalty", penalty)
+        checked = {
+            "temperature": check_float("temperature", self.temperature, 0.0),
+            "top_k": None if self.top_k is None else check_int("top_k", self.top_k, 1),
+            "top_p": None if self.top_p is None else check_float("top_p", self.top_p, 0, 1, True),
+            "min_p": None if self.min_p is None else check_float("min_p", self.min_p, 0.0, 1.0),
+            "repetition_penalty": check_float(
+                "repetition_penalty", self.repetition_penalty, 0.0, low_open=True
+            ),
+        }
+        for name, value in checked.items():  # frozen: normalised values written this way
+            object.__setattr__(self, name, value)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+DECODERS: dict[str, Decoder] = {
+    "sampling": Decoder(),  # temperature 1, nothing filtered
+    "greedy": Decoder(temperature=0.0),
+    "temperature": Decoder(temperature=0.8),
+    "top_k": Decoder(top_k=10),
+    "nucleus": Decoder(top_p=0.9),
+    "min_p": Decoder(min_p=0.05),
+    # The notebook's generateV2 call: temperature, then top-k, then top-p.
+    "combined": Decoder(temperature=0.8, top_k=10, top_p=0.9),
+}
+
+
+def named_decoder(name: str = "sampling", **overrides: object) -> Decoder:
+    """The decoder called ``name`` in :data:`DECODERS`, with ``overrides`` in place of its own
+    settings (``python generate.py decoder=top_k decoder.top_k=5`` is ``named_decoder("top_k",
+    top_k=5)``). An unknown name or setting, or a bad value, is a ConfigError naming it."""
+    if name not in DECODERS:
+        raise ConfigError(f"decoder.name must be one of {', '.join(DECODERS)}, got {name!r}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(Decoder)})
+    if unknown:
+        raise ConfigError(f"unknown decoder parameter(s): {', '.join(unknown)}")
+    return replace(DECODERS[name], **overrides)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -102,17 +114,11 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     Hugging Face refuses ``temperature=0`` and asks for greedy decoding instead; here it *is*
     greedy, expressed as a filter so that sampling from the result returns the argmax.
     """
-    return _temperature(logits, check_float("temperature", temperature, 0.0))
-
-
-def _temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature == 0.0:
         keep = torch.zeros_like(logits, dtype=torch.bool)
         keep.scatter_(-1, logits.argmax(dim=-1, keepdim=True), True)
         return logits.masked_fill(~keep, NEG_INF)
-    if temperature == 1.0:
-        return logits
-    return logits / temperature
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -121,10 +127,6 @@ def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     As in Hugging Face, every token tied with the k-th largest value is kept, so a row with
     ties at the boundary keeps more than ``top_k`` tokens.
     """
-    return _top_k(logits, check_int("top_k", top_k, 1))
-
-
-def _top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     if top_k >= logits.size(-1):
         return logits
     kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -140,34 +142,26 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     so the result does not depend on token ids (Hugging Face's unstable sort drops an
     arbitrary subset of such ties).
     """
-    return _top_p(logits, check_float("top_p", top_p, 0.0, 1.0, low_open=True))
+    return _drop_tail(logits, 1.0 - top_p)
 
 
-def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    if top_p == 1.0:
-        return logits
+def _drop_tail(logits: torch.Tensor, mass: float | torch.Tensor) -> torch.Tensor:
+    # 1 - top_p is taken by the caller, in double precision: in float32 it can round to
+    # another value, and the compiled step must cut where the eager one does.
     sorted_logits = torch.sort(logits, dim=-1).values
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    removed = cumulative <= 1.0 - top_p
+    removed = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= mass
     removed[..., -1] = False  # the most probable token always stays
     smallest_kept = sorted_logits.masked_fill(removed, math.inf).amin(dim=-1, keepdim=True)
     return logits.masked_fill(logits < smallest_kept, NEG_INF)
 
 
-def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+def min_p_filter(logits: torch.Tensor, min_p: float | torch.Tensor) -> torch.Tensor:
     """Drop tokens whose probability is below ``min_p`` times the top token's probability.
 
     ``min_p=0`` keeps every token; ``min_p=1`` keeps the most probable token and its ties.
     """
-    return _min_p(logits, check_float("min_p", min_p, 0.0, 1.0))
-
-
-def _min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
-    if min_p == 0.0:
-        return logits
     probs = logits.softmax(dim=-1)
-    threshold = min_p * probs.amax(dim=-1, keepdim=True)
-    return logits.masked_fill(probs < threshold, NEG_INF)
+    return logits.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), NEG_INF)
 
 
 def repetition_penalty(
@@ -179,13 +173,6 @@ def repetition_penalty(
     one multiplied by it, so ``penalty > 1`` discourages repeats and ``< 1`` encourages them.
     Apply it to the raw logits, before temperature and the filters.
     """
-    penalty = check_float("repetition_penalty", penalty, 0.0, low_open=True)
-    return _repetition_penalty(logits, token_ids, penalty)
-
-
-def _repetition_penalty(
-    logits: torch.Tensor, token_ids: torch.Tensor, penalty: float
-) -> torch.Tensor:
     if penalty == 1.0 or token_ids.size(-1) == 0:
         return logits
     seen = logits.gather(-1, token_ids)
@@ -204,19 +191,18 @@ def filter_logits(
 
     All parameters are validated before any work (ConfigError, a ValueError, naming the bad one).
     """
-    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-    return warp(logits, params)
+    return warp(logits, Decoder(temperature, top_k, top_p, min_p))
 
 
-def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """:func:`filter_logits` with already validated parameters, for the decoding loop."""
-    logits = _temperature(logits, params.temperature)
-    if params.top_k is not None:
-        logits = _top_k(logits, params.top_k)
-    if params.top_p is not None:
-        logits = _top_p(logits, params.top_p)
-    if params.min_p is not None:
-        logits = _min_p(logits, params.min_p)
+def warp(logits: torch.Tensor, decoder: Decoder) -> torch.Tensor:
+    """:func:`filter_logits` with a validated decoder; filters that are off are skipped."""
+    logits = apply_temperature(logits, decoder.temperature)
+    if decoder.top_k is not None:
+        logits = top_k_filter(logits, decoder.top_k)
+    if decoder.top_p not in (None, 1.0):
+        logits = top_p_filter(logits, decoder.top_p)
+    if decoder.min_p:
+        logits = min_p_filter(logits, decoder.min_p)
     return logits
 
 
@@ -238,7 +224,7 @@ Observer = Callable[[torch.Tensor], None]
 
 def next_token(
     logits: torch.Tensor,
-    params: SamplingParams,
+    decoder: Decoder,
     history: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     observe: Observer | None = None,
@@ -251,14 +237,14 @@ def next_token(
     greedy (the tokens chosen are the same as without it). No host synchronisation happens here.
     """
     if history is not None:
-        logits = _repetition_penalty(logits, history, params.repetition_penalty)
+        logits = repetition_penalty(logits, history, decoder.repetition_penalty)
     if observe is not None:
-        probs = warp(logits, params).softmax(dim=-1)
+        probs = warp(logits, decoder).softmax(dim=-1)
         observe(probs)
-        return probs.argmax(dim=-1) if params.greedy else sample(probs, generator)
-    if params.greedy:
+        return probs.argmax(dim=-1) if decoder.greedy else sample(probs, generator)
+    if decoder.greedy:
         return logits.argmax(dim=-1)
-    return sample(warp(logits, params).softmax(dim=-1), generator)
+    return sample(warp(logits, decoder).softmax(dim=-1), generator)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -278,20 +264,18 @@ def race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 def sampling_tensors(
-    params: SamplingParams, vocab_size: int, device: torch.device | str = "cpu"
+    decoder: Decoder, vocab_size: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``params`` as the tensors :func:`choose` reads, so one compiled graph serves them all.
+    """``decoder`` as the tensors :func:`choose` reads, so one compiled graph serves them all
+    (the repetition penalty, which needs the history, is left out).
 
     Returns float32 ``(greedy, temperature, 1 - top_p, min_p)`` and int64 ``top_k``. A filter
     that is off gets the value that keeps every token (top-k the vocabulary, top-p 1, min-p 0).
-    ``1 - top_p`` is taken in double precision, as :func:`warp` compares against it.
     """
-    if params.repetition_penalty != 1.0:
-        raise ValueError("the repetition penalty needs the history; use next_token")
-    temperature = 1.0 if params.greedy else params.temperature
-    top_p = 1.0 if params.top_p is None else params.top_p
-    values = [float(params.greedy), temperature, 1.0 - top_p, params.min_p or 0.0]
-    top_k = min(params.top_k or vocab_size, vocab_size)
+    temperature = 1.0 if decoder.greedy else decoder.temperature
+    top_p = 1.0 if decoder.top_p is None else decoder.top_p
+    values = [float(decoder.greedy), temperature, 1.0 - top_p, decoder.min_p or 0.0]
+    top_k = min(decoder.top_k or vocab_size, vocab_size)
     return (
         torch.tensor(values, dtype=torch.float32, device=device),
         torch.tensor(top_k, dtype=torch.long, device=device),
@@ -302,25 +286,17 @@ def choose(
     logits: torch.Tensor, values: torch.Tensor, top_k: torch.Tensor, noise: torch.Tensor
 ) -> torch.Tensor:
     """:func:`next_token` without a repetition penalty, written for a compiled graph: the
-    parameters are the tensors of :func:`sampling_tensors` and the sampling noise is given.
+    settings are the tensors of :func:`sampling_tensors` and the sampling noise is given.
 
-    The same arithmetic as :func:`warp` then :func:`race`, so it picks the same token: a
-    filter that is off keeps every token here where :func:`warp` skips it.
+    The same filters as :func:`warp`, then :func:`race`, so it picks the same token; a filter
+    that is off keeps every token here where :func:`warp` skips it. Top-k reads the k-th
+    largest value from a sort, as k is a tensor here (ties with it kept, as in torch.topk).
     """
-    greedy, temperature, top_p_floor, min_p = values.unbind(0)
+    greedy, temperature, tail, min_p = values.unbind(0)
     scaled = logits / temperature
-    # top-k: the k-th largest value, as torch.topk finds it (ties with it are kept).
     descending = torch.sort(scaled, dim=-1, descending=True).values
     kth_largest = descending.gather(-1, (top_k - 1).expand(logits.size(0), 1))
     scaled = scaled.masked_fill(scaled < kth_largest, NEG_INF)
-    # top-p, as _top_p computes it.
-    ascending = torch.sort(scaled, dim=-1).values
-    removed = ascending.softmax(dim=-1).cumsum(dim=-1) <= top_p_floor
-    removed[..., -1] = False
-    smallest_kept = ascending.masked_fill(removed, math.inf).amin(dim=-1, keepdim=True)
-    scaled = scaled.masked_fill(scaled < smallest_kept, NEG_INF)
-    # min-p, as _min_p computes it.
-    probs = scaled.softmax(dim=-1)
-    scaled = scaled.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), NEG_INF)
+    scaled = min_p_filter(_drop_tail(scaled, tail), min_p)
     sampled = race(scaled.softmax(dim=-1), noise)
     return torch.where(greedy > 0, logits.argmax(dim=-1), sampled)

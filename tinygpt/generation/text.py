@@ -1,68 +1,43 @@
-"""The text API: prompts in, texts out, as the TinyGPT notebook calls it.
+"""The text API: prompts in, texts out, as the TinyGPT notebook calls it
+(``print(generate(model, "To be", 50))``).
 
-:func:`generate`, :func:`stream_generate` and the notebook's named variants take a
-model carrying its tokenizer (``model.tokenizer``, as :func:`tinygpt.checkpoint.load_model`
-sets it) and a prompt string or a list of them.
-
-Policies:
-
-* Return shape, as in the TinyGPT notebook (``print(generate(model, "To be", 50))``): a prompt
-  string with ``num_samples == 1`` gives a ``str``; a prompt string with ``num_samples > 1`` a
-  list of samples; a list of prompts a list with one entry per prompt, each a ``str``
-  (``num_samples == 1``) or a list of ``num_samples`` samples. Each text is the prompt
-  followed by its continuation. :func:`stream_generate` yields, per step, the new characters
-  in the same shape.
-* Batches: all samples of all prompts that fit the context window are decoded as one batch,
-  whatever their lengths (rows are aligned at position 0; a row whose prompt is longer reads
-  it one token per step while the shorter rows already sample, see
-  :func:`~tinygpt.generation.loop.decode_columns`). Prompts longer than the window are batched
-  with prompts of their length only. One generator serves the whole call: the same prompts,
-  ``num_samples`` and ``seed`` give the same texts, but a prompt's samples depend on the other
-  rows of its batch (sampled text, not greedy, differs from the same prompt decoded alone).
-* Stop strings (``stop``, a string or a list): a sample ends at the first point where its
-  continuation (never the prompt) contains one; the text keeps it, as Hugging Face's
-  ``stop_strings`` does (see :mod:`tinygpt.generation.stop_strings`). The batch keeps its shape
-  until every sample has finished, so each text equals the text decoded without ``stop`` cut after
-  its first stop string (same seed). Without stop strings nothing is read back until the end;
-  with them the new tokens are read every :data:`STOP_READ_STEPS` steps (streams: every step).
-* Empty prompt: generation starts from ``"\\n"`` (a line break is a natural start of text in
-  the Shakespeare vocabulary) and the returned texts do not include it. A vocabulary without
-  ``"\\n"`` refuses an empty prompt with a ConfigError.
+:func:`generate`, :func:`stream_generate` and the notebook's named variants take a model
+carrying its tokenizer (``model.tokenizer``, as :func:`tinygpt.checkpoint.load_model` sets it)
+and a prompt string or a list of them. docs/generation.md ("From Python") gives the shapes they
+return, how prompts share batches, and what stop strings do. An empty prompt starts from
+``"\\n"`` (a natural start of text in the Shakespeare vocabulary), not part of the texts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.errors import ConfigError
 from tinygpt.generation.loop import (
     DECODE_THREADS,
     FiniteGuard,
-    checked_threads,
     compile_applies,
-    decode_columns,
+    decode_threads,
     decoding_settings,
+    fill_columns,
     one_step_at_a_time,
 )
 from tinygpt.generation.memory import check_generation_memory
 from tinygpt.generation.sampling import (
+    DECODERS,
     MAX_NEW_TOKENS_LIMIT,
-    SamplingParams,
+    Decoder,
     check_int,
     make_generator,
 )
-from tinygpt.generation.stop_strings import StopStrings, check_stop, check_stop_characters
-from tinygpt.generation.strategies import DECODERS
 from tinygpt.models import TinyGPT
 
 Prompt = str | Sequence[str]
-Generated = str | list[str] | list[list[str]]  # see "Return shape" in the module docstring
+Generated = str | list[str] | list[list[str]]  # see "Return shapes" in docs/generation.md
 
 EMPTY_PROMPT_START = "\n"
 MAX_NUM_SAMPLES = 10_000  # rows of one call: prompts x num_samples
@@ -72,18 +47,79 @@ MAX_NUM_SAMPLES = 10_000  # rows of one call: prompts x num_samples
 STOP_READ_STEPS = 8
 
 
-def _tokenizer(model: TinyGPT) -> CharTokenizer:
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise ConfigError(
-            "the model has no tokenizer: load it with tinygpt.checkpoint.load_model "
-            "or set model.tokenizer"
-        )
-    return tokenizer
+def check_strings(name: str, value: object) -> list[str]:
+    """``value``, a string or a list (or tuple) of strings, as a list; else a ConfigError."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{name} must be a string or a list of strings, got {value!r}")
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(
+                f"{name} must be a string or a list of strings, got {type(item).__name__} "
+                f"{item!r} in the list"
+            )
+    return list(items)
 
 
-def encode_prompt(tokenizer: CharTokenizer, prompt: str) -> torch.Tensor:
-    """Prompt ids ``(t,)``; an empty prompt starts from ``"\\n"`` (see module docstring)."""
+def check_stop(stop: object) -> tuple[str, ...]:
+    """``stop`` (``None``, a string or a list of strings) as a tuple of non-empty strings."""
+    stops = tuple(check_strings("stop", [] if stop is None else stop))
+    if "" in stops:
+        raise ConfigError("stop strings must not be empty (every text contains '')")
+    return stops
+
+
+def check_stop_characters(stops: Sequence[str], vocabulary: str) -> None:
+    """Refuse a stop string the model can never write: it has characters outside the vocabulary.
+
+    Such a string would silently never stop anything; the usual cause is a ``\\n`` typed on a
+    command line, which Hydra passes on as a backslash and an ``n``.
+    """
+    for stop in stops:
+        if missing := sorted(set(stop) - set(vocabulary)):
+            shown = ", ".join(repr(c) for c in missing)
+            hint = ""
+            if "\\" in stop:
+                hint = " (Hydra keeps \\n as two characters: docs/generation.md#quoting-prompt)"
+            raise ConfigError(
+                f"stop string {stop!r} can never be generated: {shown} not in the vocabulary{hint}"
+            )
+
+
+class StopStrings:
+    """Cuts each row's continuation, fed in pieces, after its first stop string.
+
+    A sample ends at the first point where its continuation (never the prompt) contains a stop
+    string; the text keeps it, as Hugging Face's ``stop_strings`` does (a stream has shown it
+    already). Only the last ``len(longest stop) - 1`` characters of what a row was fed are kept
+    between pieces: enough to find a stop string that straddles two pieces.
+    """
+
+    def __init__(self, stops: Sequence[str], rows: int) -> None:
+        self.stops = tuple(stops)
+        self.overlap = max((len(s) for s in self.stops), default=1) - 1
+        self.tails = [""] * rows
+
+    def cut(self, row: int, piece: str) -> tuple[str, bool]:
+        """``piece`` up to and including the first stop string it completes, and whether one did.
+
+        The earliest end wins when several stop strings occur. The row's earlier pieces held no
+        stop string (the caller stops feeding a row once one is found), so every match ends
+        inside ``piece``.
+        """
+        if not self.stops or not piece:
+            return piece, False
+        tail = self.tails[row]
+        window = tail + piece
+        ends = [i + len(s) for s in self.stops if (i := window.find(s)) >= 0]
+        if ends:
+            return piece[: min(ends) - len(tail)], True
+        self.tails[row] = window[-self.overlap :] if self.overlap else ""
+        return piece, False
+
+
+def encode_prompt(tokenizer: Any, prompt: str) -> torch.Tensor:
+    """Prompt ids ``(t,)``; an empty prompt starts from ``"\\n"`` (see the module docstring)."""
     if not isinstance(prompt, str):
         raise ConfigError(f"prompt must be a string, got {type(prompt).__name__}")
     if prompt:
@@ -96,30 +132,11 @@ def encode_prompt(tokenizer: CharTokenizer, prompt: str) -> torch.Tensor:
     return tokenizer.encode(EMPTY_PROMPT_START)
 
 
-def _prompt_list(prompt: object) -> list[str]:
-    """The prompts of a text call: one string, or a non-empty list (or tuple) of strings."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if not isinstance(prompt, (list, tuple)):
-        raise ConfigError(
-            f"prompt must be a string or a list of strings, got {type(prompt).__name__}"
-        )
-    if not prompt:
-        raise ConfigError("prompt must be a string or a non-empty list of strings, got []")
-    for item in prompt:
-        if not isinstance(item, str):
-            raise ConfigError(
-                f"prompt must be a string or a list of strings, got {type(item).__name__} "
-                f"{item!r} in the list"
-            )
-    return list(prompt)
-
-
 def _batches(lengths: Sequence[int], block_size: int) -> list[list[int]]:
     """Prompt indices decoded as one batch each, in order of first appearance.
 
     Prompts that fit the context window share one batch whatever their lengths (see
-    :func:`~tinygpt.generation.loop.decode_columns`). A longer prompt is prefilled from its last
+    :func:`~tinygpt.generation.loop.fill_columns`). A longer prompt is prefilled from its last
     ``block_size`` tokens, which puts its cache refills at other columns than a shorter
     prompt's, so longer prompts share a batch only with prompts of the same length.
     """
@@ -129,159 +146,106 @@ def _batches(lengths: Sequence[int], block_size: int) -> list[list[int]]:
     return list(batches.values())
 
 
-@dataclass(frozen=True)
 class _Request:
-    """A validated text call: each prompt's ids, the samples per prompt, where samples stop."""
+    """A text call, validated on construction before any model work (a call whose buffers
+    would not fit in memory is refused: :mod:`tinygpt.generation.memory`)."""
 
-    tokenizer: CharTokenizer
-    prompts: list[str]
-    one_prompt: bool  # a string was given, not a list
-    ids: list[torch.Tensor]  # per prompt, on the model's device; "\n" for an empty prompt
-    num_samples: int
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    generator: torch.Generator | None
+    def __init__(
+        self,
+        model: TinyGPT,
+        prompt: Prompt,
+        max_new_tokens: int,
+        decoder: Decoder,
+        seed: int | torch.Generator | None,
+        num_samples: int,
+        stop: str | Sequence[str] | None,
+        use_cache: bool,
+        compile: bool,
+        num_threads: int | str | None,
+    ) -> None:
+        self.prompts = check_strings("prompt", prompt)
+        if not self.prompts:
+            raise ConfigError("prompt must be a string or a non-empty list of strings, got []")
+        check_int("max_new_tokens", max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
+        check_int("num_samples", num_samples, 1, MAX_NUM_SAMPLES)
+        if len(self.prompts) * num_samples > MAX_NUM_SAMPLES:
+            raise ConfigError(
+                f"prompts x num_samples must be at most {MAX_NUM_SAMPLES}, "
+                f"got {len(self.prompts)} x {num_samples}"
+            )
+        self.stop = check_stop(stop)
+        self.tokenizer = getattr(model, "tokenizer", None)
+        if self.tokenizer is None:
+            raise ConfigError(
+                "the model has no tokenizer: load it with tinygpt.checkpoint.load_model "
+                "or set model.tokenizer"
+            )
+        check_stop_characters(self.stop, self.tokenizer.chars)
+        device = model.wte.weight.device
+        self.ids = [encode_prompt(self.tokenizer, text).to(device) for text in self.prompts]
+        rows, columns = len(self.prompts) * num_samples, max(map(len, self.ids)) + max_new_tokens
+        check_generation_memory(model, rows, columns, self.tokenizer.chars)
+        self.generator = make_generator(seed, device)
+        self.threads = decode_threads(model, num_threads)
+        self.compile = compile_applies(model, compile)
+        self.model, self.decoder, self.use_cache = model, decoder, use_cache
+        self.max_new_tokens, self.num_samples = max_new_tokens, num_samples
+        self.one_prompt = isinstance(prompt, str)
 
     def shape(self, texts: list[list[str]]) -> Generated:
-        """``texts[prompt][sample]`` in the shape the call promises (see the module docstring)."""
+        """``texts[prompt][sample]`` in the shape the call promises: a prompt string gives a
+        ``str``, or a list of samples; a list of prompts a list of those, one per prompt."""
         per_prompt = [samples[0] if self.num_samples == 1 else samples for samples in texts]
         return per_prompt[0] if self.one_prompt else per_prompt
 
+    def steps(self, read_every: int | None) -> Iterator[list[list[str]]]:
+        """Decode every prompt's samples, batch by batch (:func:`_batches`); at each read, every
+        ``read_every`` steps (``None``: once, at the end), yield what each sample gained since
+        the last read, ``[prompt][sample]``: ``""`` for a sample with nothing new (still reading
+        its prompt, finished, or in another batch). Reads check the logits.
 
-def _request(
-    model: TinyGPT,
-    prompt: Prompt,
-    max_new_tokens: int,
-    num_samples: int,
-    seed: int | torch.Generator | None,
-    stop: str | Sequence[str] | None,
-) -> _Request:
-    """Validate a text call (all but the sampling parameters), before any model work; a call
-    whose buffers would not fit in memory is refused (:mod:`tinygpt.generation.memory`)."""
-    prompts = _prompt_list(prompt)
-    check_int("max_new_tokens", max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
-    check_int("num_samples", num_samples, 1, MAX_NUM_SAMPLES)
-    if len(prompts) * num_samples > MAX_NUM_SAMPLES:
-        raise ConfigError(
-            f"prompts x num_samples must be at most {MAX_NUM_SAMPLES}, "
-            f"got {len(prompts)} x {num_samples}"
-        )
-    stops = check_stop(stop)
-    tokenizer = _tokenizer(model)
-    check_stop_characters(stops, tokenizer.chars)
-    device = model.wte.weight.device
-    ids = [encode_prompt(tokenizer, text).to(device) for text in prompts]
-    longest = max(len(i) for i in ids)
-    rows, columns = len(prompts) * num_samples, longest + max_new_tokens
-    check_generation_memory(model, rows, columns, tokenizer.chars)
-    generator = make_generator(seed, device)
-    one_prompt = isinstance(prompt, str)
-    return _Request(
-        tokenizer, prompts, one_prompt, ids, num_samples, max_new_tokens, stops, generator
-    )
-
-
-def _batch_buffer(request: _Request, batch: list[int]) -> tuple[torch.Tensor, list[int]]:
-    """A batch's ``(rows, longest prompt + max_new_tokens)`` buffer, and each row's prompt length.
-
-    The ``num_samples`` rows from ``i * num_samples`` on start with prompt ``batch[i]``; the
-    decoding loop writes the rest.
-    """
-    n = request.num_samples
-    lengths = [request.ids[p].numel() for p in batch]
-    seq = torch.zeros(
-        len(batch) * n,
-        max(lengths) + request.max_new_tokens,
-        dtype=torch.long,
-        device=request.ids[0].device,
-    )
-    for i, p in enumerate(batch):
-        seq[i * n : (i + 1) * n, : lengths[i]] = request.ids[p]
-    return seq, [length for length in lengths for _ in range(n)]
-
-
-def _row_pieces(
-    model: TinyGPT,
-    seq: torch.Tensor,
-    lengths: list[int],
-    request: _Request,
-    params: SamplingParams,
-    use_cache: bool,
-    compile: bool,
-    read_every: int | None,
-) -> Iterator[list[str]]:
-    """Decode ``seq``'s rows; at each read, yield the text each row gained since the last read.
-
-    A row gains text from the end of its prompt (``lengths[row]``) for ``max_new_tokens``
-    characters, or up to and including its first stop string; the loop ends once every row
-    has finished. A finished row keeps being decoded with the others (so the random draws, and
-    so every row's text, are the same with and without stop strings) but gains nothing more.
-    Reads happen every ``read_every`` steps (``None``: once, at the end) and check the logits.
-    """
-    shortest, total = min(lengths), seq.size(1)
-    ends = [length + request.max_new_tokens for length in lengths]
-    finished = [False] * len(lengths)
-    stops = StopStrings(request.stop, len(lengths))
-    guard = FiniteGuard(seq.device)
-    decode = request.tokenizer.decode
-    differ = torch.tensor(lengths, device=seq.device) if max(lengths) > shortest else None
-    generator = request.generator
-    steps = decode_columns(
-        model, seq, shortest, params, generator, use_cache, guard, compile, differ
-    )
-    every = read_every or total
-    read = shortest  # the first column not read yet
-    try:
-        for n in steps:
-            if n + 1 < total and (n + 1 - shortest) % every:
-                continue
-            guard.check()
-            pieces = []
-            for row, tokens in enumerate(seq[:, read : n + 1].tolist()):
-                if finished[row]:
-                    pieces.append("")
-                    continue
-                start, end = max(read, lengths[row]), min(n + 1, ends[row])
-                piece, stopped = stops.cut(row, decode(tokens[start - read : end - read]))
-                finished[row] = stopped or end == ends[row]
-                pieces.append(piece)
-            read = n + 1
-            yield pieces
-            if all(finished):
-                return
-    finally:
-        steps.close()
-
-
-def _text_steps(
-    model: TinyGPT,
-    request: _Request,
-    params: SamplingParams,
-    use_cache: bool,
-    compile: bool,
-    read_every: int | None,
-) -> Iterator[list[list[str]]]:
-    """Decode every prompt's samples, batch by batch (:func:`_batches`), yielding each read.
-
-    Each yield is indexed ``[prompt][sample]`` and holds the text gained since the previous
-    one: ``""`` for a sample with nothing new (still reading its prompt, finished, or in
-    another batch).
-    """
-    if request.max_new_tokens == 0:
-        return
-    lengths = [ids.numel() for ids in request.ids]
-    for batch in _batches(lengths, model.config.block_size):
-        rows = [(p, s) for p in batch for s in range(request.num_samples)]
-        seq, row_lengths = _batch_buffer(request, batch)
-        reads = _row_pieces(
-            model, seq, row_lengths, request, params, use_cache, compile, read_every
-        )
-        with closing(reads):
-            for pieces in reads:
-                texts = [[""] * request.num_samples for _ in request.prompts]
-                for (p, s), piece in zip(rows, pieces, strict=True):
-                    texts[p][s] = piece
-                yield texts
+        A sample gains text from the end of its prompt for ``max_new_tokens`` characters, or up
+        to and including its first stop string; a batch ends once each of its samples has. A
+        finished sample keeps being decoded with the others (so the random draws, and so every
+        text, are the same with and without stop strings) but gains nothing more.
+        """
+        if self.max_new_tokens == 0:
+            return
+        n, decode = self.num_samples, self.tokenizer.decode
+        for batch in _batches([len(ids) for ids in self.ids], self.model.config.block_size):
+            rows = [(p, s) for p in batch for s in range(n)]
+            lengths = [len(self.ids[p]) for p, _ in rows]
+            shortest, total = min(lengths), max(lengths) + self.max_new_tokens
+            seq = torch.zeros(len(rows), total, dtype=torch.long, device=self.ids[0].device)
+            for i, p in enumerate(batch):
+                seq[i * n : (i + 1) * n, : len(self.ids[p])] = self.ids[p]
+            ends = [length + self.max_new_tokens for length in lengths]
+            finished = [False] * len(rows)
+            stops = StopStrings(self.stop, len(rows))
+            guard = FiniteGuard(seq.device)
+            differ = torch.tensor(lengths, device=seq.device) if max(lengths) > shortest else None
+            columns = fill_columns(
+                self.model, seq, shortest, self.decoder, self.generator, self.use_cache,
+                self.compile, guard, differ,
+            )  # fmt: skip
+            read = shortest  # the first column not read yet
+            with closing(columns):
+                for col in columns:
+                    if col + 1 < total and (col + 1 - shortest) % (read_every or total):
+                        continue
+                    guard.check()
+                    texts = [[""] * n for _ in self.prompts]
+                    for row, tokens in enumerate(seq[:, read : col + 1].tolist()):
+                        if finished[row]:
+                            continue
+                        start, end = max(read, lengths[row]), min(col + 1, ends[row])
+                        piece, stopped = stops.cut(row, decode(tokens[start - read : end - read]))
+                        finished[row] = stopped or end == ends[row]
+                        texts[rows[row][0]][rows[row][1]] = piece
+                    read = col + 1
+                    yield texts
+                    if all(finished):
+                        break
 
 
 def generate(
@@ -302,27 +266,35 @@ def generate(
 ) -> Generated:
     """The prompt followed by up to ``max_new_tokens`` new characters, per prompt and sample.
 
-    ``prompt``: a string, or a list of strings decoded together (see the module docstring for
-    the batches and the shape of the result). ``temperature=0`` is greedy. The same ``seed``
+    ``prompt``: a string, or a list of strings decoded together (docs/generation.md: the
+    batches and the shape of the result). ``temperature=0`` is greedy. The same ``seed``
     gives the same texts whatever the global RNG state; ``seed=None`` samples from the global
     RNG. ``stop``: a string or a list of strings; a sample ends with the first one that
     appears in its continuation (kept in the text). ``compile`` and ``num_threads`` as in
-    :func:`generate_ids`.
+    :func:`~tinygpt.generation.loop.generate_ids`.
     Bad values raise ConfigError (a ValueError) naming the parameter; unknown prompt characters
     raise UnknownCharactersError.
     """
-    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-    request = _request(model, prompt, max_new_tokens, num_samples, seed, stop)
-    compile = compile_applies(model, compile)
-    threads = checked_threads(model, num_threads)
-    read_every = STOP_READ_STEPS if request.stop else None
-    pieces = [[[text] for _ in range(num_samples)] for text in request.prompts]
-    with decoding_settings(threads):
-        for step in _text_steps(model, request, params, use_cache, compile, read_every):
-            for prompt_pieces, new in zip(pieces, step, strict=True):
-                for sample_pieces, piece in zip(prompt_pieces, new, strict=True):
-                    sample_pieces.append(piece)
-    return request.shape([["".join(sample) for sample in samples] for samples in pieces])
+    decoder = Decoder(temperature, top_k, top_p, min_p, repetition_penalty)
+    request = _Request(
+        model,
+        prompt,
+        max_new_tokens,
+        decoder,
+        seed,
+        num_samples,
+        stop,
+        use_cache,
+        compile,
+        num_threads,
+    )
+    texts = [[[text] for _ in range(num_samples)] for text in request.prompts]
+    with decoding_settings(request.threads):
+        for step in request.steps(STOP_READ_STEPS if request.stop else None):
+            for samples, pieces in zip(texts, step, strict=True):
+                for sample, piece in zip(samples, pieces, strict=True):
+                    sample.append(piece)
+    return request.shape([["".join(sample) for sample in samples] for samples in texts])
 
 
 def stream_generate(
@@ -348,12 +320,20 @@ def stream_generate(
     sample's pieces after its prompt gives its text from :func:`generate` with the same
     arguments and seed. Arguments are validated when this is called.
     """
-    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-    request = _request(model, prompt, max_new_tokens, num_samples, seed, stop)
-    compile = compile_applies(model, compile)
-    threads = checked_threads(model, num_threads)
-    steps = _text_steps(model, request, params, use_cache, compile, read_every=1)
-    return (request.shape(step) for step in one_step_at_a_time(steps, threads))
+    decoder = Decoder(temperature, top_k, top_p, min_p, repetition_penalty)
+    request = _Request(
+        model,
+        prompt,
+        max_new_tokens,
+        decoder,
+        seed,
+        num_samples,
+        stop,
+        use_cache,
+        compile,
+        num_threads,
+    )
+    return (request.shape(step) for step in one_step_at_a_time(request.steps(1), request.threads))
 
 
 def generate_greedy(

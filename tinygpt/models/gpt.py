@@ -1,6 +1,11 @@
 """The TinyGPT transformer: a GPT-2 style decoder for character-level language modelling.
 
-Imports torch only, so it can be used from a notebook without Lightning or Hydra.
+One function, :meth:`TinyGPT.forward_with`, computes the model for training, analysis and
+decoding, from the tensors that :meth:`TinyGPT.tensors` gathers out of the modules. Decoding
+gathers them once per generation: at batch 1 a token of a small model is a few dozen tiny ops,
+and a module call or attribute lookup per weight would cost about as much as the op itself.
+For the same reason activations stay 2-D, ``(batch * t, n_embd)``, and layer norms are called
+as ``torch.layer_norm``. Torch only.
 """
 
 from __future__ import annotations
@@ -8,14 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tinygpt.models.config import TinyGPTConfig
-from tinygpt.models.kv_cache import KVCache
 from tinygpt.models.moe import MoEFeedForward, MoEStats
+
+Affine = tuple[torch.Tensor, torch.Tensor | None]  # weight, bias
 
 
 @contextmanager
@@ -35,43 +42,25 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train()
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: TinyGPTConfig) -> None:
-        super().__init__()
-        self.n_head = config.n_head
-        self.head_dim = config.n_embd // config.n_head
-        self.dropout = config.dropout
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.kv_cache: KVCache | None = None
+class LayerTensors(NamedTuple):
+    ln_1: Affine
+    qkv: Affine
+    proj: Affine
+    ln_2: Affine
+    ffn: tuple[torch.Tensor | None, ...] | nn.Module  # dense: fc and proj affines; else MoE
+    cache: tuple[torch.Tensor, torch.Tensor] | None  # keys, values (batch, head, block, dim)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        input_pos: torch.Tensor | None = None,
-        cache_mask: torch.Tensor | None = None,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        weights = None
-        if input_pos is not None:
-            if self.kv_cache is None:
-                raise RuntimeError("input_pos given but no KV cache is set up")
-            k, v = self.kv_cache.update(input_pos, k, v)
-            # cache_mask (T, max_len): 0 for the cached keys at or before a query's position,
-            # -inf for the others (an additive mask, so SDPA does not convert it every step).
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache_mask)
-        elif need_weights:
-            y, weights = explicit_attention(q, k, v)
-        else:
-            dropout_p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y)), weights
+
+class ModelTensors(NamedTuple):
+    wte: torch.Tensor  # also the output head (tied)
+    wpe: torch.Tensor
+    ln_f: Affine
+    layers: tuple[LayerTensors, ...]
+    cache_mask: torch.Tensor  # (block, block) additive: row p lets a query at p see keys 0 .. p
+
+
+def _affine(module: nn.Module) -> Affine:
+    return module.weight, module.bias
 
 
 def explicit_attention(
@@ -85,45 +74,44 @@ def explicit_attention(
     return weights @ v, weights
 
 
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: TinyGPTConfig) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+
 class MLP(nn.Module):
     def __init__(self, config: TinyGPTConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
-
-
-def build_feed_forward(config: TinyGPTConfig, layer: int) -> nn.Module:
-    """The feed-forward layer of block ``layer``, of the kind ``config.ffn`` names."""
-    if config.is_moe_layer(layer):
-        return MoEFeedForward(config)
-    return MLP(config)
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + ffn(ln(x))."""
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + ffn(ln_2(x)); its weights
+    (the math is :meth:`TinyGPT.forward_with`)."""
 
     def __init__(self, config: TinyGPTConfig, layer: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = build_feed_forward(config, layer)
+        self.mlp = MoEFeedForward(config) if config.is_moe_layer(layer) else MLP(config)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        input_pos: torch.Tensor | None = None,
-        cache_mask: torch.Tensor | None = None,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, weights = self.attn(self.ln_1(x), input_pos, cache_mask, need_weights)
-        x = x + attn_out
-        x = x + self.mlp(self.ln_2(x))
-        return x, weights
+    def tensors(self, cache: tuple[torch.Tensor, torch.Tensor] | None) -> LayerTensors:
+        ffn = self.mlp
+        if isinstance(ffn, MLP):
+            ffn = (*_affine(ffn.fc), *_affine(ffn.proj))
+        attn = self.attn
+        return LayerTensors(
+            _affine(self.ln_1),
+            _affine(attn.qkv),
+            _affine(attn.proj),
+            _affine(self.ln_2),
+            ffn,
+            cache,
+        )
 
 
 class TinyGPT(nn.Module):
@@ -135,12 +123,15 @@ class TinyGPT(nn.Module):
         self.tokenizer = None  # set by checkpoint loading, so the model can decode text itself
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017)
-        self.register_buffer("cache_mask", torch.empty(0, dtype=torch.bool), persistent=False)
+        block = config.block_size
+        mask = torch.full((block, block), float("-inf")).triu(1)
+        self.register_buffer("cache_mask", mask, persistent=False)
+        # Keys and values per layer, (batch, n_head, block_size, head_dim): setup_kv_cache.
+        self.kv_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream's
         # variance does not grow with depth. MoE experts are stacked Parameters, not Linears, so
@@ -188,7 +179,7 @@ class TinyGPT(nn.Module):
         jitter or dropout) and restores the previous mode.
         """
         with evaluating(self):
-            self._run(idx)
+            self(idx)
         B, T = idx.shape
         choices = [moe.last_assignments()[:, 0].view(B, T) for moe in self.moe_modules().values()]
         if not choices:
@@ -210,7 +201,9 @@ class TinyGPT(nn.Module):
         With ``input_pos`` (positions of ``idx`` in the sequence), attention reads and writes the
         KV cache set up by :meth:`setup_kv_cache`.
         """
-        logits, _ = self._run(idx, input_pos=input_pos)
+        if input_pos is not None and self.kv_cache is None:
+            raise RuntimeError("input_pos given but no KV cache is set up (setup_kv_cache)")
+        logits, _ = self.forward_with(self.tensors(), idx, input_pos)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
@@ -221,60 +214,89 @@ class TinyGPT(nn.Module):
 
         Uses an explicit softmax instead of the fused kernel; outputs match ``forward``.
         """
-        logits, weights = self._run(idx, need_weights=True)
-        return logits, weights
+        return self.forward_with(self.tensors(), idx, need_weights=True)
 
-    def _run(
+    def tensors(self) -> ModelTensors:
+        """The parameters, the KV cache (once set up) and the cache mask, as the forward reads
+        them. They are the modules' own tensors, so in-place updates show; replaced ones do not."""
+        caches = self.kv_cache or [None] * len(self.blocks)
+        layers = tuple(
+            block.tensors(cache) for block, cache in zip(self.blocks, caches, strict=True)
+        )
+        return ModelTensors(
+            self.wte.weight, self.wpe.weight, _affine(self.ln_f), layers, self.cache_mask
+        )
+
+    def forward_with(
         self,
+        t: ModelTensors,
         idx: torch.Tensor,
         input_pos: torch.Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        T = idx.size(1)
+        """The model on tensors ``t`` (:meth:`tensors`): logits ``(B, T, vocab)``, and with
+        ``need_weights`` each layer's attention weights.
+
+        With ``input_pos`` each layer writes the keys and values of those positions into its
+        cache and its queries attend over the whole cache under ``t.cache_mask``: fixed shapes,
+        so the step can be compiled, and contiguous keys and values, which attention would
+        otherwise copy at every call.
+        """
+        B, T = idx.shape
+        C, H = self.config.n_embd, self.config.n_head
+        p = self.config.dropout if self.training else 0.0
         if input_pos is None:
             if T > self.config.block_size:
                 raise ValueError(
                     f"sequence of length {T} is longer than block_size {self.config.block_size}"
                 )
-            pos = torch.arange(T, device=idx.device)
-            cache_mask = None
+            pos, mask = torch.arange(T, device=idx.device), None
         else:
-            pos = input_pos
-            cache_mask = self.cache_mask.index_select(0, input_pos)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
-        all_weights = []
-        for block in self.blocks:
-            x, weights = block(x, input_pos, cache_mask, need_weights)
-            if weights is not None:
-                all_weights.append(weights)
-        return self.lm_head(self.ln_f(x)), all_weights
+            pos, mask = input_pos, t.cache_mask.index_select(0, input_pos)
+        x = t.wte.index_select(0, idx.reshape(-1)).view(B, T, C) + t.wpe.index_select(0, pos)
+        x = x.view(B * T, C)
+        x = F.dropout(x, p) if p else x
+        attention = []
+        for layer in t.layers:
+            h = torch.layer_norm(x, (C,), *layer.ln_1)
+            # Split on the (B, T, 3, head, head_dim) view: its gradient then stacks straight
+            # into the layout of qkv's (a permuted split trains about 2% slower).
+            q, k, v = F.linear(h, *layer.qkv).view(B, T, 3, H, C // H).unbind(2)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, head, T, dim)
+            if input_pos is not None:
+                keys, values = layer.cache
+                keys.index_copy_(2, input_pos, k)
+                values.index_copy_(2, input_pos, v)
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            elif need_weights:
+                y, weights = explicit_attention(q, k, v)
+                attention.append(weights)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            y = F.linear(y.transpose(1, 2).reshape(B * T, C), *layer.proj)
+            x = x + (F.dropout(y, p) if p else y)
+            h = torch.layer_norm(x, (C,), *layer.ln_2)
+            if isinstance(layer.ffn, nn.Module):
+                x = x + layer.ffn(h)  # mixture of experts
+            else:
+                fc_weight, fc_bias, proj_weight, proj_bias = layer.ffn
+                h = F.linear(F.gelu(F.linear(h, fc_weight, fc_bias)), proj_weight, proj_bias)
+                x = x + (F.dropout(h, p) if p else h)
+        x = torch.layer_norm(x, (C,), *t.ln_f)
+        return F.linear(x, t.wte).view(B, T, -1), attention
 
-    def setup_kv_cache(
-        self,
-        batch_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        """Allocate one cache per layer holding ``block_size`` positions."""
-        param = self.wte.weight
-        device = device or param.device
-        dtype = dtype or param.dtype
-        max_len = self.config.block_size
-        head_dim = self.config.n_embd // self.config.n_head
-        for block in self.blocks:
-            block.attn.kv_cache = KVCache(
-                batch_size, self.config.n_head, max_len, head_dim, device, dtype
-            )
-        causal = torch.ones(max_len, max_len, dtype=torch.bool, device=device).tril()
-        self.cache_mask = torch.zeros(max_len, max_len, device=device, dtype=dtype).masked_fill(
-            ~causal, float("-inf")
-        )
+    def setup_kv_cache(self, batch_size: int) -> None:
+        """Allocate each layer's KV cache: ``block_size`` positions, in the dtype the keys will
+        have (the weights', or autocast's where it is on)."""
+        config, weight = self.config, self.wte.weight
+        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        device = weight.device.type
+        autocast = torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if autocast else weight.dtype
+        self.kv_cache = [
+            (weight.new_zeros(shape, dtype=dtype), weight.new_zeros(shape, dtype=dtype))
+            for _ in self.blocks
+        ]
 
     def clear_kv_cache(self) -> None:
-        for block in self.blocks:
-            block.attn.kv_cache = None
-        # Made outside inference mode: decoding clears the cache inside it, and an inference
-        # tensor left as a buffer breaks DDP, which syncs every buffer before each forward
-        # (the text-sample callback decodes on rank 0 between training steps).
-        with torch.inference_mode(False):
-            self.cache_mask = torch.empty(0, dtype=torch.bool, device=self.wte.weight.device)
+        self.kv_cache = None

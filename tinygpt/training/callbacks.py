@@ -32,7 +32,7 @@ from tinygpt.files import atomic_write
 from tinygpt.generation import encode_prompt, generate_ids
 from tinygpt.generation.sampling import (
     MAX_NEW_TOKENS_LIMIT,
-    SamplingParams,
+    Decoder,
     check_float,
     check_int,
     make_generator,
@@ -238,7 +238,7 @@ class SampleText(EveryNValidations):
         self.max_new_tokens = check_int(
             f"{key}.max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT
         )
-        self.params = SamplingParams(check_float(f"{key}.temperature", temperature, 0.0))
+        self.decoder = Decoder(check_float(f"{key}.temperature", temperature, 0.0))
         self.seed = check_int(f"{key}.seed", seed, 0, 2**63 - 1)
         self.last_text: str | None = None
 
@@ -254,10 +254,10 @@ class SampleText(EveryNValidations):
         ids = encode_prompt(model.tokenizer, prompt)[None].to(device)
         generator = make_generator(self.seed, device)
         # Token level: the text functions' return type is about to change (str for one prompt).
-        seq = generate_ids(model, ids, self.max_new_tokens, self.params, generator)
+        seq = generate_ids(model, ids, self.max_new_tokens, self.decoder, generator)
         self.last_text = prompt + model.tokenizer.decode(seq[0, ids.size(1) :].tolist())
         step = trainer.global_step
-        heading = f"step {step}, temperature {self.params.temperature:g}, seed {self.seed}:"
+        heading = f"step {step}, temperature {self.decoder.temperature:g}, seed {self.seed}:"
         # Indented by four spaces: a Markdown code block keeps the line breaks and spacing.
         body = "\n".join("    " + line for line in self.last_text.split("\n"))
         for writer in writers:

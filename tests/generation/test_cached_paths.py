@@ -1,6 +1,7 @@
 """Every cached path computes what the model's plain forward computes: the module's own cached
-forward (``input_pos``), the eager DecodeStep (a prefill then one-token steps, or a prefill in
-chunks) and the compiled step (dense models only), for dense and mixture-of-experts models."""
+forward (``input_pos``), ``forward_with`` on tensors gathered once, as decoding runs it (a
+prefill then one-token steps, or a prefill in chunks) and the compiled step (dense models only),
+for dense and mixture-of-experts models."""
 
 from collections.abc import Callable
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 from helpers import spread_model
 
-from tinygpt.generation import DECODE_THREADS, decode_threads, decoding_settings
-from tinygpt.generation.fast_step import DecodeStep, compiled_decode_step
+from tinygpt.generation.compiled import compiled_step
+from tinygpt.generation.loop import DECODE_THREADS, decode_threads, decoding_settings
 from tinygpt.models import TinyGPT
 
 BLOCK, BATCH, PROMPT = 8, 2, 3  # spread_model's context
@@ -29,36 +30,42 @@ def module_input_pos(model: TinyGPT, seq: torch.Tensor) -> dict[int, torch.Tenso
     return logits
 
 
-def decode_step(model: TinyGPT, seq: torch.Tensor) -> dict[int, torch.Tensor]:
-    step = DecodeStep(model)
-    logits = {PROMPT: step(seq[:, :PROMPT], 0)}
-    logits.update({pos + 1: step(seq[:, pos : pos + 1], pos) for pos in range(PROMPT, BLOCK)})
+def gathered(model: TinyGPT, seq: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    input_pos = torch.arange(start, end)
+    return model.forward_with(model.tensors(), seq[:, start:end], input_pos)[0][:, -1]
+
+
+def forward_with(model: TinyGPT, seq: torch.Tensor) -> dict[int, torch.Tensor]:
+    logits = {PROMPT: gathered(model, seq, 0, PROMPT)}
+    logits.update({pos + 1: gathered(model, seq, pos, pos + 1) for pos in range(PROMPT, BLOCK)})
     return logits
 
 
-def decode_step_in_chunks(model: TinyGPT, seq: torch.Tensor) -> dict[int, torch.Tensor]:
-    step = DecodeStep(model)  # each chunk attends to the earlier chunks' cached keys
-    return {end: step(seq[:, start:end], start) for start, end in ((0, 3), (3, 7), (7, BLOCK))}
+def forward_with_chunks(model: TinyGPT, seq: torch.Tensor) -> dict[int, torch.Tensor]:
+    # Each chunk attends to the earlier chunks' cached keys.
+    return {end: gathered(model, seq, start, end) for start, end in ((0, 3), (3, 7), (7, BLOCK))}
 
 
-def compiled_step(model: TinyGPT, seq: torch.Tensor) -> dict[int, torch.Tensor]:
+def compiled(model: TinyGPT, seq: torch.Tensor) -> dict[int, torch.Tensor]:
     # Under decoding's settings, as generate_ids builds it: the build is keyed by the thread count.
     with decoding_settings(decode_threads(model, DECODE_THREADS)):
-        logits = {PROMPT: DecodeStep(model)(seq[:, :PROMPT], 0)}  # prefilled eagerly
-        step = compiled_decode_step(model)
-        logits.update({pos + 1: step(seq[:, pos : pos + 1], pos) for pos in range(PROMPT, BLOCK)})
+        logits = {PROMPT: gathered(model, seq, 0, PROMPT)}  # prefilled eagerly
+        step = compiled_step(model)
+        logits.update(
+            {pos + 1: step(seq[:, pos : pos + 1], pos)[1] for pos in range(PROMPT, BLOCK)}
+        )
     return logits
 
 
 PATHS: dict[str, Path] = {
     "module input_pos": module_input_pos,
-    "DecodeStep": decode_step,
-    "DecodeStep chunks": decode_step_in_chunks,
+    "forward_with": forward_with,
+    "forward_with chunks": forward_with_chunks,
 }
 CASES = [pytest.param(s, p, id=f"{s}, {p}") for s in SHAPES for p in PATHS]
 # A real C++ build (tens of seconds), of the shape test_compiled_step.py builds too.
 CASES.append(pytest.param("dense", "compiled", id="dense, compiled", marks=pytest.mark.slow))
-PATHS["compiled"] = compiled_step
+PATHS["compiled"] = compiled
 
 
 @pytest.mark.parametrize(("shape", "path"), CASES)
@@ -77,6 +84,6 @@ def test_every_cached_path_computes_the_plain_forward(shape, path):
         torch.testing.assert_close(logits, model(seq[:, :n])[0][:, -1], atol=1e-5, rtol=0)
 
 
-def test_building_a_step_without_a_cache_is_refused():
+def test_a_cached_forward_without_a_cache_is_refused():
     with pytest.raises(RuntimeError, match="KV cache"):
-        DecodeStep(spread_model())
+        spread_model()(torch.zeros(1, 1, dtype=torch.long), input_pos=torch.tensor([0]))

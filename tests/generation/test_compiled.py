@@ -12,14 +12,10 @@ import torch
 from helpers import spread_model
 
 from tinygpt.errors import CompileError, ConfigError
-from tinygpt.generation import decoding_settings, generate_ids, loop
-from tinygpt.generation import fast_step as compiled_step
-from tinygpt.generation.fast_step import (
-    can_compile,
-    compiled_decode_step,
-    compiled_sampling_step,
-)
-from tinygpt.generation.sampling import SamplingParams
+from tinygpt.generation import Decoder, generate_ids, loop
+from tinygpt.generation import compiled as compiled_module
+from tinygpt.generation.compiled import can_compile, compiled_step
+from tinygpt.generation.loop import decoding_settings
 from tinygpt.models import TinyGPT
 
 BLOCK, BATCH = 8, 2  # spread_model's context
@@ -38,15 +34,15 @@ def prompt(batch: int = BATCH) -> torch.Tensor:
 @pytest.mark.parametrize(
     "params",
     [
-        SamplingParams(temperature=0.0),
-        SamplingParams(temperature=0.9, top_k=8, top_p=0.95),
-        SamplingParams(temperature=0.9, top_k=8, repetition_penalty=1.3),
+        Decoder(temperature=0.0),
+        Decoder(temperature=0.9, top_k=8, top_p=0.95),
+        Decoder(temperature=0.9, top_k=8, repetition_penalty=1.3),
     ],
     ids=["greedy", "sampled", "penalised"],
 )
 def test_compiled_decoding_chooses_the_eager_tokens(model, params):
-    # Greedy and sampled run the step that samples in its graph; a repetition penalty needs the
-    # history, so "penalised" runs the step that returns logits and samples eagerly.
+    # Greedy and sampled use the token chosen in the step's graph; a repetition penalty needs the
+    # history, so "penalised" uses the step's logits and samples eagerly.
     # 3 windows long, so the compiled steps also follow the eager refills of the cache.
     runs = [
         generate_ids(model, prompt(), 3 * BLOCK, params, torch.Generator().manual_seed(0), **kw)
@@ -59,7 +55,7 @@ def test_compiled_decoding_chooses_the_eager_tokens(model, params):
 def test_a_one_token_prompt_decodes_compiled_as_eager(model):
     # The prompt's last token runs through the compiled step: here it is the whole prompt, so
     # no eager prefill comes before it.
-    params = SamplingParams(temperature=0.9, top_k=8, top_p=0.95)
+    params = Decoder(temperature=0.9, top_k=8, top_p=0.95)
     runs = [
         generate_ids(
             model, prompt()[:, :1], BLOCK + 3, params, torch.Generator().manual_seed(0), compile=c
@@ -83,12 +79,12 @@ def test_the_step_writes_the_models_cache_and_sees_weight_updates(model):
     model.setup_kv_cache(BATCH)
     try:
         with decoding_settings(1):  # one thread, as generate_ids runs it: the same build
-            step = compiled_decode_step(model)
+            step = compiled_step(model)
             for pos in range(BLOCK):
-                logits = step(seq[:, pos : pos + 1], pos)
-            filled = model.blocks[0].attn.kv_cache.k.clone()
+                logits = step(seq[:, pos : pos + 1], pos)[1]
+            filled = model.kv_cache[0][0].clone()
             flip_final_norm(model)  # an in-place update, as an optimizer step makes
-            flipped = step(seq[:, -1:], BLOCK - 1)
+            flipped = step(seq[:, -1:], BLOCK - 1)[1]
     finally:
         flip_final_norm(model)
         model.clear_kv_cache()
@@ -103,11 +99,11 @@ def test_a_second_model_of_the_same_shape_reuses_the_build(model, monkeypatch):
     def refuse(*args):
         raise AssertionError("compiled a shape that was compiled already")
 
-    monkeypatch.setattr(compiled_step, "_compile", refuse)
+    monkeypatch.setattr(compiled_module, "_compile", refuse)
     other = spread_model()
     with torch.no_grad():
         other.wte.weight.add_(1.0)
-    greedy = SamplingParams(temperature=0.0)
+    greedy = Decoder(temperature=0.0)
     compiled = generate_ids(other, prompt(), BLOCK, greedy, compile=True)
     assert torch.equal(compiled, generate_ids(other, prompt(), BLOCK, greedy, compile=False))
 
@@ -115,7 +111,7 @@ def test_a_second_model_of_the_same_shape_reuses_the_build(model, monkeypatch):
 def test_a_mixture_of_experts_decodes_uncompiled_with_a_warning():
     moe = spread_model(ffn="moe")
     assert not can_compile(moe)
-    greedy = SamplingParams(temperature=0.0)
+    greedy = Decoder(temperature=0.0)
     with pytest.warns(UserWarning, match="dense feed-forwards only"):
         compiled = generate_ids(moe, prompt(1), BLOCK, greedy, compile=True)
     assert torch.equal(compiled, generate_ids(moe, prompt(1), BLOCK, greedy, compile=False))
@@ -123,39 +119,37 @@ def test_a_mixture_of_experts_decodes_uncompiled_with_a_warning():
 
 def test_refusals(model):
     with pytest.raises(RuntimeError, match="KV cache"):
-        compiled_decode_step(model)
+        compiled_step(model)
     training = spread_model().train()
     training.setup_kv_cache(1)
     with pytest.raises(ValueError, match="in eval mode"):
-        compiled_decode_step(training)
+        compiled_step(training)
     moe = spread_model(ffn="moe")
     moe.setup_kv_cache(1)
     with pytest.raises(ValueError, match="dense feed-forwards only"):
-        compiled_decode_step(moe)
-    with pytest.raises(ValueError, match="dense feed-forwards only"):
-        compiled_sampling_step(moe, SamplingParams(), None)
+        compiled_step(moe, Decoder(), None)
 
 
 def test_a_failed_build_is_one_clear_error(monkeypatch, tmp_path):
     def no_compiler(*args, **kwargs):
         raise RuntimeError("Compiler: g++ not found\n(a long inductor log follows)")
 
-    monkeypatch.setattr(compiled_step, "_COMPILED", {})  # so this shape is built afresh
+    monkeypatch.setattr(compiled_module, "_COMPILED", {})  # so this shape is built afresh
     monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path))  # ... and not found on disk
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
     training = spread_model().train()
     with pytest.raises(CompileError, match=r"\(Compiler: g\+\+ not found\); decode without"):
         generate_ids(training, prompt(), 2, compile=True)
     assert training.training  # the model is left as it was: training, no cache
-    assert all(block.attn.kv_cache is None for block in training.blocks)
+    assert training.kv_cache is None
     assert list(tmp_path.rglob("*")) == [tmp_path / "decode_steps"]  # no scratch left behind
 
 
 def test_decoding_compiles_only_when_asked(monkeypatch):
-    def refuse(model):
+    def refuse(*args):
         raise AssertionError("built a compiled step nobody asked for")
 
-    monkeypatch.setattr(loop, "compiled_decode_step", refuse)
+    monkeypatch.setattr(loop, "compiled_step", refuse)
     trained_compiled = spread_model(compile=True)  # model.compile is about training
     generate_ids(trained_compiled, prompt(1), 3)
     generate_ids(trained_compiled, prompt(1), 1, compile=True)  # no one-token step: no build
@@ -168,23 +162,23 @@ def test_a_later_process_loads_the_build_from_disk_and_rebuilds_a_bad_one(
     model, monkeypatch, tmp_path
 ):
     monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(compiled_step, "_COMPILED", {})
-    greedy = SamplingParams(temperature=0.0)
+    monkeypatch.setattr(compiled_module, "_COMPILED", {})
+    greedy = Decoder(temperature=0.0)
     eager = generate_ids(model, prompt(), BLOCK, greedy, compile=False)
     assert torch.equal(generate_ids(model, prompt(), BLOCK, greedy, compile=True), eager)
-    [package] = compiled_step.package_dir().glob("*.pt2")
-    real_build = compiled_step._build
+    [package] = compiled_module.package_dir().glob("*.pt2")
+    real_build = compiled_module._build
 
     def refuse(*args):
         raise AssertionError("built a step that was on disk")
 
-    monkeypatch.setattr(compiled_step, "_COMPILED", {})  # a new process, as far as memory goes
-    monkeypatch.setattr(compiled_step, "_build", refuse)
+    monkeypatch.setattr(compiled_module, "_COMPILED", {})  # a new process, as far as memory goes
+    monkeypatch.setattr(compiled_module, "_build", refuse)
     assert torch.equal(generate_ids(model, prompt(), BLOCK, greedy, compile=True), eager)
 
     package.write_bytes(b"half a package")  # a crash mid-write, a disk error
-    monkeypatch.setattr(compiled_step, "_COMPILED", {})
-    monkeypatch.setattr(compiled_step, "_build", real_build)
+    monkeypatch.setattr(compiled_module, "_COMPILED", {})
+    monkeypatch.setattr(compiled_module, "_build", real_build)
     assert torch.equal(generate_ids(model, prompt(), BLOCK, greedy, compile=True), eager)
     assert package.stat().st_size > 1000  # rebuilt in place
 
@@ -194,25 +188,25 @@ def test_an_unwritable_cache_costs_a_build_not_an_error(monkeypatch, tmp_path):
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
     monkeypatch.setenv("TINYGPT_CACHE_DIR", str(not_a_directory))
-    monkeypatch.setattr(compiled_step, "_COMPILED", {})
+    monkeypatch.setattr(compiled_module, "_COMPILED", {})
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     model = spread_model()
-    greedy = SamplingParams(temperature=0.0)
+    greedy = Decoder(temperature=0.0)
     compiled = generate_ids(model, prompt(), BLOCK, greedy, compile=True)
     assert torch.equal(compiled, generate_ids(model, prompt(), BLOCK, greedy, compile=False))
     assert list(scratch.iterdir()) == []  # the build's scratch directory is gone
 
 
 def test_the_build_key_holds_what_the_library_depends_on(model):
-    key = compiled_step.shape_key(model, batch_size=2)
-    assert key == compiled_step.shape_key(spread_model(dropout=0.1, compile=True), batch_size=2)
-    assert key != compiled_step.shape_key(model, batch_size=3)
-    assert key != compiled_step.shape_key(spread_model(bias=False), batch_size=2)
+    key = compiled_module.shape_key(model, batch_size=2)
+    assert key == compiled_module.shape_key(spread_model(dropout=0.1, compile=True), batch_size=2)
+    assert key != compiled_module.shape_key(model, batch_size=3)
+    assert key != compiled_module.shape_key(spread_model(bias=False), batch_size=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)  # Inductor emits threaded loops or not from this
     try:
-        assert key != compiled_step.shape_key(model, batch_size=2)
+        assert key != compiled_module.shape_key(model, batch_size=2)
     finally:
         torch.set_num_threads(threads)
