@@ -31,9 +31,17 @@ from pathlib import Path
 import torch
 
 from tinygpt.models import TinyGPT, TinyGPTConfig
-from tinygpt.models.gpt import MLP
 from tinygpt.models.moe import MoEFeedForward
 from tinygpt.training.optim import fused_adamw
+
+
+def dense_mlp(config: TinyGPTConfig) -> torch.nn.Module:
+    """The dense feed-forward as TinyGPT computes it, as a module of its own."""
+    C = config.n_embd
+    return torch.nn.Sequential(
+        torch.nn.Linear(C, 4 * C), torch.nn.GELU(), torch.nn.Linear(4 * C, C)
+    )
+
 
 NOTEBOOK_SIZE = dict(n_layer=2, n_head=4, n_embd=64, block_size=32)
 BABY_SIZE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)
@@ -185,7 +193,7 @@ def bench_layers(
     x = torch.randn(*tokens, n_embd, device=device, requires_grad=True)
     fns = {
         "tinygpt_moe": layer_fwd_bwd_fn(MoEFeedForward(config).to(device).train(), x),
-        "tinygpt_dense_mlp": layer_fwd_bwd_fn(MLP(config).to(device).train(), x),
+        "tinygpt_dense_mlp": layer_fwd_bwd_fn(dense_mlp(config).to(device).train(), x),
     }
     for implementation in HF_IMPLEMENTATIONS:
         try:

@@ -18,7 +18,7 @@ from tinygpt.generation import (
     stream_generate,
     text,
 )
-from tinygpt.generation.loop import SINGLE_THREAD_MAX_WEIGHTS, cache_context_start
+from tinygpt.generation.loop import SINGLE_THREAD_MAX_WEIGHTS, refill_length
 from tinygpt.generation.sampling import repetition_penalty
 from tinygpt.generation.text import STOP_READ_STEPS
 from tinygpt.models import TinyGPT, TinyGPTConfig
@@ -48,6 +48,20 @@ def model() -> TinyGPT:
 
 def prompt_ids(model: TinyGPT, text: str, batch: int = 1) -> torch.Tensor:
     return model.tokenizer.encode(text).expand(batch, -1)
+
+
+def cache_context_start(n: int, prompt_len: int, block_size: int) -> int:
+    """Index of the first token the cached loop conditions on when choosing token ``n``: the
+    refill policy of docs/generation.md ("The KV cache"), written out as the loop's reference."""
+    start = max(0, prompt_len - block_size)
+    filled = prompt_len - start  # cache positions in use after the prompt
+    keep = refill_length(block_size)
+    for m in range(prompt_len, n):  # token m has just been chosen; feed it
+        if filled < block_size:
+            filled += 1
+        else:
+            start, filled = m + 1 - keep, keep
+    return start
 
 
 def test_cached_greedy_equals_uncached_for_every_token_inside_the_window(model):

@@ -35,10 +35,10 @@ from tinygpt.cli.errors import run_hydra_app, user_errors
 from tinygpt.cli.paths import PROJECT_ROOT, config_dir, newest_run_checkpoint
 from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.errors import ConfigError, DataError
-from tinygpt.generation import MAX_NUM_SAMPLES, stream_generate
+from tinygpt.generation import stream_generate
 from tinygpt.generation.compiled import can_compile, package_dir
 from tinygpt.generation.sampling import MAX_NEW_TOKENS_LIMIT, Decoder, check_int, named_decoder
-from tinygpt.generation.text import check_stop
+from tinygpt.generation.text import MAX_NUM_SAMPLES, check_stop
 
 GENERATE_SCRIPT = PROJECT_ROOT / "generate.py"
 

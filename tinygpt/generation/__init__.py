@@ -11,7 +11,6 @@ from tinygpt.generation.sampling import (
 )
 from tinygpt.generation.strategies import NOTEBOOK_STRATEGIES
 from tinygpt.generation.text import (
-    MAX_NUM_SAMPLES,
     encode_prompt,
     generate,
     generate_greedy,
@@ -24,7 +23,6 @@ from tinygpt.generation.text import (
 
 __all__ = [
     "DECODERS",
-    "MAX_NUM_SAMPLES",
     "NOTEBOOK_STRATEGIES",
     "Decoder",
     "encode_prompt",

@@ -3,8 +3,8 @@
 :func:`generate_ids` runs the whole loop under :func:`decoding_settings` at once; the text
 API (:mod:`tinygpt.generation.text`) runs the same loop, a stream one step at a time.
 Past the context window the KV cache is refilled with the most recent
-:func:`refill_length` tokens (:func:`cache_context_start` names each token's context);
-docs/generation.md ("The KV cache") states the policy and what it changes.
+:func:`refill_length` tokens; docs/generation.md ("The KV cache") states the policy and what
+it changes.
 """
 
 from __future__ import annotations
@@ -39,23 +39,6 @@ SINGLE_THREAD_MAX_WEIGHTS = 1_000_000
 def refill_length(block_size: int) -> int:
     """How many recent tokens the KV cache keeps when it is full: half the window, at least 1."""
     return max(1, block_size // 2)
-
-
-def cache_context_start(n: int, prompt_len: int, block_size: int) -> int:
-    """Index of the first token the cached loop conditions on when choosing token ``n``.
-
-    Mirrors :func:`fill_columns`: it documents (and lets tests check) exactly which context each
-    cached token past the window was computed from.
-    """
-    start = max(0, prompt_len - block_size)
-    filled = prompt_len - start  # cache positions in use after the prompt
-    keep = refill_length(block_size)
-    for m in range(prompt_len, n):  # token m has just been chosen; feed it
-        if filled < block_size:
-            filled += 1
-        else:
-            start, filled = m + 1 - keep, keep
-    return start
 
 
 class FiniteGuard:

@@ -60,16 +60,6 @@ def available_memory() -> int | None:
         return None
 
 
-def host_bound() -> tuple[int | None, str]:
-    """The host bytes a request may use, and where that figure comes from (for the message)."""
-    if setting := os.environ.get(MEMORY_ENV):
-        return parse_bytes(setting), MEMORY_ENV
-    available = available_memory()
-    if available is None:
-        return None, "unknown"
-    return int(AVAILABLE_FRACTION * available), f"80% of the {_size(available)} available"
-
-
 def device_bytes(config: TinyGPTConfig, rows: int, columns: int, itemsize: int) -> int:
     """What decoding allocates where the model lives: the ids, the KV cache (keys and values,
     every layer, the whole window) and a full-window prefill's activations."""
@@ -99,9 +89,11 @@ def check_generation_memory(
         _check(on_device, bound, f"80% of the {_size(free)} free on {weight.device}", rows, columns)
     else:
         on_host += on_device
-    bound, source = host_bound()
-    if bound is not None:
-        _check(on_host, bound, source, rows, columns)
+    if setting := os.environ.get(MEMORY_ENV):
+        _check(on_host, parse_bytes(setting), MEMORY_ENV, rows, columns)
+    elif (available := available_memory()) is not None:
+        source = f"80% of the {_size(available)} available"
+        _check(on_host, int(AVAILABLE_FRACTION * available), source, rows, columns)
 
 
 def _check(need: int, bound: int, source: str, rows: int, columns: int) -> None:

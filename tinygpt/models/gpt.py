@@ -47,7 +47,7 @@ class LayerTensors(NamedTuple):
     qkv: Affine
     proj: Affine
     ln_2: Affine
-    ffn: tuple[torch.Tensor | None, ...] | nn.Module  # dense: fc and proj affines; else MoE
+    ffn: tuple[Affine, Affine] | nn.Module  # dense: fc and proj; else the MoE layer itself
     cache: tuple[torch.Tensor, torch.Tensor] | None  # keys, values (batch, head, block, dim)
 
 
@@ -100,18 +100,11 @@ class Block(nn.Module):
         self.mlp = MoEFeedForward(config) if config.is_moe_layer(layer) else MLP(config)
 
     def tensors(self, cache: tuple[torch.Tensor, torch.Tensor] | None) -> LayerTensors:
-        ffn = self.mlp
+        attn, ffn = self.attn, self.mlp
         if isinstance(ffn, MLP):
-            ffn = (*_affine(ffn.fc), *_affine(ffn.proj))
-        attn = self.attn
-        return LayerTensors(
-            _affine(self.ln_1),
-            _affine(attn.qkv),
-            _affine(attn.proj),
-            _affine(self.ln_2),
-            ffn,
-            cache,
-        )
+            ffn = (_affine(ffn.fc), _affine(ffn.proj))
+        affines = (_affine(module) for module in (self.ln_1, attn.qkv, attn.proj, self.ln_2))
+        return LayerTensors(*affines, ffn, cache)
 
 
 class TinyGPT(nn.Module):
@@ -279,8 +272,8 @@ class TinyGPT(nn.Module):
             if isinstance(layer.ffn, nn.Module):
                 x = x + layer.ffn(h)  # mixture of experts
             else:
-                fc_weight, fc_bias, proj_weight, proj_bias = layer.ffn
-                h = F.linear(F.gelu(F.linear(h, fc_weight, fc_bias)), proj_weight, proj_bias)
+                fc, proj = layer.ffn
+                h = F.linear(F.gelu(F.linear(h, *fc)), *proj)
                 x = x + (F.dropout(h, p) if p else h)
         x = torch.layer_norm(x, (C,), *t.ln_f)
         return F.linear(x, t.wte).view(B, T, -1), attention
