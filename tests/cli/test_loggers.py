@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from helpers import PNG_MAGIC, TINY_RUN, compose_task
 
-from tinygpt.analysis import report
 from tinygpt.analysis.plots import read_scalars
+from tinygpt.cli import commands
 from tinygpt.cli.train import train
 
 PLOTS = ["grad_norm.png", "loss.png", "lr.png", "val_ppl.png"]
@@ -50,7 +50,7 @@ def test_logger_csv_writes_metrics_csv_and_its_plots_and_the_report_reads_it(tex
 
     # The report reads the CSV-only run: its val loss curve and its experts' load.
     out = tmp_path / "report"
-    assert report.main([str(run), "--out", str(out), "--no-decoding"]) == 0
+    assert commands.main(["report", str(run), "--out", str(out), "--no-decoding"]) == 0
     text_md = (out / "report.md").read_text()
     assert "share of tokens per expert" in text_md
     loads = {e: scalars[f"moe/layer0/load/expert{e}"][-1][1] for e in range(4)}

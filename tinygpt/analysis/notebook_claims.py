@@ -3,8 +3,7 @@
 A *setting* is one sweep: dense and MoE runs of the same recipe with several seeds. Each claim
 becomes a :class:`Claim`: the notebook's words, the measurement (mean ± std over seeds) and a
 verdict by the rule of :mod:`tinygpt.analysis.verdicts`. The decoding table's ratings are judged
-by :func:`decoding_verdicts`. ``python -m tinygpt.claims`` (:mod:`tinygpt.analysis.claims`)
-trains the runs and writes the page (:mod:`tinygpt.analysis.results_page`).
+by :func:`decoding_verdicts`; :mod:`tinygpt.analysis.results_page` writes the page.
 """
 
 from __future__ import annotations
@@ -16,10 +15,11 @@ from typing import Any
 
 from tinygpt.analysis.attention import head_statistics
 from tinygpt.analysis.curves import EpochCurve, read_epoch_curve
-from tinygpt.analysis.decoding_report import StrategyResult, training_text, validation_text
-from tinygpt.analysis.report import ReportError, Run, best_checkpoint, find_runs
+from tinygpt.analysis.decoding import DecoderResult
+from tinygpt.analysis.runs import Run, find_runs, training_text, validation_text
 from tinygpt.analysis.verdicts import Stat, about, compare, noise, rating_verdict
-from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
+from tinygpt.checkpoint import load_model
+from tinygpt.errors import DataError
 
 KINDS = ("dense", "moe")
 # "about": the tolerance each claim's word is given (stated on the page).
@@ -36,10 +36,13 @@ QUOTES = {
     "dense_uniform": 'The dense model\'s attention is "more uniform"',
     "dense_adjacent": 'The dense model\'s attention "focuses on adjacent tokens"',
 }
-
-
-class ClaimsError(ReportError):
-    """A sweep without the runs a claim needs."""
+# The decoding measures the ratings are judged by: (title, axis, sign: +1 where higher is more).
+DECODING_MEASURES = {
+    "known_words": ("known-word share", "coherence", +1),
+    "nll": ("NLL (nats/char)", "coherence", -1),
+    "entropy": ("sampled entropy (nats/char)", "diversity", +1),
+    "self_similarity": ("self-similarity", "diversity", -1),
+}
 
 
 @dataclass
@@ -76,33 +79,15 @@ class Setting:
         return Stat.of([r.summary.get(key) for r in self.runs[kind]])
 
 
-# --- measuring -----------------------------------------------------------------------------
-
-
 def load_setting(name: str, sweep: Path, jobs: Collection[frozenset[str]] | None = None) -> Setting:
     """A sweep's runs, dense and MoE apart; each kind must have run. ``jobs``: the overrides of
     the runs to keep (``ckpt_path`` aside), leaving out runs of other settings in the sweep."""
-    runs = find_runs([sweep])
-    if jobs is not None:
-        wanted = set(jobs)
-        runs = [
-            r
-            for r in runs
-            if frozenset(o for o in r.overrides if not o.startswith("ckpt_path=")) in wanted
-        ]
+    runs = [r for r in find_runs([sweep]) if jobs is None or r.job in jobs]
     by_kind = {kind: [r for r in runs if r.ffn == kind] for kind in KINDS}
     for kind, found in by_kind.items():
         if not found:
-            raise ClaimsError(
-                f"{sweep} holds no {kind} runs (python -m tinygpt.claims trains them)"
-            )
+            raise DataError(f"{sweep} holds no {kind} runs (python -m tinygpt claims trains them)")
     return Setting(name, sweep, by_kind)
-
-
-def run_text(run: Run) -> tuple[str, dict]:
-    """The text a run trained on, and its resolved config (from its best checkpoint)."""
-    config = load_checkpoint(best_checkpoint(run))[CHECKPOINT_KEY].get("config") or run.config
-    return training_text(config), config
 
 
 def measure_setting(setting: Setting) -> None:
@@ -111,11 +96,10 @@ def measure_setting(setting: Setting) -> None:
     for kind, runs in setting.runs.items():
         setting.heads[kind] = []
         for run in runs:
-            text, config = run_text(run)
+            config = run.trained_config()
             setting.config = setting.config or config
-            model = load_model(best_checkpoint(run))
-            stats = head_statistics(model, validation_text(text, config))
-            setting.heads[kind].append(stats)
+            text = validation_text(training_text(config), config)
+            setting.heads[kind].append(head_statistics(load_model(run.checkpoint()), text))
         if setting.name == "notebook_100k":
             setting.curves[kind] = [read_epoch_curve(r.path) for r in runs]
 
@@ -143,20 +127,32 @@ def time_per_token_ratio(setting: Setting) -> Stat:
     return Stat.of([1 / r for r in paired_ratios(setting, "train_tokens_per_second")])
 
 
-def _difference(a: Stat, b: Stat, digits: int = 3) -> str:
-    return f"difference {a.mean - b.mean:+.{digits}f}, noise {noise(a, b):.{digits}f}"
-
-
-def loss_claim(setting: Setting, key: str = "best_val_loss") -> Claim:
-    dense, moe = setting.stat("dense", key), setting.stat("moe", key)
-    where = "all of TinyShakespeare" if setting.name == "full" else "the 100k setting"
-    return Claim(
-        "moe_loss",
-        QUOTES["moe_loss"] + f" ({where})",
-        f"best val loss: MoE {moe.fmt()} vs dense {dense.fmt()} ({_difference(moe, dense)})",
-        compare(moe, dense, "lower"),
-        {"moe": asdict(moe), "dense": asdict(dense)},
+def versus(
+    key: str,
+    text: str,
+    a: tuple[str, Stat],
+    b: tuple[str, Stat],
+    claimed: str,
+    numbers: dict[str, Any] | None = None,
+    unit: str = "",
+    where: str = "",
+) -> Claim:
+    """The claim ``key`` that ``a`` is ``claimed`` ("lower" or "higher") than ``b``, each a
+    (name, Stat) pair, measured as "TEXT: A mean ± std vs B mean ± std (difference, noise)"."""
+    (name_a, stat_a), (name_b, stat_b) = a, b
+    measured = (
+        f"{text}: {name_a} {stat_a.fmt()} vs {name_b} {stat_b.fmt()}{unit} "
+        f"(difference {stat_a.mean - stat_b.mean:+.3f}, noise {noise(stat_a, stat_b):.3f})"
     )
+    numbers = {**(numbers or {}), name_a.lower(): asdict(stat_a), name_b.lower(): asdict(stat_b)}
+    return Claim(key, QUOTES[key] + where, measured, compare(stat_a, stat_b, claimed), numbers)
+
+
+def loss_claim(setting: Setting) -> Claim:
+    where = "all of TinyShakespeare" if setting.name == "full" else "the 100k setting"
+    moe = ("MoE", setting.stat("moe", "best_val_loss"))
+    dense = ("dense", setting.stat("dense", "best_val_loss"))
+    return versus("moe_loss", "best val loss", moe, dense, "lower", where=f" ({where})")
 
 
 def epoch_claims(setting: Setting) -> list[Claim]:
@@ -191,49 +187,24 @@ def epoch_claims(setting: Setting) -> list[Claim]:
 
 
 def attention_claims(setting: Setting) -> list[Claim]:
+    def kinds(key: str, over: str = "mean") -> tuple[tuple[str, Stat], tuple[str, Stat]]:
+        dense, moe = (head_measure(setting, kind, key, over) for kind in KINDS)
+        return ("dense", dense), ("MoE", moe)
+
     claims = []
     for key, unit in (("entropy", "nats"), ("distance", "characters")):
-        dense = head_measure(setting, "dense", key, "spread")
-        moe = head_measure(setting, "moe", key, "spread")
-        claims.append(
-            Claim(
-                "moe_heads",
-                QUOTES["moe_heads"],
-                f"std across a model's heads of their mean {key} ({unit}): MoE {moe.fmt(3)} vs "
-                f"dense {dense.fmt(3)} ({_difference(moe, dense, 3)})",
-                compare(moe, dense, "higher"),
-                {
-                    "measure": f"{key} spread across heads",
-                    "moe": asdict(moe),
-                    "dense": asdict(dense),
-                },
-            )
-        )
-    dense, moe = head_measure(setting, "dense", "entropy"), head_measure(setting, "moe", "entropy")
-    claims.append(
-        Claim(
-            "dense_uniform",
-            QUOTES["dense_uniform"],
-            f"mean attention entropy: dense {dense.fmt(3)} vs MoE {moe.fmt(3)} nats "
-            f"({_difference(dense, moe, 3)})",
-            compare(dense, moe, "higher"),
-            {"dense": asdict(dense), "moe": asdict(moe)},
-        )
-    )
+        dense, moe = kinds(key, "spread")
+        text = f"std across a model's heads of their mean {key} ({unit})"
+        measure = {"measure": f"{key} spread across heads"}
+        claims.append(versus("moe_heads", text, moe, dense, "higher", measure))
+    dense, moe = kinds("entropy")
+    text = "mean attention entropy"
+    claims.append(versus("dense_uniform", text, dense, moe, "higher", unit=" nats"))
     for key, claimed, text in (
         ("previous_3", "higher", "share of attention on the previous 1–3 characters"),
         ("distance", "lower", "mean attended distance (characters)"),
     ):
-        dense, moe = head_measure(setting, "dense", key), head_measure(setting, "moe", key)
-        claims.append(
-            Claim(
-                "dense_adjacent",
-                QUOTES["dense_adjacent"],
-                f"{text}: dense {dense.fmt(3)} vs MoE {moe.fmt(3)} ({_difference(dense, moe, 3)})",
-                compare(dense, moe, claimed),
-                {"measure": key, "dense": asdict(dense), "moe": asdict(moe)},
-            )
-        )
+        claims.append(versus("dense_adjacent", text, *kinds(key), claimed, {"measure": key}))
     return claims
 
 
@@ -251,35 +222,18 @@ def time_claim(setting: Setting) -> Claim:
     )
 
 
-# --- decoding ------------------------------------------------------------------------------
-
-DECODING_MEASURES = {
-    "known_words": ("known-word share", "coherence", +1),
-    "nll": ("NLL (nats/char)", "coherence", -1),
-    "entropy": ("sampled entropy (nats/char)", "diversity", +1),
-    "self_similarity": ("self-similarity", "diversity", -1),
-}
-
-
-def decoding_verdicts(results: Sequence[StrategyResult]) -> list[dict[str, Any]]:
-    """Per strategy and measure of :data:`DECODING_MEASURES`: its value, the level its rank
-    gives it on its axis, and the verdict on the notebook's level
+def decoding_verdicts(results: Sequence[DecoderResult]) -> list[dict[str, Any]]:
+    """Per decoder and measure of :data:`DECODING_MEASURES`: its value, the level its rank gives
+    it on its axis, and the verdict on the notebook's level
     (:func:`~tinygpt.analysis.verdicts.rating_verdict`)."""
-    rows = [
-        {"strategy": r.strategy.name, "claimed": r.strategy.claim, "measures": {}} for r in results
-    ]
+    rows = [{"strategy": r.row.name, "claimed": r.row.rating, "measures": {}} for r in results]
     for key, (_, axis, sign) in DECODING_MEASURES.items():
         stats = [r.stat(key) for r in results]
         oriented = [Stat(sign * s.mean, s.std, s.n) for s in stats]  # higher = more of the axis
         for i, r in enumerate(results):
-            claimed = r.strategy.claimed[0 if axis == "coherence" else 1]
-            level, verdict = rating_verdict(i, oriented, claimed)
-            rows[i]["measures"][key] = {
-                **asdict(stats[i]),
-                "axis": axis,
-                "level": level,
-                "verdict": verdict,
-            }
+            level, verdict = rating_verdict(i, oriented, getattr(r.row, axis))
+            judged = {"axis": axis, "level": level, "verdict": verdict}
+            rows[i]["measures"][key] = {**asdict(stats[i]), **judged}
     return rows
 
 

@@ -1,17 +1,25 @@
-"""The results page of ``python -m tinygpt.claims``: the tables, the text between the page's
-results markers, the pictures, and every number as JSON."""
+"""The results page of ``python -m tinygpt claims``: every claim measured on the sweeps, the
+tables, the text between the page's results markers, the pictures, and every number as JSON."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import json
+import os
+import time
+from collections.abc import Collection, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tinygpt.analysis.attention import head_statistics_figure
 from tinygpt.analysis.curves import plot_epoch_curves, plot_val_bands
-from tinygpt.analysis.decoding_report import StrategyResult, strategies_table
+from tinygpt.analysis.decoding import (
+    NOTEBOOK_TABLE,
+    DecoderResult,
+    compare_decoding,
+    decoding_table,
+    write_decoding_report,
+)
 from tinygpt.analysis.notebook_claims import (
     CONVERGENCE_EPOCH,
     CONVERGENCE_TOLERANCE,
@@ -21,20 +29,32 @@ from tinygpt.analysis.notebook_claims import (
     TIME_TOLERANCE,
     Claim,
     Setting,
+    decoding_verdicts,
+    load_setting,
+    measure_claims,
+    measure_setting,
     time_per_token_ratio,
 )
-from tinygpt.analysis.report import END_MARKER, START_MARKER, Run, replace_section
-from tinygpt.analysis.tables import markdown_table
+from tinygpt.analysis.runs import Run, training_text
 from tinygpt.analysis.verdicts import RULE, Stat
-from tinygpt.generation.strategies import NOTEBOOK_STRATEGIES
+from tinygpt.analysis.writing import (
+    END_MARKER,
+    START_MARKER,
+    jsonable,
+    markdown_table,
+    replace_section,
+    save_figure,
+)
+from tinygpt.checkpoint import load_model
+from tinygpt.files import write_text_atomic
 
-COMMAND = "python -m tinygpt.claims"
+COMMAND = "python -m tinygpt claims"
 
 
 def notebook_table() -> str:
     """The notebook's table of decoding strategies, as it is written."""
     header = ["strategy", "coherence", "diversity", "recommended use"]
-    rows = [[s.notebook_label, *s.claimed, s.use] for s in NOTEBOOK_STRATEGIES]
+    rows = [[r.label, r.coherence, r.diversity, r.use] for r in NOTEBOOK_TABLE]
     return markdown_table(header, rows)
 
 
@@ -64,16 +84,8 @@ def seeds_of(runs: Sequence[Run]) -> str:
 
 
 def full_table(setting: Setting) -> str:
-    header = [
-        "model",
-        "runs (seeds)",
-        "best val loss",
-        "final val loss",
-        "train tokens/s",
-        "time per token × dense",
-        "wall s",
-        "parameters",
-    ]
+    header = "model | runs (seeds) | best val loss | final val loss | train tokens/s | "
+    header += "time per token × dense | wall s | parameters"
     per_token = time_per_token_ratio(setting)
     rows = [
         [
@@ -92,63 +104,41 @@ def full_table(setting: Setting) -> str:
 
 
 def epochs_table(setting: Setting) -> str:
-    header = [
-        "model",
-        "runs (seeds)",
-        "epoch of lowest val loss",
-        "lowest val loss",
-        "last epoch",
-        "val loss there",
-        "rise after the lowest",
-        "change over the last tenth",
-        "train loss there",
-        "train/val gap there",
-    ]
+    header = "model | runs (seeds) | epoch of lowest val loss | lowest val loss | last epoch | "
+    header += "val loss there | rise after the lowest | change over the last tenth | "
+    header += "train loss there | train/val gap there"
     rows = []
     for kind, curves in setting.curves.items():
-        stat = {
-            "best_epoch": Stat.of([c.best_epoch for c in curves]).fmt(1),
-            "best_val": Stat.of([c.best_val for c in curves]).fmt(),
-            "last": Stat.of([c.epochs[-1] for c in curves]).fmt(0),
-            "final_val": Stat.of([c.val[-1] for c in curves]).fmt(),
-            "rise": Stat.of([c.rise for c in curves]).fmt(),
-            "change": Stat.of([c.late_change for c in curves]).fmt(),
-            "final_train": Stat.of([c.train[-1] for c in curves]).fmt(),
-            "gap": Stat.of([c.final_gap for c in curves]).fmt(),
-        }
-        rows.append([kind, seeds_of(setting.runs[kind]), *stat.values()])
+        columns = [
+            ([c.best_epoch for c in curves], 1),
+            ([c.best_val for c in curves], 3),
+            ([c.epochs[-1] for c in curves], 0),
+            ([c.val[-1] for c in curves], 3),
+            ([c.rise for c in curves], 3),
+            ([c.late_change for c in curves], 3),
+            ([c.train[-1] for c in curves], 3),
+            ([c.final_gap for c in curves], 3),
+        ]
+        cells = [Stat.of(values).fmt(digits) for values, digits in columns]
+        rows.append([kind, seeds_of(setting.runs[kind]), *cells])
     return markdown_table(header, rows, left=2)
 
 
 def attention_table(settings: Sequence[Setting]) -> str:
     """Per setting, model kind and layer: each head measure's mean over the layer's heads, and
     the standard deviation across them, each as mean ± std over seeds."""
-    header = [
-        "setting",
-        "model",
-        "layer",
-        "entropy (nats)",
-        "its std across heads",
-        "distance (chars)",
-        "its std across heads",
-        "share on previous 1–3",
-    ]
+    header = "setting | model | layer | entropy (nats) | its std across heads | distance (chars) | "
+    header += "its std across heads | share on previous 1–3"
     rows = []
     for setting in settings:
         for kind, runs in setting.heads.items():
             for layer in range(runs[0]["entropy"].shape[0]):
                 cells = []
-                for key, spread in (
-                    ("entropy", True),
-                    ("distance", True),
-                    ("previous_3", False),
-                ):
-                    per_seed = [stats[key][layer] for stats in runs]
-                    cells.append(Stat.of([float(h.mean()) for h in per_seed]).fmt(2))
-                    if spread:
-                        cells.append(
-                            Stat.of([float(h.std(unbiased=True)) for h in per_seed]).fmt(2)
-                        )
+                for key in ("entropy", "distance", "previous_3"):
+                    heads = [stats[key][layer] for stats in runs]  # per seed
+                    cells.append(Stat.of([float(h.mean()) for h in heads]).fmt(2))
+                    if key != "previous_3":  # and the spread across the layer's heads
+                        cells.append(Stat.of([float(h.std(unbiased=True)) for h in heads]).fmt(2))
                 rows.append([setting.name, kind, str(layer), *cells])
     return markdown_table(header, rows, left=3)
 
@@ -180,7 +170,7 @@ between the two `results` markers below, and everything in [results/](results/),
 def page_body(
     claims: Sequence[Claim],
     decoding_rows: Sequence[dict[str, Any]],
-    decoding: Sequence[StrategyResult],
+    decoding: Sequence[DecoderResult],
     settings: dict[str, Setting],
     timings: dict[str, float | None],
     link: str,
@@ -258,7 +248,7 @@ def page_body(
         "filtering; self-similarity: the share of a sample's character 4-grams that another "
         "sample of its cell holds (1: identical samples). Mean distinct-2 is near 1 for every "
         "sampling strategy, so it cannot rank them.",
-        strategies_table(decoding),
+        decoding_table(decoding),
         f"![decoding]({prefix}decoding.png)",
         f"Samples: [decoding_samples.json]({prefix}decoding_samples.json); every number on "
         f"this page: [claims.json]({prefix}claims.json).",
@@ -288,18 +278,6 @@ def write_page(page: Path, body: str) -> None:
     page.write_text(replace_section(text, body))
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def numbers(
     claims: Sequence[Claim],
     decoding_rows: Sequence[dict[str, Any]],
@@ -319,7 +297,7 @@ def numbers(
                     curve = setting.curves[kind][i]
                     entry["epochs"] = asdict(curve) | {"best_epoch": curve.best_epoch}
                 runs[name][kind].append(entry)
-    return _jsonable(
+    return jsonable(
         {
             "rule": RULE,
             "claims": [asdict(c) for c in claims],
@@ -332,7 +310,12 @@ def numbers(
 
 def draw(settings: dict[str, Setting], out: Path) -> dict[str, Path]:
     full, small = settings["full"], settings["notebook_100k"]
-    paths = {
+    figure = head_statistics_figure(
+        full.heads,
+        title="Attention per head, all of TinyShakespeare: dots are heads, one colour per seed; "
+        "bars: means",
+    )
+    return {
         "epochs": plot_epoch_curves(
             small.curves,
             out / "epochs.png",
@@ -345,12 +328,50 @@ def draw(settings: dict[str, Setting], out: Path) -> dict[str, Path]:
             out / "val_loss.png",
             title="All of TinyShakespeare: val loss, mean ± std over seeds",
         ),
+        "attention": save_figure(figure, out / "attention.png"),
     }
-    figure = head_statistics_figure(
-        full.heads,
-        title="Attention per head, all of TinyShakespeare: dots are heads, one colour per seed; "
-        "bars: means",
+
+
+def write_results(
+    sweeps: dict[str, tuple[Path, Collection[frozenset[str]]]],
+    out: Path,
+    page: Path,
+    command: str,
+    timings: dict[str, float | None],
+    started: float,
+    num_samples: int,
+    max_new_tokens: int,
+) -> dict[str, Path]:
+    """Measure every claim on the runs of ``sweeps`` (setting name -> its sweep directory and the
+    overrides of its jobs), then write the pictures, ``claims.json``, the decoding files and the
+    page, which says to regenerate it with ``command`` and states ``timings`` (the training's,
+    given; the rest measured here, ``started`` being when the command started)."""
+    measuring = time.time()
+    settings = {name: load_setting(name, *sweep) for name, sweep in sweeps.items()}
+    for setting in settings.values():
+        measure_setting(setting)
+    timings["measuring: attention and loss curves"] = time.time() - measuring
+
+    decoding_started = time.time()
+    dense = settings["full"].runs["dense"]
+    models = [(f"seed {r.seed}", load_model(r.checkpoint())) for r in dense]
+    text = training_text(dense[0].trained_config())
+    decoding = compare_decoding(
+        models, text, num_samples=num_samples, max_new_tokens=max_new_tokens
     )
-    paths["attention"] = out / "attention.png"
-    figure.savefig(paths["attention"], dpi=100)
-    return paths
+    decoding_rows = decoding_verdicts(decoding)
+    timings["decoding comparison"] = time.time() - decoding_started
+
+    claims = measure_claims(settings)
+    writing = time.time()
+    written = draw(settings, out)
+    written.update(write_decoding_report(decoding, out))
+    timings["pictures and pages"] = time.time() - writing
+    timings["this command, in all"] = time.time() - started
+    link = os.path.relpath(out.resolve(), page.resolve().parent)
+    body = page_body(claims, decoding_rows, decoding, settings, timings, link, command)
+    write_page(page, body)
+    written["results"], written["numbers"] = page, out / "claims.json"
+    report = numbers(claims, decoding_rows, settings, timings)
+    write_text_atomic(written["numbers"], json.dumps(report, indent=1) + "\n")
+    return written

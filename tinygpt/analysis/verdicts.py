@@ -19,6 +19,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tinygpt.analysis.writing import number
+
 AGREES, DISAGREES, WITHIN_NOISE = "agrees", "disagrees", "within noise"
 LEVELS = ("low", "medium", "high")
 
@@ -35,7 +37,8 @@ RULE = (
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample standard deviation (n - 1) of values over seeds (``nan`` std for one)."""
+    """Mean and sample standard deviation (n - 1) of values over seeds (``nan`` std for one):
+    the one statistics helper of the reports, the results page and the decoding comparison."""
 
     mean: float
     std: float
@@ -54,10 +57,9 @@ class Stat:
         return 0.0 if math.isnan(self.std) else self.std
 
     def fmt(self, digits: int = 3) -> str:
-        if math.isnan(self.mean):
-            return "n/a"
-        if math.isnan(self.std):
-            return f"{self.mean:.{digits}f}"
+        """``mean ± std``, the mean alone where the std is unknown, "n/a" without values."""
+        if math.isnan(self.mean) or math.isnan(self.std):
+            return number(self.mean, digits)
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
 
