@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tinygpt.analysis.likelihood import SampledEntropy, mean_nll
+from tinygpt.analysis.runs import Run, training_text
 from tinygpt.analysis.text_metrics import (
     known_word_share,
     mean_distinct_n,
@@ -34,6 +35,7 @@ from tinygpt.analysis.text_metrics import (
 )
 from tinygpt.analysis.verdicts import Stat
 from tinygpt.analysis.writing import jsonable, markdown_table, number, save_figure
+from tinygpt.checkpoint import load_model
 from tinygpt.errors import ConfigError
 from tinygpt.generation import SamplingParams, generate_ids, intra_op_threads, make_generator
 from tinygpt.generation.sampling import check_int
@@ -49,17 +51,17 @@ SELF_SIMILARITY_CHARS = 4  # character n-grams: a character model's samples shar
 
 @dataclass(frozen=True)
 class NotebookRow:
-    """A row of the TinyGPT notebook's table of decoding strategies: our short name for it, the
-    notebook's label, a named decoder with the settings the row changes, and the notebook's
-    coherence and diversity ratings and recommended use."""
+    """A row of the TinyGPT notebook's table of decoding strategies (:data:`NOTEBOOK_QUOTE`): its
+    label there, the notebook's coherence and diversity ratings and recommended use; our short
+    name for it, and a named decoder with the settings the row changes."""
 
-    name: str
     label: str
-    decoder: str
-    settings: dict[str, Any]
     coherence: str
     diversity: str
     use: str
+    name: str
+    decoder: str
+    settings: dict[str, Any]
 
     @property
     def params(self) -> SamplingParams:
@@ -72,42 +74,29 @@ class NotebookRow:
         return f"{self.coherence} / {self.diversity}"
 
 
-# The TinyGPT notebook's table, as it is written.
-NOTEBOOK_TABLE = (
-    NotebookRow("greedy", "greedy", "greedy", {}, "high", "low", "technical text, consistency"),
-    NotebookRow(
-        "temperature 0.5",
-        "temperature 0.5",
-        "temperature",
-        {"temperature": 0.5},
-        "high",
-        "medium",
-        "formal writing",
-    ),
-    NotebookRow(
-        "temperature 1.5",
-        "temperature 1.5",
-        "temperature",
-        {"temperature": 1.5},
-        "low",
-        "high",
-        "creativity, brainstorming",
-    ),
-    NotebookRow(
-        "top-k 5", "top-k (k=5)", "top_k", {"top_k": 5}, "medium", "medium", "general balance"
-    ),
-    NotebookRow(
-        "nucleus 0.9", "nucleus (p=0.9)", "nucleus", {}, "medium", "high", "creative narrative"
-    ),
-    NotebookRow(
-        "combined",
-        "combined (T 0.8, top-k 10, top-p 0.9)",
-        "combined",
-        {},
-        "high",
-        "high",
-        "best balance observed",
-    ),
+# The TinyGPT notebook's table, quoted as it is written.
+NOTEBOOK_QUOTE = """\
+| strategy | coherence | diversity | recommended use |
+|---|---|---|---|
+| greedy | high | low | technical text, consistency |
+| temperature 0.5 | high | medium | formal writing |
+| temperature 1.5 | low | high | creativity, brainstorming |
+| top-k (k=5) | medium | medium | general balance |
+| nucleus (p=0.9) | medium | high | creative narrative |
+| combined (T 0.8, top-k 10, top-p 0.9) | high | high | best balance observed |
+"""
+# Each row's short name, and the named decoder with the settings the row changes.
+DECODED_AS = (
+    ("greedy", "greedy", {}),
+    ("temperature 0.5", "temperature", {"temperature": 0.5}),
+    ("temperature 1.5", "temperature", {"temperature": 1.5}),
+    ("top-k 5", "top_k", {"top_k": 5}),
+    ("nucleus 0.9", "nucleus", {}),
+    ("combined", "combined", {}),
+)
+NOTEBOOK_TABLE = tuple(
+    NotebookRow(*line.strip("| ").split(" | "), *ours)
+    for line, ours in zip(NOTEBOOK_QUOTE.splitlines()[2:], DECODED_AS, strict=True)
 )
 
 # metric key -> (column title, what a higher value means)
@@ -209,6 +198,15 @@ def compare_decoding(
                 result.cells.append({"model": label, "prompt": prompt, **cell})
         results.append(result)
     return results
+
+
+def compare_runs(
+    runs: Sequence[Run], train_text: str | Path | None = None, **settings: Any
+) -> list[DecoderResult]:
+    """:func:`compare_decoding` on the best checkpoints of ``runs`` (labelled by seed), with the
+    text the first trained on (``train_text`` where given)."""
+    models = [(f"seed {r.seed}", load_model(r.checkpoint())) for r in runs]
+    return compare_decoding(models, training_text(runs[0].trained_config(), train_text), **settings)
 
 
 def decoding_table(results: Sequence[DecoderResult]) -> str:

@@ -19,25 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinygpt.analysis.attention import head_statistics
 from tinygpt.analysis.decoding import (
     DEFAULT_MAX_NEW_TOKENS,
     DecoderResult,
-    compare_decoding,
+    compare_runs,
     decoding_table,
     write_decoding_report,
 )
 from tinygpt.analysis.plots import plot_val_curves
-from tinygpt.analysis.runs import (
-    Run,
-    find_runs,
-    logged_expert_load,
-    training_text,
-    validation_text,
-)
+from tinygpt.analysis.runs import Run, find_runs, logged_expert_load
 from tinygpt.analysis.verdicts import Stat
 from tinygpt.analysis.writing import markdown_table, number, replace_section
-from tinygpt.checkpoint import load_model
 from tinygpt.errors import DataError
 
 SUMMARY_STATS = (
@@ -99,20 +91,12 @@ def mean_nested(tables: Sequence[Any]) -> Any:
     return statistics.fmean(tables)
 
 
-def analyse(groups: Sequence[Group], train_text_path: str | Path | None = None) -> None:
+def analyse(groups: Sequence[Group], train_text: str | Path | None = None) -> None:
     """Fill each group's attention entropy per head (on windows of each run's validation text)
     and expert load, means over its runs."""
-    texts: dict[str, str] = {}
     for group in groups:
-        entropies = []
-        for run in group.runs:
-            config = run.trained_config()
-            key = repr(sorted((config.get("data") or {}).items()))
-            if key not in texts:
-                texts[key] = training_text(config, train_text_path)
-            text = validation_text(texts[key], config)
-            entropies.append(head_statistics(load_model(run.checkpoint()), text)["entropy"])
-        group.entropy = mean_nested([e.tolist() for e in entropies])
+        entropies = [r.head_statistics(train_text)["entropy"].tolist() for r in group.runs]
+        group.entropy = mean_nested(entropies)
         loads = [load for load in map(logged_expert_load, group.runs) if load]
         group.expert_load = mean_nested(loads) if loads else None
 
@@ -236,13 +220,11 @@ def write_report(
     results_of, source = None, ""
     if decoding:
         group = next((g for g in groups if g.runs[0].ffn == "dense"), groups[0])
-        models = [(f"seed {r.seed}", load_model(r.checkpoint())) for r in group.runs]
-        text = training_text(group.runs[0].trained_config(), train_text)
-        results_of = compare_decoding(models, text, max_new_tokens=max_new_tokens)
+        results_of = compare_runs(group.runs, train_text, max_new_tokens=max_new_tokens)
         written.update(write_decoding_report(results_of, out, tb_dir))
         cells = len(results_of[0].cells)
         source = (
-            f"The best checkpoints of the {len(models)} {group.label} runs; per run and prompt "
+            f"The best checkpoints of the {len(group.runs)} {group.label} runs; per run and prompt "
             f"a batch of {len(results_of[0].samples) // cells} samples of {max_new_tokens} "
             f"characters; mean ± std over the {cells} cells (run × prompt), scoring the "
             "continuation only."

@@ -1,5 +1,6 @@
 """Finished runs, read back: a run directory's summary.json and Hydra files, its best checkpoint
-and the config that trained it, the text it trained on, and the expert load it logged."""
+and the config that trained it, the text it trained on, the expert load it logged, and the
+attention per head of its best checkpoint."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from tinygpt.analysis.attention import head_statistics
 from tinygpt.analysis.plots import read_scalars
-from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint
+from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
 from tinygpt.data.text import read_text
 from tinygpt.errors import DataError
 
@@ -64,6 +67,13 @@ class Run:
     def trained_config(self) -> dict[str, Any]:
         """The resolved config its checkpoint holds (else its ``.hydra/config.yaml``)."""
         return load_checkpoint(self.checkpoint())[CHECKPOINT_KEY].get("config") or self.config
+
+    def head_statistics(self, train_text: str | Path | None = None) -> dict[str, torch.Tensor]:
+        """:func:`~tinygpt.analysis.attention.head_statistics` of its best checkpoint on its
+        validation text (of ``train_text`` where given)."""
+        config = self.trained_config()
+        text = validation_text(training_text(config, train_text), config)
+        return head_statistics(load_model(self.checkpoint()), text)
 
 
 def load_run(path: Path) -> Run:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from tinygpt.analysis.claims import KINDS, write_results
 from tinygpt.analysis.decoding import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_NUM_SAMPLES,
@@ -27,9 +28,7 @@ from tinygpt.analysis.decoding import (
     decoding_table,
     write_decoding_report,
 )
-from tinygpt.analysis.notebook_claims import KINDS
 from tinygpt.analysis.report import write_report
-from tinygpt.analysis.results_page import write_results
 from tinygpt.analysis.runs import load_run, training_text
 from tinygpt.analysis.writing import START_MARKER
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
