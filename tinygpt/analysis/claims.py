@@ -4,7 +4,7 @@ written as the results page of ``python -m tinygpt claims``.
 A *setting* is one sweep: dense and MoE runs of the same recipe with several seeds. Each claim
 becomes a :class:`Claim`: the notebook's words, the measurement (mean ± std over seeds) and a
 verdict by the rule of :mod:`tinygpt.analysis.verdicts`; the decoding table's ratings are judged
-by :func:`decoding_verdicts`. :func:`write_results` measures the sweeps and writes the page
+pair by pair (:func:`~tinygpt.analysis.decoding.decoding_verdicts`). :func:`write_results` measures the sweeps and writes the page
 between its results markers, the pictures, and every number as ``claims.json``.
 """
 
@@ -25,10 +25,12 @@ from tinygpt.analysis.decoding import (
     DecoderResult,
     compare_runs,
     decoding_table,
+    decoding_verdicts,
+    verdicts_table,
     write_decoding_report,
 )
 from tinygpt.analysis.runs import Run, find_runs
-from tinygpt.analysis.verdicts import RULE, Stat, about, compare, noise, rating_verdict
+from tinygpt.analysis.verdicts import RULE, Stat, about, compare, noise
 from tinygpt.analysis.writing import (
     END_MARKER,
     START_MARKER,
@@ -54,13 +56,6 @@ QUOTES = {
     "moe_time": 'MoE costs "about 40% more training time" (routing overhead)',
     "dense_uniform": 'The dense model\'s attention is "more uniform"',
     "dense_adjacent": 'The dense model\'s attention "focuses on adjacent tokens"',
-}
-# The decoding measures the ratings are judged by: (title, axis, sign: +1 where higher is more).
-DECODING_MEASURES = {
-    "known_words": ("known-word share", "coherence", +1),
-    "nll": ("NLL (nats/char)", "coherence", -1),
-    "entropy": ("sampled entropy (nats/char)", "diversity", +1),
-    "self_similarity": ("self-similarity", "diversity", -1),
 }
 
 
@@ -237,21 +232,6 @@ def time_claim(setting: Setting) -> Claim:
     )
 
 
-def decoding_verdicts(results: Sequence[DecoderResult]) -> list[dict[str, Any]]:
-    """Per decoder and measure of :data:`DECODING_MEASURES`: its value, the level its rank gives
-    it on its axis, and the verdict on the notebook's level
-    (:func:`~tinygpt.analysis.verdicts.rating_verdict`)."""
-    rows = [{"strategy": r.row.name, "claimed": r.row.rating, "measures": {}} for r in results]
-    for key, (_, axis, sign) in DECODING_MEASURES.items():
-        stats = [r.stat(key) for r in results]
-        oriented = [Stat(sign * s.mean, s.std, s.n) for s in stats]  # higher = more of the axis
-        for i, r in enumerate(results):
-            level, verdict = rating_verdict(i, oriented, getattr(r.row, axis))
-            judged = {"axis": axis, "level": level, "verdict": verdict}
-            rows[i]["measures"][key] = {**asdict(stats[i]), **judged}
-    return rows
-
-
 def measure_claims(settings: dict[str, Setting]) -> list[Claim]:
     """Every claim but the decoding table's, in the page's order: the 100k setting's epochs,
     MoE's val loss in both settings, then attention and speed on all of TinyShakespeare."""
@@ -268,21 +248,6 @@ def measure_claims(settings: dict[str, Setting]) -> list[Claim]:
 
 
 COMMAND = "python -m tinygpt claims"
-
-
-def decoding_claims_table(rows: Sequence[dict[str, Any]]) -> str:
-    titles = [f"{axis}: {title}" for title, axis, _ in DECODING_MEASURES.values()]
-    header = ["strategy", "the notebook: coherence / diversity", *titles]
-    table = []
-    for row in rows:
-        cells = [row["strategy"], row["claimed"]]
-        for key in DECODING_MEASURES:
-            m = row["measures"][key]
-            cells.append(
-                f"{Stat(m['mean'], m['std'], m['n']).fmt(2)}: {m['level']}, {m['verdict']}"
-            )
-        table.append(cells)
-    return markdown_table(header, table)
 
 
 def claims_table(claims: Sequence[Claim]) -> str:
@@ -413,16 +378,16 @@ def page_body(
         "training token. The attention claims are measured on the models trained on all of "
         "TinyShakespeare (both settings are in the [attention table](#attention-per-head)).",
         claims_table(claims),
-        "**Decoding strategies.** The notebook rates each strategy's coherence / diversity (its "
-        "table is [quoted below](#decoding-strategies)). Each measure ranks the six "
-        "strategies: the two lowest are low, the middle two medium, the two highest high (by NLL "
-        "and by self-similarity, lower counts as more coherent and more diverse). The verdict: "
-        "*agrees* when that level is the notebook's; *within noise* when it is not, but the "
-        "strategy's mean is within noise (as above; the spread is over the "
-        f"{cells} cells of {models} dense models × {cells // models} prompts) of a strategy "
-        "measured at the notebook's level, so that the two could swap ranks; *disagrees* "
-        "otherwise.",
-        decoding_claims_table(decoding_rows),
+        "**Decoding strategies.** The notebook rates each strategy's coherence and diversity "
+        "low, medium or high (its table is [quoted below](#decoding-strategies)). Each pair of "
+        "strategies it rates differently on an axis is judged on each measure of that axis "
+        "(by NLL and by self-similarity, lower counts as more coherent and more diverse): "
+        "*concordant* when the one rated higher measures higher by more than the noise (as "
+        f"above; the spread is over the {cells} cells of {models} dense models × "
+        f"{cells // models} prompts), *discordant* when it measures lower by more than the "
+        "noise, *within noise* otherwise. A discordant pair reads `A > B`: the notebook rates A "
+        "above B, the measure puts it below.",
+        verdicts_table(decoding_rows),
         "## The 100k setting: loss per epoch",
         f"`experiment=notebook_100k`: the first {small.value('data.max_chars'):,} characters of "
         f"TinyShakespeare, split {train_share:.0%} / {1 - train_share:.0%}, the notebook's size; "

@@ -33,7 +33,7 @@ from tinygpt.analysis.text_metrics import (
     self_similarity,
     word_set,
 )
-from tinygpt.analysis.verdicts import Stat
+from tinygpt.analysis.verdicts import CONCORDANT, DISCORDANT, WITHIN_NOISE, Stat, judge_pairs
 from tinygpt.analysis.writing import jsonable, markdown_table, number, save_figure
 from tinygpt.checkpoint import load_model
 from tinygpt.errors import ConfigError
@@ -217,6 +217,43 @@ def decoding_table(results: Sequence[DecoderResult]) -> str:
     return markdown_table(
         ["strategy", "the notebook: coherence / diversity", *titles], rows, left=2
     )
+
+
+# The measures the notebook's ratings are judged by: (axis, sign: +1 where higher is more).
+JUDGED_BY = {
+    "known_words": ("coherence", +1),
+    "nll": ("coherence", -1),
+    "entropy": ("diversity", +1),
+    "self_similarity": ("diversity", -1),
+}
+
+
+def decoding_verdicts(results: Sequence[DecoderResult]) -> list[dict[str, Any]]:
+    """Per measure of :data:`JUDGED_BY`: each pair of strategies the notebook rates differently
+    on the measure's axis, judged concordant, discordant or within noise
+    (:func:`~tinygpt.analysis.verdicts.judge_pairs`)."""
+    rows = []
+    for key, (axis, sign) in JUDGED_BY.items():
+        stats = {r.row.name: r.stat(key) for r in results}
+        oriented = {name: Stat(sign * s.mean, s.std, s.n) for name, s in stats.items()}
+        ratings = {r.row.name: getattr(r.row, axis) for r in results}
+        rows.append({"measure": key, "axis": axis, **judge_pairs(oriented, ratings)})
+    return rows
+
+
+def verdicts_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One row per measure: the pairs the notebook orders, counted by verdict, and the
+    discordant ones."""
+    header = ["axis: measure", CONCORDANT, DISCORDANT, WITHIN_NOISE, "discordant pairs"]
+    table = [
+        [
+            f"{row['axis']}: {METRICS[row['measure']][0]}",
+            *(str(len(row[verdict])) for verdict in (CONCORDANT, DISCORDANT, WITHIN_NOISE)),
+            ", ".join(f"{a} > {b}" for a, b in row[DISCORDANT]) or "none",
+        ]
+        for row in rows
+    ]
+    return markdown_table(header, table, left=1)
 
 
 def plot_decoding(results: Sequence[DecoderResult], path: str | Path, title: str = "") -> Path:
