@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import CHARS, TINY_TEXT, one_error_line, save_checkpoint
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, pipeline
 
 from tinygpt import export as export_module
 from tinygpt.checkpoint import checkpoint_entry
@@ -52,6 +52,7 @@ def test_the_exported_model_gives_our_logits(tmp_path, bias):
     out = export(tmp_path / "model.ckpt", tmp_path / "hf")
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
+        "generation_config.json",
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
@@ -84,6 +85,16 @@ def test_transformers_greedy_generate_gives_our_greedy_text(tmp_path):
         text = tokenizer.decode(generated[0])
         assert len(text) == BLOCK_SIZE
         assert text == generate_greedy(ours, prompt, new)
+
+
+def test_a_default_pipeline_call_stops_at_the_window_with_our_greedy_text(tmp_path):
+    ours = spread_checkpoint(tmp_path / "model.ckpt")
+    out = export(tmp_path / "model.ckpt", tmp_path / "hf")
+    generate = pipeline("text-generation", model=str(out))  # its default length: no setting
+    sampled = generate("To be")[0]["generated_text"]
+    assert len(sampled) == BLOCK_SIZE and sampled.startswith("To be")
+    greedy = generate("To be", do_sample=False)[0]["generated_text"]
+    assert greedy == generate_greedy(ours, "To be", BLOCK_SIZE - len("To be"))
 
 
 @pytest.mark.parametrize(

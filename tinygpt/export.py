@@ -153,7 +153,8 @@ def write_model_dir(
     out_dir: Path, weights: dict[str, torch.Tensor], config: TinyGPTConfig, tokenizer: CharTokenizer
 ) -> None:
     """Write a transformers model directory's files into ``out_dir`` (existing): the weights
-    (:func:`gpt2_state_dict`), config.json, tokenizer.json and tokenizer_config.json."""
+    (:func:`gpt2_state_dict`), config.json, tokenizer.json, tokenizer_config.json and
+    generation_config.json."""
     # Bytes written by Python, so the file gets the usual permissions (safetensors' own
     # save_file makes it readable by its owner only).
     (out_dir / WEIGHTS_FILE).write_bytes(save(weights, metadata={"format": "pt"}))
@@ -161,6 +162,8 @@ def write_model_dir(
         "config.json": gpt2_config(config),
         "tokenizer.json": tokenizer_json(tokenizer),
         "tokenizer_config.json": tokenizer_config(config.block_size),
+        # GPT-2 has no positions past the window: default generate() calls stop there.
+        "generation_config.json": {"max_length": config.block_size},
     }
     for name, content in files.items():
         text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
