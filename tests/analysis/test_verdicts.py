@@ -12,8 +12,8 @@ from tinygpt.analysis.verdicts import (
     Stat,
     about,
     compare,
-    noise,
     judge_pairs,
+    noise,
 )
 
 

@@ -3,9 +3,10 @@ written as the results page of ``python -m tinygpt claims``.
 
 A *setting* is one sweep: dense and MoE runs of the same recipe with several seeds. Each claim
 becomes a :class:`Claim`: the notebook's words, the measurement (mean ± std over seeds) and a
-verdict by the rule of :mod:`tinygpt.analysis.verdicts`; the decoding table's ratings are judged
-pair by pair (:func:`~tinygpt.analysis.decoding.decoding_verdicts`). :func:`write_results` measures the sweeps and writes the page
-between its results markers, the pictures, and every number as ``claims.json``.
+verdict by the rule of :mod:`tinygpt.analysis.verdicts`; the decoding table's ratings are
+judged pair by pair (:func:`~tinygpt.analysis.decoding.decoding_verdicts`). :func:`write_results`
+measures the sweeps and writes the page between its results markers, the pictures, and every
+number as ``claims.json``.
 """
 
 from __future__ import annotations
