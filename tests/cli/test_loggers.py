@@ -75,10 +75,11 @@ def test_logger_many_writes_both_and_they_hold_the_same_values(text, tmp_path):
     assert rows["val/loss"][-1][1] == pytest.approx(summary["final_val_loss"], abs=1e-6)
 
 
-def test_no_logger_trains_and_keeps_its_checkpoints_and_summary(text, tmp_path):
+@pytest.mark.parametrize("no_logger", ["~logger", "logger=none"])
+def test_no_logger_trains_and_keeps_its_checkpoints_and_summary(text, tmp_path, no_logger):
     # ~logger drops the group (logger=null is refused by Hydra in one line: test_train_cli).
     run = tmp_path / "run"
-    summary = train_run(run, text, "~logger", "callbacks.sample_text=null")
+    summary = train_run(run, text, no_logger, "callbacks.sample_text=null")
     assert summary["steps"] == 20 and summary["final_val_loss"] is not None
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert not (run / "tb").exists() and not (run / "csv").exists()
