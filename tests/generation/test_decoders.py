@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from helpers import CONF, compose_task
 
+from tinygpt.analysis.decoding import NOTEBOOK_TABLE
 from tinygpt.cli.generate import configured_decoder
 from tinygpt.errors import ConfigError
-from tinygpt.generation import DECODERS, NOTEBOOK_STRATEGIES, Decoder, named_decoder
+from tinygpt.generation import DECODERS, Decoder, named_decoder
 
 OPTIONS = sorted(p.stem for p in (CONF / "decoder").glob("[!_]*.yaml"))
 
@@ -51,7 +52,7 @@ def test_a_bad_decoder_is_a_config_error_naming_it(tmp_path, overrides, message)
 
 
 def test_the_notebooks_table_is_named_decoders_with_the_settings_each_row_changes():
-    table = {s.name: (s.decoder, s.params) for s in NOTEBOOK_STRATEGIES}
+    table = {s.name: (s.decoder, s.params) for s in NOTEBOOK_TABLE}
     assert table == {
         "greedy": ("greedy", Decoder(temperature=0.0)),
         "temperature 0.5": ("temperature", Decoder(temperature=0.5)),

@@ -9,7 +9,6 @@ from tinygpt.generation.sampling import (
     make_generator,
     named_decoder,
 )
-from tinygpt.generation.strategies import NOTEBOOK_STRATEGIES
 from tinygpt.generation.text import (
     encode_prompt,
     generate,
@@ -23,7 +22,6 @@ from tinygpt.generation.text import (
 
 __all__ = [
     "DECODERS",
-    "NOTEBOOK_STRATEGIES",
     "Decoder",
     "encode_prompt",
     "filter_logits",
