@@ -72,8 +72,8 @@ def gpt2_state_dict(model: TinyGPT) -> dict[str, torch.Tensor]:
         for mine, gpt2 in (
             ("attn.qkv", "attn.c_attn"),
             ("attn.proj", "attn.c_proj"),
-            ("mlp.fc", "mlp.c_fc"),
-            ("mlp.proj", "mlp.c_proj"),
+            ("ffn.fc", "mlp.c_fc"),
+            ("ffn.proj", "mlp.c_proj"),
         ):
             weight = state[f"{ours}{mine}.weight"]  # (out, in)
             out[f"{theirs}{gpt2}.weight"] = weight.t()

@@ -10,7 +10,7 @@ from tinygpt.analysis.likelihood import SampledEntropy, entropy, mean_nll
 from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.data.windows import ValidationBatches
 from tinygpt.generation import Decoder, generate_ids, make_generator
-from tinygpt.generation.sampling import warp
+from tinygpt.generation.sampling import filter_logits
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
 TEXT = "to be or not to be, that is the question: whether 'tis nobler in the mind to suffer"
@@ -117,7 +117,7 @@ def test_sampled_entropy_sees_the_distribution_drawn_from_and_changes_no_token(p
     # The first step's distribution: the prompt's last logits, processed as the decoder does.
     with torch.no_grad():
         logits = model(ids)[0][:, -1]
-    torch.testing.assert_close(seen[0], warp(logits, params).softmax(-1))
+    torch.testing.assert_close(seen[0], filter_logits(logits, params).softmax(-1))
     per_row = observed.per_row()
     assert len(per_row) == 3
     expected = torch.stack([entropy(p) for p in seen]).mean(0)

@@ -115,7 +115,7 @@ def test_processors_are_pure():
 def test_filter_logits_applies_temperature_before_top_p():
     # At temperature 0.5 the probabilities sharpen to about 0.685, 0.247, 0.062, 0.007, so
     # top-p 0.6 keeps one token; applied before the temperature it would keep two.
-    out = filter_logits(LOGITS, temperature=0.5, top_p=0.6)
+    out = filter_logits(LOGITS, Decoder(temperature=0.5, top_p=0.6))
     assert kept(out) == [[True, False, False, False]]
     assert torch.allclose(out[0, 0], LOGITS[0, 0] / 0.5)
     assert kept(top_p_filter(LOGITS, 0.6)) == [[True, True, False, False]]
@@ -124,17 +124,19 @@ def test_filter_logits_applies_temperature_before_top_p():
 def test_filter_logits_applies_temperature_before_min_p():
     # At temperature 2 the ratios to the top probability are 1, 0.77, 0.55, 0.32: min-p 0.5
     # keeps three tokens, where the raw logits (ratios 1, 0.6, 0.3, 0.1) keep two.
-    assert kept(filter_logits(LOGITS, temperature=2.0, min_p=0.5)) == [[True, True, True, False]]
+    assert kept(filter_logits(LOGITS, Decoder(temperature=2.0, min_p=0.5))) == [
+        [True, True, True, False]
+    ]
 
 
 def test_filter_logits_applies_top_k_before_top_p():
     # top-k 2 renormalises 0.5, 0.3 to 0.625, 0.375; top-p 0.6 then keeps only the first.
     # top-p 0.6 on the full distribution would keep two.
-    assert kept(filter_logits(LOGITS, top_k=2, top_p=0.6)) == [[True, False, False, False]]
+    assert kept(filter_logits(LOGITS, Decoder(top_k=2, top_p=0.6))) == [[True, False, False, False]]
 
 
 def test_filter_logits_defaults_change_nothing():
-    assert torch.equal(filter_logits(LOGITS), LOGITS)
+    assert torch.equal(filter_logits(LOGITS, Decoder()), LOGITS)
 
 
 @pytest.mark.parametrize(
@@ -153,9 +155,9 @@ def test_filter_logits_defaults_change_nothing():
         ({"min_p": 2}, "min_p must be a number in [0, 1], got 2.0"),
     ],
 )
-def test_filter_logits_rejects_out_of_range_values_naming_them(kwargs, message):
+def test_a_decoder_rejects_out_of_range_values_naming_them(kwargs, message):
     with pytest.raises(ValueError) as info:
-        filter_logits(LOGITS, **kwargs)
+        Decoder(**kwargs)
     assert str(info.value) == message
 
 
@@ -230,7 +232,9 @@ def test_matches_hugging_face_warpers_on_random_logits():
         expected = logits
         for warper in warpers:
             expected = warper(history, expected)
-        assert torch.equal(filter_logits(logits, temperature, top_k, top_p, min_p), expected)
+        assert torch.equal(
+            filter_logits(logits, Decoder(temperature, top_k, top_p, min_p)), expected
+        )
     penalty = hf.RepetitionPenaltyLogitsProcessor(1.3)
     assert torch.equal(repetition_penalty(logits, history, 1.3), penalty(history, logits))
 

@@ -98,3 +98,13 @@ def test_evaluating_runs_the_body_in_eval_mode_and_restores_the_mode():
     with evaluating(model):
         pass
     assert not model.training  # a model in eval mode stays there
+
+
+def test_weights_saved_before_block_ffn_was_named_mlp_load_into_ffn():
+    model = TinyGPT(TinyGPTConfig())
+    saved = {key.replace(".ffn.", ".mlp."): value for key, value in model.state_dict().items()}
+    assert any(".mlp." in key for key in saved)
+    loaded = TinyGPT(TinyGPTConfig())
+    loaded.load_state_dict(saved)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

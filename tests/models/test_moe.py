@@ -254,7 +254,7 @@ def test_dense_model_is_unaffected_by_moe_fields() -> None:
 
 def test_moe_layers_selects_blocks() -> None:
     model = TinyGPT(TinyGPTConfig(ffn="moe", n_layer=3, moe_layers=[1]))
-    kinds = [type(block.mlp) for block in model.blocks]
+    kinds = [type(block.ffn) for block in model.blocks]
     assert kinds == [MLP, MoEFeedForward, MLP]
     assert list(model.moe_modules()) == [1]
 
@@ -262,7 +262,7 @@ def test_moe_layers_selects_blocks() -> None:
 def test_moe_gets_gpt2_init() -> None:
     torch.manual_seed(0)
     model = TinyGPT(TinyGPTConfig(ffn="moe", n_layer=4, n_embd=128, n_head=4))
-    layer = model.blocks[0].mlp
+    layer = model.blocks[0].ffn
     assert layer.w_fc.std().item() == pytest.approx(0.02, rel=0.05)
     assert layer.w_proj.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.05)
     assert layer.router.weight.std().item() == pytest.approx(0.02, rel=0.2)
@@ -290,7 +290,7 @@ def test_model_stats_aux_loss_and_assignments() -> None:
     assert assignments.shape == (2, 3, 16) and assignments.dtype == torch.long
     assert model.training  # restored after the eval-mode analysis pass
     # The top choice is the expert with the largest router probability.
-    layer, inputs = model.blocks[0].mlp, []
+    layer, inputs = model.blocks[0].ffn, []
     layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
     model.expert_assignments(idx)
     with torch.no_grad():

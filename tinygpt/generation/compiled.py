@@ -74,7 +74,7 @@ def shape_key(model: TinyGPT, batch_size: int) -> tuple:
 
 def can_compile(model: TinyGPT) -> bool:
     """Whether :func:`compiled_step` supports ``model``: every feed-forward dense."""
-    return all(isinstance(block.mlp, MLP) for block in model.blocks)
+    return all(isinstance(block.ffn, MLP) for block in model.blocks)
 
 
 class _Step(nn.Module):

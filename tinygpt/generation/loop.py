@@ -41,25 +41,15 @@ def refill_length(block_size: int) -> int:
     return max(1, block_size // 2)
 
 
-class FiniteGuard:
-    """Sums every logit, so one finiteness check covers all steps without a per-step sync.
-
-    A NaN or infinity anywhere makes the float32 sum non-finite. (So would finite logits
-    summing past 3e38, which no working model produces.)
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.total = torch.zeros((), dtype=torch.float32, device=device)
-
-    def add(self, logits: torch.Tensor) -> None:
-        self.total.add_(logits.sum(dtype=torch.float32))
-
-    def check(self) -> None:
-        if not torch.isfinite(self.total):
-            raise NonFiniteLogitsError(
-                "the model produced non-finite logits (NaN or inf), so no token can be sampled; "
-                "the checkpoint's weights are probably corrupt or diverged"
-            )
+def check_finite(logits_sum: torch.Tensor) -> None:
+    """Raise unless ``logits_sum``, the float32 sum of every logit so far, is finite: a NaN or
+    infinity anywhere makes it non-finite, so one check covers all steps without a per-step
+    sync. (So would finite logits summing past 3e38, which no working model produces.)"""
+    if not torch.isfinite(logits_sum):
+        raise NonFiniteLogitsError(
+            "the model produced non-finite logits (NaN or inf), so no token can be sampled; "
+            "the checkpoint's weights are probably corrupt or diverged"
+        )
 
 
 def decode_threads(model: TinyGPT, num_threads: int | str | None) -> int | None:
@@ -127,7 +117,7 @@ def fill_columns(
     generator: torch.Generator | None,
     use_cache: bool,
     compile: bool,
-    guard: FiniteGuard,
+    logits_sum: torch.Tensor,
     prompt_lengths: torch.Tensor | None = None,
     observe: Observer | None = None,
 ) -> Iterator[int]:
@@ -183,14 +173,14 @@ def fill_columns(
                 elif step is None:
                     logits, filled = cached(n - 1, n, filled), filled + 1
                 else:
-                    token, logits, logits_sum = step(seq[:, n - 1 : n], filled)
+                    token, logits, step_sum = step(seq[:, n - 1 : n], filled)
                     filled += 1
                     if in_graph:
-                        guard.total.add_(logits_sum)
+                        logits_sum.add_(step_sum)
                     else:
                         token = None
                 if token is None:
-                    guard.add(logits)
+                    logits_sum.add_(logits.sum(dtype=torch.float32))
                     history = seq[:, :n] if penalise else None
                     token = next_token(logits, decoder, history, generator, observe)
                 if n < longest:  # rows still inside their prompt keep its token
@@ -254,11 +244,12 @@ def generate_ids(
     device = model.wte.weight.device
     seq = torch.empty(idx.size(0), idx.size(1) + max_new_tokens, dtype=torch.long, device=device)
     seq[:, : idx.size(1)] = idx
-    guard = FiniteGuard(seq.device)
+    total = torch.zeros((), device=seq.device)  # every logit's sum: check_finite
+    prompt = idx.size(1)
     with decoding_settings(threads):
         for _ in fill_columns(
-            model, seq, idx.size(1), decoder, generator, use_cache, compile, guard, observe=observe
+            model, seq, prompt, decoder, generator, use_cache, compile, total, None, observe
         ):
             pass
-    guard.check()
+    check_finite(total)
     return seq

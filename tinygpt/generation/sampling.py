@@ -180,22 +180,9 @@ def repetition_penalty(
     return logits.scatter(-1, token_ids, penalised)
 
 
-def filter_logits(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-) -> torch.Tensor:
-    """Temperature, then top-k, top-p and min-p, as Hugging Face orders its warpers.
-
-    All parameters are validated before any work (ConfigError, a ValueError, naming the bad one).
-    """
-    return warp(logits, Decoder(temperature, top_k, top_p, min_p))
-
-
-def warp(logits: torch.Tensor, decoder: Decoder) -> torch.Tensor:
-    """:func:`filter_logits` with a validated decoder; filters that are off are skipped."""
+def filter_logits(logits: torch.Tensor, decoder: Decoder) -> torch.Tensor:
+    """Temperature, then top-k, top-p and min-p, as Hugging Face orders its warpers; filters
+    that are off are skipped."""
     logits = apply_temperature(logits, decoder.temperature)
     if decoder.top_k is not None:
         logits = top_k_filter(logits, decoder.top_k)
@@ -239,12 +226,12 @@ def next_token(
     if history is not None:
         logits = repetition_penalty(logits, history, decoder.repetition_penalty)
     if observe is not None:
-        probs = warp(logits, decoder).softmax(dim=-1)
+        probs = filter_logits(logits, decoder).softmax(dim=-1)
         observe(probs)
         return probs.argmax(dim=-1) if decoder.greedy else sample(probs, generator)
     if decoder.greedy:
         return logits.argmax(dim=-1)
-    return sample(warp(logits, decoder).softmax(dim=-1), generator)
+    return sample(filter_logits(logits, decoder).softmax(dim=-1), generator)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -288,9 +275,9 @@ def choose(
     """:func:`next_token` without a repetition penalty, written for a compiled graph: the
     settings are the tensors of :func:`sampling_tensors` and the sampling noise is given.
 
-    The same filters as :func:`warp`, then :func:`race`, so it picks the same token; a filter
-    that is off keeps every token here where :func:`warp` skips it. Top-k reads the k-th
-    largest value from a sort, as k is a tensor here (ties with it kept, as in torch.topk).
+    The same filters as :func:`filter_logits`, then :func:`race`, so it picks the same token; a
+    filter that is off keeps every token here where :func:`filter_logits` skips it. Top-k reads
+    the k-th largest value from a sort, as k is a tensor here (ties with it kept, as in torch.topk).
     """
     greedy, temperature, tail, min_p = values.unbind(0)
     scaled = logits / temperature

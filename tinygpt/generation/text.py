@@ -19,7 +19,7 @@ import torch
 from tinygpt.errors import ConfigError
 from tinygpt.generation.loop import (
     DECODE_THREADS,
-    FiniteGuard,
+    check_finite,
     compile_applies,
     decode_threads,
     decoding_settings,
@@ -155,7 +155,11 @@ class _Request:
         model: TinyGPT,
         prompt: Prompt,
         max_new_tokens: int,
-        decoder: Decoder,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        min_p: float | None,
+        repetition_penalty: float,
         seed: int | torch.Generator | None,
         num_samples: int,
         stop: str | Sequence[str] | None,
@@ -163,6 +167,7 @@ class _Request:
         compile: bool,
         num_threads: int | str | None,
     ) -> None:
+        self.decoder = Decoder(temperature, top_k, top_p, min_p, repetition_penalty)
         self.prompts = check_strings("prompt", prompt)
         if not self.prompts:
             raise ConfigError("prompt must be a string or a non-empty list of strings, got []")
@@ -188,7 +193,7 @@ class _Request:
         self.generator = make_generator(seed, device)
         self.threads = decode_threads(model, num_threads)
         self.compile = compile_applies(model, compile)
-        self.model, self.decoder, self.use_cache = model, decoder, use_cache
+        self.model, self.use_cache = model, use_cache
         self.max_new_tokens, self.num_samples = max_new_tokens, num_samples
         self.one_prompt = isinstance(prompt, str)
 
@@ -222,18 +227,18 @@ class _Request:
             ends = [length + self.max_new_tokens for length in lengths]
             finished = [False] * len(rows)
             stops = StopStrings(self.stop, len(rows))
-            guard = FiniteGuard(seq.device)
+            logits_sum = torch.zeros((), device=seq.device)
             differ = torch.tensor(lengths, device=seq.device) if max(lengths) > shortest else None
             columns = fill_columns(
                 self.model, seq, shortest, self.decoder, self.generator, self.use_cache,
-                self.compile, guard, differ,
+                self.compile, logits_sum, differ,
             )  # fmt: skip
             read = shortest  # the first column not read yet
             with closing(columns):
                 for col in columns:
                     if col + 1 < total and (col + 1 - shortest) % (read_every or total):
                         continue
-                    guard.check()
+                    check_finite(logits_sum)
                     texts = [[""] * n for _ in self.prompts]
                     for row, tokens in enumerate(seq[:, read : col + 1].tolist()):
                         if finished[row]:
@@ -275,19 +280,7 @@ def generate(
     Bad values raise ConfigError (a ValueError) naming the parameter; unknown prompt characters
     raise UnknownCharactersError.
     """
-    decoder = Decoder(temperature, top_k, top_p, min_p, repetition_penalty)
-    request = _Request(
-        model,
-        prompt,
-        max_new_tokens,
-        decoder,
-        seed,
-        num_samples,
-        stop,
-        use_cache,
-        compile,
-        num_threads,
-    )
+    request = _Request(**locals())  # every argument, as given
     texts = [[[text] for _ in range(num_samples)] for text in request.prompts]
     with decoding_settings(request.threads):
         for step in request.steps(STOP_READ_STEPS if request.stop else None):
@@ -320,19 +313,7 @@ def stream_generate(
     sample's pieces after its prompt gives its text from :func:`generate` with the same
     arguments and seed. Arguments are validated when this is called.
     """
-    decoder = Decoder(temperature, top_k, top_p, min_p, repetition_penalty)
-    request = _Request(
-        model,
-        prompt,
-        max_new_tokens,
-        decoder,
-        seed,
-        num_samples,
-        stop,
-        use_cache,
-        compile,
-        num_threads,
-    )
+    request = _Request(**locals())  # every argument, as given
     return (request.shape(step) for step in one_step_at_a_time(request.steps(1), request.threads))
 
 

@@ -88,6 +88,12 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
 
 
+def _renamed_mlp(module: nn.Module, state: dict, prefix: str, *_: object) -> None:
+    """Checkpoints written before ``Block.mlp`` became ``Block.ffn`` load as they did."""
+    for key in [key for key in state if key.startswith(prefix + "mlp.")]:
+        state[prefix + "ffn." + key.removeprefix(prefix + "mlp.")] = state.pop(key)
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + ffn(ln_2(x)); its weights
     (the math is :meth:`TinyGPT.forward_with`)."""
@@ -97,10 +103,11 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MoEFeedForward(config) if config.is_moe_layer(layer) else MLP(config)
+        self.ffn = MoEFeedForward(config) if config.is_moe_layer(layer) else MLP(config)
+        self.register_load_state_dict_pre_hook(_renamed_mlp)
 
     def tensors(self, cache: tuple[torch.Tensor, torch.Tensor] | None) -> LayerTensors:
-        attn, ffn = self.attn, self.mlp
+        attn, ffn = self.attn, self.ffn
         if isinstance(ffn, MLP):
             ffn = (_affine(ffn.fc), _affine(ffn.proj))
         affines = (_affine(module) for module in (self.ln_1, attn.qkv, attn.proj, self.ln_2))
@@ -145,9 +152,9 @@ class TinyGPT(nn.Module):
     def moe_modules(self) -> dict[int, MoEFeedForward]:
         """The MoE feed-forward layers, by block index (empty for a dense model)."""
         return {
-            i: block.mlp
+            i: block.ffn
             for i, block in enumerate(self.blocks)
-            if isinstance(block.mlp, MoEFeedForward)
+            if isinstance(block.ffn, MoEFeedForward)
         }
 
     def moe_stats(self) -> dict[int, MoEStats]:
