@@ -166,12 +166,11 @@ def test_named_variants_are_generate_with_their_parameters(model):
     assert generate_greedy(model, "a", 20) == greedy
     assert generate_top_k(model, "a", 20, top_k=1, seed=0) == greedy
     assert generate_nucleus(model, "a", 20, top_p=1e-6, seed=0) == greedy
-    assert generate_temperature(model, "a", 20, temperature=0.7, seed=5) == generate(
-        model, "a", 20, temperature=0.7, seed=5
+    kwargs = {"temperature": 0.8, "top_k": 10, "top_p": 0.9, "seed": 5}
+    assert generate_temperature(model, "a", 20, 0.7, seed=5) == generate(
+        model, "a", 20, 0.7, seed=5
     )
-    assert generateV2(model, "a", 20, temperature=0.8, top_k=10, top_p=0.9, seed=5) == generate(
-        model, "a", 20, temperature=0.8, top_k=10, top_p=0.9, seed=5
-    )
+    assert generateV2(model, "a", 20, **kwargs) == generate(model, "a", 20, **kwargs)
 
 
 def test_min_p_one_is_greedy(model):

@@ -325,15 +325,9 @@ def generate_greedy(
     return generate(model, prompt, max_new_tokens, temperature=greedy, **kwargs)
 
 
-def generate_temperature(
-    model: TinyGPT,
-    prompt: Prompt,
-    max_new_tokens: int = 200,
-    temperature: float = 1.0,
-    **kwargs: Any,
-) -> Generated:
-    """Sampling from the temperature-scaled distribution."""
-    return generate(model, prompt, max_new_tokens, temperature=temperature, **kwargs)
+# The notebook's names for generate itself, whose leading parameters are theirs: sampling at a
+# temperature, and its combined call (temperature, then top-k, then top-p).
+generate_temperature = generateV2 = generate
 
 
 def generate_top_k(
@@ -356,18 +350,3 @@ def generate_nucleus(
 ) -> Generated:
     """Nucleus (top-p) sampling."""
     return generate(model, prompt, max_new_tokens, top_p=top_p, **kwargs)
-
-
-def generateV2(
-    model: TinyGPT,
-    prompt: Prompt,
-    max_new_tokens: int = 200,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    **kwargs: Any,
-) -> Generated:
-    """The notebook's combined call: temperature, then top-k, then top-p (name kept from it)."""
-    return generate(
-        model, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, **kwargs
-    )

@@ -181,7 +181,7 @@ class TinyGPT(nn.Module):
         with evaluating(self):
             self(idx)
         B, T = idx.shape
-        choices = [moe.last_assignments()[:, 0].view(B, T) for moe in self.moe_modules().values()]
+        choices = [moe.stats().expert[:, 0].view(B, T) for moe in self.moe_modules().values()]
         if not choices:
             return torch.empty(0, B, T, dtype=torch.long, device=idx.device)
         return torch.stack(choices)

@@ -171,7 +171,3 @@ class MoEFeedForward(nn.Module):
     def aux_loss(self) -> torch.Tensor:
         """Load-balancing plus z-loss of the last forward, coefficients applied."""
         return self.stats().aux_loss + self.stats().z_loss
-
-    def last_assignments(self) -> torch.Tensor:
-        """Expert ids ``(tokens, k)`` of the last forward, best first."""
-        return self.stats().expert
