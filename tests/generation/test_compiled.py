@@ -74,7 +74,7 @@ def flip_final_norm(model: TinyGPT) -> None:
 @pytest.mark.slow  # a C++ build
 @torch.no_grad()
 def test_the_step_writes_the_models_cache_and_sees_weight_updates(model):
-    # That each step computes the plain forward: tests/generation/test_fast_step.py.
+    # That each step computes the plain forward: tests/generation/test_cached_paths.py.
     seq = torch.randint(0, 20, (BATCH, BLOCK), generator=torch.Generator().manual_seed(1))
     model.setup_kv_cache(BATCH)
     try:

@@ -9,9 +9,8 @@ so one build serves every model and setting of the same :func:`shape_key`, follo
 weight updates, and draws the noise from the caller's generator as eager sampling does.
 
 A build takes tens of seconds, so it is kept: in memory for the process's life, and on disk
-under :func:`package_dir` (``$TINYGPT_CACHE_DIR`` or ``~/.cache/tinygpt``, then
-``decode_steps/``), named by a hash of the shape key, the machine and the torch version. A
-package that cannot be loaded is rebuilt; a cache that cannot be written costs a build.
+under :func:`package_dir`, named by a hash of the shape key, the machine and the torch version.
+A package that cannot be loaded is rebuilt; a cache that cannot be written costs a build.
 Dense feed-forwards only: ``torch.export`` cannot capture MoE routing's data-dependent shapes.
 """
 
@@ -44,7 +43,8 @@ SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias
 
 
 def package_dir() -> Path:
-    """Where built steps are kept between processes."""
+    """Where built steps are kept between processes: ``$TINYGPT_CACHE_DIR`` or
+    ``~/.cache/tinygpt``, then ``decode_steps/``."""
     root = os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "tinygpt"
     return Path(root) / "decode_steps"
 
