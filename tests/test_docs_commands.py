@@ -9,7 +9,7 @@ line before it says otherwise:
 bash itself reads each block, with every external program replaced by a recorder (PATH points
 nowhere and ``command_not_found_handle`` records the words), so each command gets exactly the
 shell's words: quotes, ``$'...'``, line continuations; builtins such as ``echo ... > file`` run.
-Placeholders stand for what a reader pastes: ``<run>`` the last single training run,
+Placeholders stand for what a reader pastes: ``<run>`` the last single training run that logged,
 ``<date_time>`` the last training sweep, ``<same overrides>`` that run's own overrides; in a
 snippet, ``data/tinyshakespeare.txt`` is the tiny text the runs trained on.
 
@@ -462,7 +462,7 @@ class Runner:
         if code == 0 and script == "train.py":
             if multirun and directory.parent.name == "multirun":
                 self.last_sweep = directory.name
-            elif not multirun and directory.parent.name == "runs":
+            elif not multirun and directory.parent.name == "runs" and "logger=none" not in args:
                 own = [a for a in documented if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
                 self.last_run = (directory.name, own)
         return {"exit": code, "problems": problems, "ran": shlex.join(args)}
