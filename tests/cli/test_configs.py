@@ -37,7 +37,8 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
     instantiate(cfg.data)
     instantiate(cfg.optim)
     loggers = [instantiate(lg) for lg in cfg.logger.values()]
-    assert loggers and all(hasattr(lg, "log_metrics") for lg in loggers)
+    assert all(hasattr(lg, "log_metrics") for lg in loggers)
+    assert bool(loggers) != ((group, option) == ("logger", "none"))  # none: no logger at all
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     if cfg.trainer.accelerator != "gpu" or torch.cuda.is_available():
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
