@@ -220,20 +220,27 @@ def make_module(path: Path, block_size: int = 16) -> tuple[CharDataModule, TinyG
     return datamodule, module
 
 
-def read_session(session_dir: Path):
-    """(hparams plugin's SessionStartInfo, SessionEndInfo, tags) from a session directory."""
-    events = EventAccumulator(str(session_dir), size_guidance={"tensors": 0, "scalars": 0})
+def read_session(log_dir: Path):
+    """(hparams plugin's SessionStartInfo, tags) from a run's TensorBoard directory."""
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     content = events.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
-    start = metadata.parse_session_start_info_plugin_data(content)
-    content = events.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content
-    end = metadata.parse_session_end_info_plugin_data(content)
-    return start, end, events.Tags()
+    return metadata.parse_session_start_info_plugin_data(content), events.Tags()
+
+
+def session_count(run_dir: Path) -> int:
+    """How many HParams sessions the run's TensorBoard directory holds, read raw."""
+    return sum(
+        value.tag == metadata.SESSION_START_INFO_TAG
+        for path in (run_dir / "tb").glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+    )
 
 
 def scalar_events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the run's TensorBoard event files (``<run>/tb``, its HParams session
-    aside), read raw, in the order written: a step logged twice shows twice."""
+    """Every scalar in the run's TensorBoard event files (``<run>/tb``), read raw, in the order
+    written: a step logged twice shows twice."""
     found: dict[str, list[tuple[int, float]]] = {}
     for path in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
         for event in EventFileLoader(str(path)).Load():

@@ -22,6 +22,7 @@ from helpers import (
     one_error_line,
     run_train,
     scalar_events,
+    session_count,
 )
 
 from tinygpt.checkpoint import load_checkpoint
@@ -178,7 +179,7 @@ def test_a_killed_sweep_rerun_with_ckpt_path_last_continues(text, tmp_path, laun
     jobs = sorted(p.parent.name for p in sweep.glob("*/summary.json"))
     assert jobs == [FIRST, SECOND, THIRD]
     for job in jobs:  # one HParams session each: the HParams dashboard shows each job once
-        assert len(list((sweep / job / "tb" / "hparams").glob("events.out.tfevents.*"))) == 1
+        assert session_count(sweep / job) == 1
 
     # The interrupted job ends as it would have uninterrupted, and logs each step once.
     reference = tmp_path / "reference"
@@ -233,10 +234,12 @@ def test_twenty_tiny_jobs_in_two_workers_each_write_their_own_files_once(text, t
     for n, job in enumerate(jobs):
         assert summary(job)["steps"] == 2
         assert f"seed={n}" in (job / ".hydra" / "overrides.yaml").read_text()
-        events = list((job / "tb").glob("events.out.tfevents.*"))
-        sessions = list((job / "tb" / "hparams").glob("events.out.tfevents.*"))
-        assert len(events) == 1 and len(sessions) == 1  # one TensorBoard run each, one writer
-        writers.add(events[0].name.split(".")[-2])  # ...tfevents.<time>.<host>.<pid>.<n>
+        # One TensorBoard run each (its events and, at the end, its session), from one process.
+        events = list(job.rglob("events.out.tfevents.*"))
+        assert {e.parent for e in events} == {job / "tb"} and session_count(job) == 1
+        pids = {e.name.split(".")[-2] for e in events}  # ...tfevents.<time>.<host>.<pid>.<n>
+        assert len(pids) == 1
+        writers |= pids
         assert [step for step, _ in scalar_events(job)["val/loss"]] == [1]  # once, at the end
     assert len(writers) == 2  # the two workers
 

@@ -1,7 +1,7 @@
 """A ``generate.py`` run in TensorBoard: its samples as text, and its row in the HParams dashboard.
 
-The run's ``tb/`` directory gets the samples (Text tab, ``samples/text_summary``) and, in
-``tb/hparams/``, a session (:mod:`tinygpt.analysis.hparams`) whose hyperparameters are the decoder
+The run's ``tb/`` directory gets the samples (Text tab, ``samples/text_summary``) and a
+session (:mod:`tinygpt.analysis.hparams`) whose hyperparameters are the decoder
 settings, prompt, length, seed and checkpoint (plus whatever the overrides set), and whose
 metrics score the generated continuations, the prompt left out:
 
@@ -108,8 +108,8 @@ def log_generation_run(out_dir: str | Path, record: dict[str, Any], model: TinyG
     from torch.utils.tensorboard import SummaryWriter
 
     log_dir = Path(out_dir) / "tb"
+    metrics = generation_metrics(record, model, training_vocabulary(record["ckpt_path"]))
     with SummaryWriter(str(log_dir)) as writer:
         writer.add_text(TEXT_TAG, samples_markdown(record), global_step=0)
-    metrics = generation_metrics(record, model, training_vocabulary(record["ckpt_path"]))
-    log_session(log_dir, generation_hparams(record), metrics)
+        log_session(writer, generation_hparams(record), metrics)
     return log_dir
