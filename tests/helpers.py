@@ -3,7 +3,6 @@ a user runs them, and the checks several tests make. Fixtures are in conftest.py
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import math
@@ -22,7 +21,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata
 
-from tinygpt.analysis.plots import csv_files
 from tinygpt.checkpoint import checkpoint_entry
 from tinygpt.cli.resolvers import register_resolvers
 from tinygpt.cli.train import train
@@ -239,25 +237,11 @@ def session_count(run_dir: Path) -> int:
 
 
 def scalar_events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the run's TensorBoard event files (``<run>/tb``), read raw, in the order
-    written: a step logged twice shows twice."""
-    found: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
-        for event in EventFileLoader(str(path)).Load():
-            for value in event.summary.value:
-                if value.tensor.float_val:
-                    found.setdefault(value.tag, []).append((event.step, value.tensor.float_val[0]))
-    return found
-
-
-def csv_rows(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """Every (step, value) of ``tag`` in the run's CSV logger files, oldest version first, read
-    raw: a step logged twice shows twice."""
-    found = []
-    for path in csv_files(run_dir):
-        with path.open(newline="") as f:
-            found += [(int(r["step"]), float(r[tag])) for r in csv.DictReader(f) if r.get(tag)]
-    return found
+    """Every scalar of the run's TensorBoard events (``<run>/tb``) as TensorBoard's reader holds
+    them, in the order written: a step logged twice, and not purged, shows twice."""
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
 
 
 # Scalars that two runs of the same config log alike (not speed, not wall time).

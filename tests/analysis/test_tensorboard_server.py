@@ -8,11 +8,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import PNG_MAGIC, TINY_RUN, run_generate, run_train
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from tinygpt.analysis.plots import read_scalars
 
@@ -167,25 +169,26 @@ def sweeps(tiny_text_file, tmp_path) -> tuple[Path, Path]:
     return train, generate
 
 
-@pytest.fixture
-def server(sweeps, python, tmp_path):
-    """A TensorBoard over both sweeps, as ``tensorboard --logdir ...`` serves them."""
+@contextmanager
+def tensorboard(python: str, logdir: Path, log: Path, load_fast: str = "false"):
+    """A TensorBoard server over ``logdir``, as ``tensorboard --logdir ...`` serves it; its URL.
+    ``load_fast``: false, the Python reader; true, the Rust data server (TensorBoard's default
+    where it is installed, as here)."""
     port = free_port()
-    log = tmp_path / "tensorboard.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [
                 python,
-                *("-m", "tensorboard.main", "--logdir", str(tmp_path / "logs")),
+                *("-m", "tensorboard.main", "--logdir", str(logdir)),
                 *("--host", "127.0.0.1", "--port", str(port)),
-                "--load_fast=false",  # the Python reader: no data-server binary needed
+                f"--load_fast={load_fast}",
                 *("--reload_interval", "1"),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        yield f"http://127.0.0.1:{port}", process, log
+        yield f"http://127.0.0.1:{port}", process
     finally:
         process.terminate()
         try:
@@ -193,6 +196,43 @@ def server(sweeps, python, tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def server(sweeps, python, tmp_path):
+    """A TensorBoard over both sweeps, with the Python reader (no data-server binary needed)."""
+    log = tmp_path / "tensorboard.log"
+    with tensorboard(python, tmp_path / "logs", log) as (base, process):
+        yield base, process, log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("load_fast", ["false", "true"])
+def test_a_resumed_runs_steps_are_served_once_by_both_readers(python, tmp_path, load_fast):
+    # As train.py logs a run killed after its checkpoint at step 10, then resumed: each
+    # attempt's events start with purge_step (0 for the first; the Python reader ignores a run's
+    # first purge), and both of TensorBoard's readers then hide the killed attempt's 10..14.
+    for purge_step, steps, value in ((0, range(15), 4.0), (10, range(10, 20), 3.0)):
+        logger = TensorBoardLogger(tmp_path / "logs", name="", version="tb", purge_step=purge_step)
+        for step in steps:
+            logger.log_metrics({"train/loss": value}, step=step)
+        logger.finalize("success")
+        time.sleep(1.01 - time.time() % 1)  # the next attempt's event file is named later
+    log = tmp_path / "tensorboard.log"
+    with tensorboard(python, tmp_path / "logs", log, load_fast) as (base, process):
+        deadline = time.monotonic() + 60
+        served = []
+        while not served and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            try:
+                served = get_json(base, "/data/plugin/scalars/scalars", run="tb", tag="train/loss")
+            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                time.sleep(0.5)
+        time.sleep(2)  # another reload: both files are read
+        served = get_json(base, "/data/plugin/scalars/scalars", run="tb", tag="train/loss")
+    assert [(step, value) for _, step, value in served] == [
+        (step, 4.0 if step < 10 else 3.0) for step in range(20)
+    ]
 
 
 @pytest.mark.slow

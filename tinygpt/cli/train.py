@@ -21,9 +21,10 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,7 +42,6 @@ from tinygpt.files import write_text_atomic
 from tinygpt.training import TinyGPTModule
 from tinygpt.training.callbacks import TokenThroughput, tensorboard_dir
 from tinygpt.training.checkpointing import LastCheckpoint
-from tinygpt.training.resumed_events import drop_logged_from
 from tinygpt.training.trainer_switches import check_trainer_switches
 
 # The entry script next to conf/: what DDP ranks re-run, and what the resume command names.
@@ -107,14 +107,15 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
     for callback in callbacks:
         if isinstance(callback, LastCheckpoint):
             callback.resume_hint = f"resume with: {resume_command(run_dir)}"
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    # Every attempt's TensorBoard events start with purge_step, the step it starts from: readers
+    # then hide what an interrupted attempt logged from there on (TensorBoard's Python reader
+    # ignores the first purge of a run, hence 0 for a fresh one). CSV rows need nothing: the
+    # project's reader keeps a step's last value (tinygpt.analysis.plots.read_scalars).
+    start_step = recorded_progress(Path(ckpt_path))[0] if ckpt_path else 0
+    loggers = [_logger(lg, start_step) for lg in (cfg.get("logger") or {}).values() if lg]
     if not loggers:  # ~logger (no logger): nothing for the learning-rate monitor to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    if cfg.ckpt_path == "last" and ckpt_path is None and rank_zero_only.rank == 0:
-        # A sweep's job that never saved a checkpoint starts again: so do its TensorBoard
-        # events and CSV rows (a resume drops those after its checkpoint: ResumedEvents).
-        drop_logged_from(trainer.loggers, 0)
     with hydra_ddp.job_scope():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
@@ -129,6 +130,11 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
         write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary))
     return summary["best_val_loss"]
+
+
+def _logger(config: DictConfig, start_step: int | None) -> Logger:
+    tensorboard = issubclass(get_class(config._target_), TensorBoardLogger)
+    return instantiate(config, **({"purge_step": start_step} if tensorboard else {}))
 
 
 def data_change_allowed(setting: str) -> bool:
