@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import metadata
 
 from tinygpt.checkpoint import checkpoint_entry
-from tinygpt.cli.resolvers import register_resolvers
+from tinygpt.cli.resolvers import register_resolvers, safe_name
 from tinygpt.cli.train import train
 from tinygpt.data import CharDataModule, CharTokenizer
 from tinygpt.models import TinyGPT, TinyGPTConfig
@@ -84,6 +84,16 @@ def compose_task(config_name: str, overrides: list[str], output_dir: Path) -> Di
     with read_write(cfg), open_dict(cfg):
         del cfg["hydra"]  # as in a task function: the hydra node lives in HydraConfig
     return cfg
+
+
+def job_name(config: str, overrides: list[str]) -> str:
+    """A sweep job's directory name as Hydra makes it (``hydra.sweep.subdir``), job number aside:
+    the job's overrides, as ``hydra.job.override_dirname`` joins them, made a safe name."""
+    last = {o.partition("=")[0]: o for o in overrides}  # as Hydra's sweeper: a key's last value
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config, overrides=list(last.values()), return_hydra_config=True)
+    return safe_name(cfg.hydra.job.override_dirname)
 
 
 def spread_model(**overrides) -> TinyGPT:

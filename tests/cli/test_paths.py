@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY_RUN, script, wait_for
+from helpers import ROOT, TINY_RUN, job_name, script, wait_for
 from hydra import compose, initialize_config_dir
 
 from tinygpt.checkpoint import load_checkpoint
@@ -104,15 +104,14 @@ def test_what_a_sweep_prints_pastes_back_unquoted(python, tiny_text_file, tmp_pa
     # The sweep over experts, stopped with SIGTERM in its first job: the checkpoint path
     # and the resume command it prints go back, unquoted, into generate.py and train.py.
     sweep = tmp_path / "sweep"
-    job = sweep / "0_model.num_experts-2"
+    shared = [*TINY_RUN, "trainer.max_steps=60", "callbacks.last_checkpoint.every_n_steps=2"]
+    job = sweep / f"0_{job_name('train', [*shared, 'model=moe', 'model.num_experts=2'])}"
     process = subprocess.Popen(
         [
             python,
             str(ROOT / "train.py"),
             "-m",
-            *TINY_RUN,
-            "trainer.max_steps=60",
-            "callbacks.last_checkpoint.every_n_steps=2",
+            *shared,
             "model=moe",
             "model.num_experts=2,3",
             f"data.path={tiny_text_file}",

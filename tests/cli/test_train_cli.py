@@ -64,8 +64,13 @@ def test_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     job_dirs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
-    # Job directories, hence TensorBoard run names, are named after the swept values.
-    assert job_dirs == ["0_seed-1", "1_seed-2"]
+    # Job directories, hence TensorBoard run names, are named after the job's overrides.
+    assert job_dirs == [
+        f"{n}_callbacks.attention_heatmap-null+data.batch_size-8+model.block_size-16+seed-{n + 1}"
+        "+trainer.log_every_n_steps-5+trainer.max_steps-10+trainer.val_check_interval-10"
+        "+trainer-cpu"
+        for n in (0, 1)
+    ]
     assert all(list((sweep / d / "tb").glob("events.out.tfevents.*")) for d in job_dirs)
     losses = [
         json.loads((sweep / d / "summary.json").read_text())["final_val_loss"] for d in job_dirs

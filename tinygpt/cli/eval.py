@@ -141,6 +141,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python eval.py ARGV`` (``argv`` None: this process's command line)."""
     with user_errors():
         configs = config_dir()
-    register_resolvers(argv)
+    register_resolvers()
     app = hydra.main(version_base="1.3", config_path=str(configs), config_name="eval")
     run_hydra_app(app(_job), argv, EVAL_SCRIPT)

@@ -212,6 +212,6 @@ def main(argv: Sequence[str] | None = None, launched: float | None = None) -> No
     _unclaimed_launch[:] = [(os.getpid(), time.time() if launched is None else launched)]
     with user_errors():
         configs = config_dir()
-    register_resolvers(argv)
+    register_resolvers()
     app = hydra.main(version_base="1.3", config_path=str(configs), config_name="train")
     run_hydra_app(app(_job), argv, TRAIN_SCRIPT)
