@@ -17,7 +17,6 @@ from tinygpt.analysis.attention import (
     attention_entropy,
     attention_figure,
     attention_weights,
-    figure_to_array,
 )
 from tinygpt.analysis.moe import (
     expert_load,
@@ -201,12 +200,9 @@ class AttentionHeatmapCallback(EveryNValidations):
                 metrics[f"attention/{name}/layer{layer}_head{head}"] = float(value)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-        writers = _tensorboard_writers(trainer)
-        if writers:
-            title = f"Attention at step {step} (H: entropy in nats, d: mean distance back)"
-            image = figure_to_array(attention_figure(weights, prompt, title))
-            for writer in writers:
-                writer.add_image(self.IMAGE_TAG, image, global_step=step, dataformats="HWC")
+        title = f"Attention at step {step} (H: entropy in nats, d: mean distance back)"
+        for writer in _tensorboard_writers(trainer):
+            writer.add_figure(self.IMAGE_TAG, attention_figure(weights, prompt, title), step)
 
 
 class SampleText(EveryNValidations):
@@ -360,15 +356,8 @@ class MoEDashboard(Callback):
             return
         load_fig, special_fig = self._figures(trainer, pl_module)
         for writer in writers:
-            writer.add_image(
-                "moe/expert_load", figure_to_array(load_fig), trainer.global_step, dataformats="HWC"
-            )
-            writer.add_image(
-                "moe/specialisation",
-                figure_to_array(special_fig),
-                trainer.global_step,
-                dataformats="HWC",
-            )
+            writer.add_figure("moe/expert_load", load_fig, trainer.global_step, close=False)
+            writer.add_figure("moe/specialisation", special_fig, trainer.global_step, close=False)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.model.config.ffn != "moe" or not trainer.is_global_zero:
