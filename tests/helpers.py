@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import metadata
 
 from tinygpt.checkpoint import checkpoint_entry
-from tinygpt.cli.resolvers import register_resolvers, safe_name
+from tinygpt.cli.resolvers import register_resolvers, register_schemas, safe_name
 from tinygpt.cli.train import train
 from tinygpt.data import CharDataModule, CharTokenizer
 from tinygpt.models import TinyGPT, TinyGPTConfig
@@ -75,6 +75,7 @@ def compose_task(config_name: str, overrides: list[str], output_dir: Path) -> Di
     The command-line overrides go through Hydra's own parser; HydraConfig answers as in a run.
     """
     register_resolvers()
+    register_schemas()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,7 @@ def job_name(config: str, overrides: list[str]) -> str:
     the job's overrides, as ``hydra.job.override_dirname`` joins them, made a safe name."""
     last = {o.partition("=")[0]: o for o in overrides}  # as Hydra's sweeper: a key's last value
     register_resolvers()
+    register_schemas()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config, overrides=list(last.values()), return_hydra_config=True)
     return safe_name(cfg.hydra.job.override_dirname)

@@ -15,11 +15,12 @@ from hydra import compose, initialize_config_dir
 
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.cli.paths import ROOT_ENV
-from tinygpt.cli.resolvers import register_resolvers
+from tinygpt.cli.resolvers import register_resolvers, register_schemas
 
 
 def composed(config: str, overrides: list[str] = ()):
     register_resolvers()
+    register_schemas()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config, overrides=list(overrides), return_hydra_config=True)
 

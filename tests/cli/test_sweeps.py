@@ -31,7 +31,7 @@ from lightning.pytorch.strategies.launchers import subprocess_script
 
 from tinygpt.cli import hydra_ddp
 from tinygpt.cli import train as train_cli
-from tinygpt.cli.resolvers import parallel_jobs, register_resolvers
+from tinygpt.cli.resolvers import parallel_jobs, register_resolvers, register_schemas
 
 # Ten steps, one evaluation, no pictures: these tests are about the jobs, not the training.
 TINY_SWEEP = [
@@ -174,6 +174,7 @@ def test_optuna_search_minimises_the_best_val_loss(tiny_text_file, tmp_path, cap
 def test_optuna_asks_for_as_many_trials_as_the_launcher_runs(launcher, trials_at_once, tmp_path):
     # joblib's own default, n_jobs=-1 (every core), made the Optuna sweeper divide by zero.
     register_resolvers()
+    register_schemas()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         overrides = ["hparams_search=optuna", f"hydra/launcher={launcher}"]
         cfg = compose("train", overrides=overrides, return_hydra_config=True)

@@ -86,11 +86,20 @@ def test_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):
         ("data.max_chars=0", "data.max_chars must be null or an integer >= 1"),
         ("model.block_size=0", "model.block_size must be an integer >= 1"),
         ("model.n_head=5", "divisible"),
+        # Types: OmegaConf's, against the config dataclasses, as Hydra composes the config.
+        ("model.n_layer=two", "model.n_layer=two Value 'two' of type 'str' could not be converted"),
+        ("data.batch_size=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+        (
+            "optim.lr=fast",
+            "optim.lr=fast Value 'fast' of type 'str' could not be converted to Float",
+        ),
+        ("model.bias=maybe", "Value 'maybe' is not a valid bool"),
+        ("resume_data_change=maybe", "resume_data_change must be refuse or allow, got 'maybe'"),
         ("callbacks.sample_text.max_new_tokens=0", "callbacks.sample_text.max_new_tokens"),
         ("no_such_key=1", "Could not override 'no_such_key'"),
         # The Trainer's debugging switches are in the trainer config: no + needed, values checked.
         ("trainer.limit_train_batches=0.5", "training is an endless stream of batches"),
-        ("trainer.profiler=fancy", "trainer.profiler must be null, simple, advanced, pytorch"),
+        ("trainer.profiler=fancy", "`profiler` parameter of `Trainer`, it can only be one of"),
         ("debug=no_such_option", "Could not find 'debug/no_such_option'"),
         ("logger=null", "Config group override must be a string or a list"),
         ("model=no_such_model", "Could not find 'model/no_such_model'"),

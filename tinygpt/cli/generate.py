@@ -16,6 +16,7 @@ writes summary.json and summary.md into the sweep directory.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -35,10 +36,9 @@ from tinygpt.checkpoint import load_model
 from tinygpt.cli.errors import run_hydra_app, user_errors
 from tinygpt.cli.paths import PROJECT_ROOT, config_dir, newest_run_checkpoint
 from tinygpt.cli.resolvers import register_resolvers
-from tinygpt.errors import ConfigError, DataError
-from tinygpt.generation import MAX_NUM_SAMPLES, stream_generate
+from tinygpt.errors import ConfigError, DataError, require
+from tinygpt.generation import stream_generate
 from tinygpt.generation.fast_step import can_compile, package_dir
-from tinygpt.generation.sampling import MAX_NEW_TOKENS_LIMIT, check_int
 from tinygpt.generation.strategies import Decoder
 
 GENERATE_SCRIPT = PROJECT_ROOT / "generate.py"
@@ -99,29 +99,6 @@ def read_prompt(cfg: DictConfig) -> str:
     return cfg.prompt
 
 
-class SampleText:
-    """A sample's text as it streams in, a piece a step.
-
-    The pieces are joined every JOIN_PIECES: held one by one, each character outside Latin-1
-    would stay an object of its own, about 80 bytes (tinygpt.generation.memory counts on less).
-    """
-
-    JOIN_PIECES = 256
-
-    def __init__(self, start: str) -> None:
-        self.chunks = [start]
-        self.pieces: list[str] = []
-
-    def add(self, piece: str) -> None:
-        self.pieces.append(piece)
-        if len(self.pieces) == self.JOIN_PIECES:
-            self.chunks.append("".join(self.pieces))
-            self.pieces.clear()
-
-    def text(self) -> str:
-        return "".join(self.chunks) + "".join(self.pieces)
-
-
 def stream_to_terminal(
     model: torch.nn.Module,
     cfg: DictConfig,
@@ -141,14 +118,18 @@ def stream_to_terminal(
         compile=cfg.compile,
     )
     many = cfg.num_samples > 1
-    samples = [SampleText(prompt) for _ in range(cfg.num_samples)]
+    # A buffer of code points for each sample: its characters held one by one as str objects
+    # would take about 80 bytes each outside Latin-1 (tinygpt.generation.memory counts on less).
+    samples = [io.StringIO(prompt) for _ in range(cfg.num_samples)]
+    for sample in samples:
+        sample.seek(0, io.SEEK_END)
     print(f"--- sample 1/{cfg.num_samples} ---\n" if many else "", end=prompt, flush=True)
     for step in steps:
         step = step if many else [step]  # one sample streams as a string
         print(step[0], end="", flush=True)
         for sample, piece in zip(samples, step, strict=True):
-            sample.add(piece)
-    texts = [sample.text() for sample in samples]
+            sample.write(piece)
+    texts = [sample.getvalue() for sample in samples]
     for i, text in enumerate(texts[1:], start=2):
         print(f"\n--- sample {i}/{cfg.num_samples} ---\n{text}", end="")
     print(flush=True)
@@ -161,13 +142,11 @@ def generate(cfg: DictConfig) -> None:
     # Validate everything cheap before loading the checkpoint.
     prompt = read_prompt(cfg)
     decoder = instantiate(cfg.decoder)  # a named strategy of tinygpt/generation/strategies.py
-    check_int("max_new_tokens", cfg.max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
-    check_int("num_samples", cfg.num_samples, 1, MAX_NUM_SAMPLES)
-    if cfg.compile not in (True, False) or cfg.use_cache not in (True, False):
-        raise ConfigError(
-            f"compile and use_cache must be true or false, got "
-            f"compile={cfg.compile!r}, use_cache={cfg.use_cache!r}"
-        )
+    require(
+        isinstance(cfg.compile, bool) and isinstance(cfg.use_cache, bool),
+        f"compile and use_cache must be true or false, got compile={cfg.compile!r}, "
+        f"use_cache={cfg.use_cache!r}",
+    )  # max_new_tokens, num_samples: stream_generate checks them
     device = resolve_device(cfg.device)
     if cfg.ckpt_path is None:
         chosen = newest_run_checkpoint(cfg.checkpoints_dir)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import make_dataclass
 from pathlib import Path
 
 import torch
+from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,6 +18,7 @@ from tinygpt.cli.errors import exit_with_user_error
 from tinygpt.cli.paths import root_dir
 from tinygpt.cli.run_dir import job_config_subdir
 from tinygpt.generation.strategies import decoder_setting
+from tinygpt.models import TinyGPTConfig
 
 
 def auto_precision() -> str:
@@ -106,6 +109,24 @@ def epoch_steps(*args: object) -> int:
     from tinygpt.training.epochs import epoch_steps as steps
 
     return steps(*args)
+
+
+def register_schemas() -> None:
+    """Type conf/train.yaml's ``model``, ``optim`` and ``data`` by their dataclasses, so that
+    OmegaConf checks each value's type as Hydra composes the config (the dataclasses check the
+    ranges): each goes into Hydra's ConfigStore as ``schema/<key>``, with a ``_target_`` added,
+    and train.yaml's defaults list puts it under the key's own values."""
+    from tinygpt.data.datamodule import CharDataModule, DataConfig
+    from tinygpt.training.optim import OptimConfig
+
+    for key, schema, target in (
+        ("model", TinyGPTConfig, TinyGPTConfig),
+        ("optim", OptimConfig, OptimConfig),
+        ("data", DataConfig, CharDataModule),
+    ):
+        path = f"{target.__module__}.{target.__qualname__}"
+        node = make_dataclass(f"{key}_schema", [("_target_", str, path)], bases=(schema,))
+        ConfigStore.instance().store(group="schema", name=key, node=node)
 
 
 def register_resolvers() -> None:

@@ -26,16 +26,9 @@ from tinygpt.analysis.moe import (
     text_windows,
 )
 from tinygpt.analysis.plots import plot_run
-from tinygpt.errors import ConfigError
+from tinygpt.errors import require
 from tinygpt.files import atomic_write
-from tinygpt.generation import encode_prompt, generate_ids
-from tinygpt.generation.sampling import (
-    MAX_NEW_TOKENS_LIMIT,
-    SamplingParams,
-    check_float,
-    check_int,
-    make_generator,
-)
+from tinygpt.generation import generate
 
 
 class TokenThroughput(Callback):
@@ -150,7 +143,12 @@ class EveryNValidations(Callback):
     conf/callbacks/, for error messages."""
 
     def __init__(self, every_n_validations: int, key: str) -> None:
-        self.every_n_validations = check_int(f"{key}.every_n_validations", every_n_validations, 1)
+        n = every_n_validations
+        require(
+            type(n) is int and n >= 1,
+            f"{key}.every_n_validations must be an integer >= 1, got {n!r}",
+        )
+        self.every_n_validations = n
         self._validations = 0
 
     def due(self, trainer: L.Trainer) -> bool:
@@ -175,8 +173,7 @@ class AttentionHeatmapCallback(EveryNValidations):
     def __init__(self, prompt: str = "First Citizen:\n", every_n_validations: int = 1) -> None:
         key = "callbacks.attention_heatmap"
         super().__init__(every_n_validations, key)
-        if not prompt:
-            raise ConfigError(f"{key}.prompt must not be empty")
+        require(isinstance(prompt, str) and prompt != "", f"{key}.prompt must not be empty")
         self.prompt = prompt
 
     def resolve_prompt(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
@@ -228,14 +225,23 @@ class SampleText(EveryNValidations):
     ) -> None:
         key = "callbacks.sample_text"
         super().__init__(every_n_validations, key)
-        if not isinstance(prompt, str) or not prompt:
-            raise ConfigError(f"{key}.prompt must be non-empty text, got {prompt!r}")
-        self.prompt = prompt
-        self.max_new_tokens = check_int(
-            f"{key}.max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT
+        require(
+            isinstance(prompt, str) and prompt != "",
+            f"{key}.prompt must be non-empty text, got {prompt!r}",
         )
-        self.params = SamplingParams(check_float(f"{key}.temperature", temperature, 0.0))
-        self.seed = check_int(f"{key}.seed", seed, 0, 2**63 - 1)
+        require(
+            type(max_new_tokens) is int and max_new_tokens >= 1,
+            f"{key}.max_new_tokens must be an integer >= 1, got {max_new_tokens!r}",
+        )
+        require(
+            isinstance(temperature, (int, float)) and temperature >= 0,
+            f"{key}.temperature must be a number >= 0, got {temperature!r}",
+        )
+        require(
+            type(seed) is int and seed >= 0, f"{key}.seed must be an integer >= 0, got {seed!r}"
+        )
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.temperature, self.seed = temperature, seed
         self.last_text: str | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -244,16 +250,16 @@ class SampleText(EveryNValidations):
         writers = _tensorboard_writers(trainer)
         if not writers:
             return
-        model = pl_module.model
         prompt = prompt_in_vocabulary(self.prompt, trainer, pl_module)
-        device = model.wte.weight.device
-        ids = encode_prompt(model.tokenizer, prompt)[None].to(device)
-        generator = make_generator(self.seed, device)
-        # Token level: the text functions' return type is about to change (str for one prompt).
-        seq = generate_ids(model, ids, self.max_new_tokens, self.params, generator)
-        self.last_text = prompt + model.tokenizer.decode(seq[0, ids.size(1) :].tolist())
+        self.last_text = generate(
+            pl_module.model,
+            prompt,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            seed=self.seed,
+        )
         step = trainer.global_step
-        heading = f"step {step}, temperature {self.params.temperature:g}, seed {self.seed}:"
+        heading = f"step {step}, temperature {self.temperature:g}, seed {self.seed}:"
         # Indented by four spaces: a Markdown code block keeps the line breaks and spacing.
         body = "\n".join("    " + line for line in self.last_text.split("\n"))
         for writer in writers:
