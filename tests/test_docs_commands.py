@@ -52,7 +52,7 @@ FENCE = re.compile(r"^```(\w*)\s*$")
 PLACEHOLDERS = {"<run>": "@run@", "<date_time>": "@date_time@", "<same overrides>": "@same@"}
 UNKNOWN_PLACEHOLDER = re.compile(r"<[a-z][a-z_ ]*>")
 SCRIPTS = {"train.py": "train", "generate.py": "generate", "eval.py": "eval"}  # -> its config
-MODULES = {"tinygpt.report", "tinygpt.decoding_report", "tinygpt.export"}
+MODULES = {"tinygpt"}  # python -m tinygpt report|decoding-report|export ... (tinygpt.cli.commands)
 # What each script writes into its run directory (each job's, for a multirun).
 RECORDS = {"train.py": "summary.json", "generate.py": "samples.json", "eval.py": "eval.json"}
 
@@ -293,7 +293,7 @@ def command_problems(item: Item) -> list[str]:
         return []
     if program != "python" or not args:
         return [f"`{' '.join(item.words)}` is no command this test runs: mark the block"]
-    if args[0] in SCRIPTS or (args[0] == "-m" and len(args) > 1 and args[1] in MODULES):
+    if args[0] in SCRIPTS or (args[0] == "-m" and len(args) > 2 and args[1] in MODULES):
         if args[0] == "-m" and item.mode != "run":
             return ["only train.py, generate.py and eval.py commands can be composed"]
         return []
@@ -404,9 +404,9 @@ class Runner:
     def python(self, index: int, args: list[str], log: Path) -> dict:
         if args[0] in SCRIPTS:
             return self.script(index, args[0], args[1:], log)
-        module, args = args[1], args[2:]
-        if module == "tinygpt.export":  # CKPT OUT_DIR: the directory transformers loads
-            code = self.forked(log, lambda: run_module(module, args))
+        module, command, args = args[1], args[2], args[3:]
+        if command == "export":  # CKPT OUT_DIR: the directory transformers loads
+            code = self.forked(log, lambda: run_module(module, [command, *args]))
             wanted = Path(args[1]) / "config.json"
             problems = [f"exit 0 but no {wanted}"] if code == 0 and not wanted.is_file() else []
             return {"exit": code, "problems": problems, "ran": shlex.join(args)}
@@ -417,12 +417,12 @@ class Runner:
             sweep = shlex.split(args[at])
             args[at] = shlex.join(sweep + train_overrides(sweep, str(self.data)))
         out = Path(
-            option(args, "--out") or ("report" if module == "tinygpt.report" else "decoding_report")
+            option(args, "--out") or ("report" if command == "report" else "decoding_report")
         )
-        code = self.forked(log, lambda: run_module(module, args))
+        code = self.forked(log, lambda: run_module(module, [command, *args]))
         problems = []
         if code == 0:
-            wanted = out / ("report.md" if module == "tinygpt.report" else "decoding.md")
+            wanted = out / ("report.md" if command == "report" else "decoding.md")
             if not wanted.is_file():
                 problems.append(f"exit 0 but no {wanted}")
             page = option(args, "--results") or option(args, "--readme")
@@ -609,8 +609,7 @@ def run_plan(plan_path: Path, results_path: Path) -> None:
     # The scripts' and the reports' own imports too; each child runs its script afresh.
     for script in SCRIPTS:
         runpy.run_path(str(REPO / script), run_name="__docs_preload__")
-    for module in MODULES:
-        importlib.import_module(module)
+    importlib.import_module("tinygpt.cli.commands")
 
     spec = json.loads(plan_path.read_text())
     runner = Runner(Path.cwd(), Path(spec["data"]))

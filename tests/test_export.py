@@ -1,4 +1,4 @@
-"""python -m tinygpt.export: transformers loads the directory with no custom code and computes
+"""python -m tinygpt export: transformers loads the directory with no custom code and computes
 what TinyGPT computes (logits, greedy text, token ids); bad inputs are one line, nothing left."""
 
 import json
@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import CHARS, TINY_TEXT, one_error_line, save_checkpoint
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, pipeline
 
 from tinygpt import export as export_module
 from tinygpt.checkpoint import checkpoint_entry
+from tinygpt.cli.commands import main
 from tinygpt.data import CharTokenizer
-from tinygpt.export import export, main, tokenizer_config, tokenizer_json
+from tinygpt.export import export, tokenizer_config, tokenizer_json
 from tinygpt.generation import generate_greedy
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
@@ -51,6 +52,7 @@ def test_the_exported_model_gives_our_logits(tmp_path, bias):
     out = export(tmp_path / "model.ckpt", tmp_path / "hf")
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
+        "generation_config.json",
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
@@ -85,6 +87,16 @@ def test_transformers_greedy_generate_gives_our_greedy_text(tmp_path):
         assert text == generate_greedy(ours, prompt, new)
 
 
+def test_a_default_pipeline_call_stops_at_the_window_with_our_greedy_text(tmp_path):
+    ours = spread_checkpoint(tmp_path / "model.ckpt")
+    out = export(tmp_path / "model.ckpt", tmp_path / "hf")
+    generate = pipeline("text-generation", model=str(out))  # its default length: no setting
+    sampled = generate("To be")[0]["generated_text"]
+    assert len(sampled) == BLOCK_SIZE and sampled.startswith("To be")
+    greedy = generate("To be", do_sample=False)[0]["generated_text"]
+    assert greedy == generate_greedy(ours, "To be", BLOCK_SIZE - len("To be"))
+
+
 @pytest.mark.parametrize(
     "vocabulary",
     ["tinyshakespeare", "unusual"],
@@ -114,7 +126,7 @@ def test_the_tokenizer_gives_our_ids(tmp_path, vocabulary, request):
 def test_a_moe_checkpoint_is_refused(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "moe.ckpt", ffn="moe")
     with pytest.raises(SystemExit) as exit_info:
-        main([str(ckpt), str(tmp_path / "hf")])
+        main(["export", str(ckpt), str(tmp_path / "hf")])
     assert exit_info.value.code == 2
     line = one_error_line(capsys.readouterr().err)
     assert "cannot export a mixture-of-experts model: no stock transformers architecture" in line
@@ -143,7 +155,7 @@ def bad_input(tmp_path: Path, case: str) -> tuple[list[str], str]:
     if case == "out_dir a file":
         out.write_text("a file")
         return [str(ckpt), str(out)], "exists and is not a directory"
-    return [str(ckpt)], "the following arguments are required: out_dir (usage: python -m"
+    return [str(ckpt)], "the following arguments are required: out_dir (usage: python -m tinygpt"
 
 
 @pytest.mark.parametrize(
@@ -162,7 +174,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, capsys, case)
     argv, message = bad_input(tmp_path, case)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     with pytest.raises(SystemExit) as exit_info:
-        main(argv)
+        main(["export", *argv])
     assert exit_info.value.code == 2
     assert message in one_error_line(capsys.readouterr().err)
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -171,11 +183,11 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, capsys, case)
 
 def test_force_replaces_an_earlier_export_whole(tmp_path, capsys):
     spread_checkpoint(tmp_path / "a.ckpt")
-    assert main([str(tmp_path / "a.ckpt"), str(tmp_path / "hf")]) == 0
+    assert main(["export", str(tmp_path / "a.ckpt"), str(tmp_path / "hf")]) == 0
     assert capsys.readouterr().out.startswith(f"exported {tmp_path / 'a.ckpt'} to ")
     (tmp_path / "hf" / "stale.bin").write_bytes(b"from before")
     save_checkpoint(tmp_path / "b.ckpt", n_embd=48)
-    assert main([str(tmp_path / "b.ckpt"), str(tmp_path / "hf"), "--force"]) == 0
+    assert main(["export", str(tmp_path / "b.ckpt"), str(tmp_path / "hf"), "--force"]) == 0
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["n_embd"] == 48 and not (tmp_path / "hf" / "stale.bin").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt", "hf"]
@@ -192,7 +204,7 @@ def test_a_failed_export_leaves_the_earlier_one_and_nothing_else(tmp_path, monke
 
     monkeypatch.setattr(export_module, "write_model_dir", disk_full)
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "a.ckpt"), str(tmp_path / "hf"), "--force"])
+        main(["export", str(tmp_path / "a.ckpt"), str(tmp_path / "hf"), "--force"])
     assert exit_info.value.code == 1
     error = one_error_line(capsys.readouterr().err)
     assert error == f"error: cannot write {tmp_path / 'hf'}: No space left on device"

@@ -1,32 +1,24 @@
-"""Export a dense TinyGPT checkpoint as a Hugging Face transformers model directory.
+"""A dense TinyGPT checkpoint as a Hugging Face transformers model directory (the library of
+``python -m tinygpt export CKPT OUT_DIR``), loaded by ``AutoModelForCausalLM.from_pretrained``
+and ``AutoTokenizer.from_pretrained`` with no custom code.
 
-    python -m tinygpt.export outputs/runs/<run>/checkpoints/best.ckpt outputs/tinygpt-hf [--force]
-
-The directory loads with ``AutoModelForCausalLM.from_pretrained`` and
-``AutoTokenizer.from_pretrained``, no custom code: TinyGPT's dense model is GPT-2's architecture
-(pre-LayerNorm blocks, learned positions, tied output head), so the weights are written in
-GPT-2's layout (``model.safetensors``) with a GPT-2 ``config.json``, and the character vocabulary
-as a ``tokenizer.json`` whose ids are ours. Writing needs ``safetensors`` only, not
-``transformers``.
-
-Where GPT-2's defaults differ from TinyGPT, the export says so: the activation is exact GELU
-(``"gelu"``; GPT-2's ``"gelu_new"`` is the tanh approximation); a model trained with
-``model.bias=false`` gets zero biases, which compute the same function; GPT-2's ``Conv1D``
-stores weights as (in, out), the transpose of ``nn.Linear``. MoE checkpoints are refused: no
-stock transformers architecture has TinyGPT's experts (see :data:`MOE_REFUSAL`).
+TinyGPT's dense model is GPT-2's architecture (pre-LayerNorm blocks, learned positions, tied
+output head), so the weights are written in GPT-2's layout (``model.safetensors``) with a GPT-2
+``config.json``, and the character vocabulary as a ``tokenizer.json`` whose ids are ours.
+Writing needs ``safetensors`` only. Where GPT-2's defaults differ, the export says so: exact GELU
+(``"gelu"``; GPT-2's ``"gelu_new"`` is the tanh one); ``model.bias=false`` gets zero biases,
+which compute the same function; ``Conv1D`` stores weights (in, out), the transpose of
+``nn.Linear``. MoE checkpoints are refused (:data:`MOE_REFUSAL`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from safetensors.torch import save
@@ -161,7 +153,8 @@ def write_model_dir(
     out_dir: Path, weights: dict[str, torch.Tensor], config: TinyGPTConfig, tokenizer: CharTokenizer
 ) -> None:
     """Write a transformers model directory's files into ``out_dir`` (existing): the weights
-    (:func:`gpt2_state_dict`), config.json, tokenizer.json and tokenizer_config.json."""
+    (:func:`gpt2_state_dict`), config.json, tokenizer.json, tokenizer_config.json and
+    generation_config.json."""
     # Bytes written by Python, so the file gets the usual permissions (safetensors' own
     # save_file makes it readable by its owner only).
     (out_dir / WEIGHTS_FILE).write_bytes(save(weights, metadata={"format": "pt"}))
@@ -169,6 +162,8 @@ def write_model_dir(
         "config.json": gpt2_config(config),
         "tokenizer.json": tokenizer_json(tokenizer),
         "tokenizer_config.json": tokenizer_config(config.block_size),
+        # GPT-2 has no positions past the window: default generate() calls stop there.
+        "generation_config.json": {"max_length": config.block_size},
     }
     for name, content in files.items():
         text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
@@ -228,41 +223,3 @@ def _write_in_place(out_dir: Path, weights: dict[str, torch.Tensor], model: Tiny
             os.replace(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors as one ``error:`` line, as every TinyGPT command gives them."""
-
-    def error(self, message: str) -> NoReturn:
-        # tinygpt.cli imports Hydra: only the command needs it, not export() from a notebook.
-        from tinygpt.cli.errors import exit_with_user_error
-
-        exit_with_user_error(f"{message} (usage: {self.format_usage().split(': ', 1)[1].strip()})")
-
-
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m tinygpt.export",
-        description="Export a dense TinyGPT checkpoint as a Hugging Face transformers model.",
-    )
-    p.add_argument(
-        "checkpoint", help="a TinyGPT checkpoint, e.g. outputs/runs/<run>/checkpoints/best.ckpt"
-    )
-    p.add_argument("out_dir", help="the directory to write (from_pretrained loads it)")
-    p.add_argument("--force", action="store_true", help="replace out_dir if it holds files")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tinygpt.export ARGV``: errors a user can cause are one line and exit 2."""
-    from tinygpt.cli.errors import user_errors  # Hydra's, as in _Parser.error
-
-    args = parser().parse_args(argv)
-    with user_errors():
-        out_dir = export(args.checkpoint, args.out_dir, force=args.force)
-    print(f"exported {args.checkpoint} to {out_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``python -m tinygpt.claims`` end to end on a tiny text (in this process): both sweeps trained,
+"""``python -m tinygpt claims`` end to end on a tiny text (in this process): both sweeps trained,
 every claim measured with a verdict its own numbers give, the page written; a second call keeps
 the finished sweeps, one with a job undone resumes with ``ckpt_path=last``; bad input refused."""
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt.analysis import claims as command
 from tinygpt.analysis.verdicts import AGREES, DISAGREES, WITHIN_NOISE, Stat, compare
+from tinygpt.cli import commands
 
 # Two seeds (the fewest the command accepts) of a tiny model on the tiny text: the text's first
 # 1,500 characters give 1,350 training characters, an epoch of 11 steps of 8 x 16.
@@ -20,6 +20,7 @@ TINY = (
 
 def claims_args(tmp_path: Path, text: Path) -> list[str]:
     return [
+        "claims",
         "--sweeps",
         str(tmp_path / "sweeps"),
         "--out",
@@ -48,7 +49,7 @@ def regenerated(tmp_path_factory):
     text = tmp_path / "tiny.txt"
     text.write_text(("ROMEO:\nBut soft, what light through yonder window breaks?\n\n") * 40)
     args = claims_args(tmp_path, text)
-    assert command.main(args) == 0
+    assert commands.main(args) == 0
     return tmp_path, args
 
 
@@ -79,10 +80,12 @@ def test_both_settings_are_trained_and_every_claim_has_a_verdict_its_numbers_giv
         assert 1 <= run["epochs"]["best_epoch"] <= 3
     for run in numbers["runs"]["full"]["moe"]:  # attention per layer and head, (1, 2)
         assert [len(row) for row in run["attention"]["previous_3"]] == [2]
-    # Every decoding strategy judged on both axes.
-    assert len(numbers["decoding"]) == 6
-    for row in numbers["decoding"]:
-        assert set(row["measures"]) == {"known_words", "nll", "entropy", "self_similarity"}
+    # Each measure judges the 11 pairs the notebook rates differently on its axis
+    # (coherence 3 high / 2 medium / 1 low; diversity 1 / 2 / 3).
+    judged = {row["measure"]: row for row in numbers["decoding"]}
+    assert set(judged) == {"known_words", "nll", "entropy", "self_similarity"}
+    for row in judged.values():
+        assert sum(len(row[v]) for v in ("concordant", "discordant", WITHIN_NOISE)) == 11
 
 
 def test_the_page_quotes_the_notebook_and_links_its_pictures(regenerated):
@@ -91,7 +94,7 @@ def test_the_page_quotes_the_notebook_and_links_its_pictures(regenerated):
     assert "| top-k (k=5) | medium | medium | general balance |" in page
     assert "| combined (T 0.8, top-k 10, top-p 0.9) | high | high | best balance observed |" in page
     assert "| temperature 0.5 | high / medium |" in page  # the verdict table's claim column
-    assert "Regenerate with `python -m tinygpt.claims --sweeps " in page and "--seeds 1,2" in page
+    assert "Regenerate with `python -m tinygpt claims --sweeps " in page and "--seeds 1,2" in page
     out = tmp_path / "docs" / "results"
     for picture in ("epochs.png", "val_loss.png", "attention.png", "decoding.png"):
         assert f"](results/{picture})" in page
@@ -104,8 +107,8 @@ def test_a_second_call_keeps_finished_sweeps_and_resumes_an_undone_one(
 ):
     tmp_path, args = regenerated
     trained = []
-    monkeypatch.setattr(command, "train_sweep", lambda sweep, o: trained.append(o) or 0.0)
-    assert command.main(args) == 0
+    monkeypatch.setattr(commands, "train_sweep", lambda sweep, o: trained.append(o) or 0.0)
+    assert commands.main(args) == 0
     assert trained == []  # nothing to train: every job of both sweeps finished
     assert capsys.readouterr().out.count("all 4 runs finished, kept") == 2
     # One job stopped before it wrote its summary: only its sweep reruns, with ckpt_path=last
@@ -119,8 +122,8 @@ def test_a_second_call_keeps_finished_sweeps_and_resumes_an_undone_one(
         summary.write_text(kept)
         return 0.0
 
-    monkeypatch.setattr(command, "train_sweep", resume)
-    assert command.main(args) == 0
+    monkeypatch.setattr(commands, "train_sweep", resume)
+    assert commands.main(args) == 0
     assert capsys.readouterr().out.count("all 4 runs finished, kept") == 1
     [(sweep, overrides)] = trained
     assert sweep == "full" and overrides[:2] == ["model=dense,moe", "seed=1,2"]
@@ -139,7 +142,7 @@ def test_a_second_call_keeps_finished_sweeps_and_resumes_an_undone_one(
 )
 def test_bad_arguments_are_one_error_line_and_exit_2(extra, message, capfd):
     with pytest.raises(SystemExit) as exit_info:
-        command.main(extra)
+        commands.main(["claims", *extra])
     err = capfd.readouterr().err
     assert exit_info.value.code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
@@ -149,20 +152,31 @@ def test_a_page_without_the_markers_is_refused_before_training(tmp_path, capfd):
     page = tmp_path / "results.md"
     page.write_text("# mine\n")
     with pytest.raises(SystemExit) as exit_info:
-        command.main(["--results", str(page), "--sweeps", str(tmp_path / "s")])
+        commands.main(["claims", "--results", str(page), "--sweeps", str(tmp_path / "s")])
     assert (
         exit_info.value.code == 2 and "has no <!-- results:start --> line" in capfd.readouterr().err
     )
     assert page.read_text() == "# mine\n" and not (tmp_path / "s").exists()
 
 
-def test_smoke_sets_tiny_defaults_that_explicit_values_override():
-    args = command.parse_args(["--smoke", "--epochs", "5"])
-    assert (args.epochs, args.steps, args.num_samples, args.max_new_tokens) == (5, 20, 2, 40)
+def test_smoke_sets_tiny_defaults_that_explicit_values_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("TINYGPT_ROOT", str(tmp_path))
+    trained, written = {}, []
+
+    def train(sweep, overrides):
+        trained[sweep.name] = overrides
+        return 0.0
+
+    monkeypatch.setattr(commands, "train_sweep", train)
+    monkeypatch.setattr(commands, "write_results", lambda *args: written.append(args) or {})
+    assert commands.main(["claims", "--smoke", "--epochs", "5"]) == 0
+    [(settings, out, page, command, _, _, num_samples, max_new_tokens)] = written
+    assert (num_samples, max_new_tokens) == (2, 40) and "epochs=5" in trained["notebook_100k"]
+    assert "trainer.max_steps=20" in trained["full"]
+    assert "trainer.val_check_interval=3" in trained["full"]
+    assert not any("trainer" in o for o in trained["notebook_100k"])
     # Never over the committed page or into the real sweeps, unless asked to.
-    assert {Path(args.sweeps).name, Path(args.out).parent.name} == {"claims-smoke"}
-    assert Path(args.results).name == "results.md" and "docs" not in Path(args.results).parts
-    assert command.command_line(args) == "python -m tinygpt.claims --smoke --epochs 5"
-    full = command.setting_overrides("full", args)
-    assert "trainer.max_steps=20" in full and "trainer.val_check_interval=3" in full
-    assert not any("trainer" in o for o in command.setting_overrides("notebook_100k", args))
+    scratch = tmp_path / "outputs" / "claims-smoke"
+    assert settings["full"][0] == scratch / "full" and out == scratch / "results"
+    assert page == scratch / "results.md"
+    assert command == "python -m tinygpt claims --smoke --epochs 5"

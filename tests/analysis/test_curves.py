@@ -8,13 +8,14 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 
 from tinygpt.analysis.curves import (
+    TRAIN_TAG,
+    VAL_TAG,
     EpochCurve,
     mean_band,
     plot_epoch_curves,
     plot_val_bands,
     read_epoch_curve,
 )
-from tinygpt.training.epochs import TRAIN_TAG, VAL_TAG
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

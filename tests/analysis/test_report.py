@@ -11,14 +11,18 @@ from helpers import save_checkpoint
 from torch.utils.tensorboard import SummaryWriter
 
 from tinygpt.analysis import report
-from tinygpt.analysis.decoding_report import (
+from tinygpt.analysis.decoding import (
     METRICS,
+    NOTEBOOK_TABLE,
     compare_decoding,
-    strategies_table,
-    training_text,
+    decoding_table,
     write_decoding_report,
 )
-from tinygpt.generation import NOTEBOOK_STRATEGIES as STRATEGIES
+from tinygpt.analysis.runs import find_runs, load_run, logged_expert_load, training_text
+from tinygpt.analysis.verdicts import Stat
+from tinygpt.analysis.writing import replace_section
+from tinygpt.cli import commands
+from tinygpt.errors import DataError
 
 TINY_RUN = [
     "trainer=cpu",
@@ -92,16 +96,16 @@ def sweep(tmp_path: Path) -> Path:
 
 
 def test_groups_and_statistics_over_seeds(sweep):
-    runs = report.find_runs([sweep])
+    runs = find_runs([sweep])
     assert [r.path.name.split("_")[0] for r in runs] == ["0", "1", "2", "3", "10"]
     dense, moe = report.group_runs(runs)
     assert (dense.label, moe.label) == ("dense", "moe")
     assert [r.seed for r in dense.runs] == [1, 2, 3]
-    assert dense.stats["best_val_loss"] == pytest.approx((2.0, 1.0))
-    assert dense.stats["final_val_loss"] == pytest.approx((2.5, 1.0))
-    assert dense.stats["wall_seconds"] == pytest.approx((20.0, 10.0))
-    assert moe.stats["best_val_loss"] == pytest.approx((2.0, math.sqrt(0.5)))
-    assert moe.stats["train_tokens_per_second"] == pytest.approx((600.0, 0.0))
+    assert dense.stats["best_val_loss"] == Stat(2.0, 1.0, 3)
+    assert dense.stats["final_val_loss"] == Stat(2.5, 1.0, 3)
+    assert dense.stats["wall_seconds"] == Stat(20.0, 10.0, 3)
+    assert moe.stats["best_val_loss"].std == pytest.approx(math.sqrt(0.5))
+    assert moe.stats["train_tokens_per_second"] == Stat(600.0, 0.0, 2)
     table = report.runs_table([dense, moe])
     assert (
         "| dense | 3 (1, 2, 3) | 10 | 2.000 ± 1.000 | 2.500 ± 1.000 | 20.0 ± 10.0 | 1.00 |" in table
@@ -111,25 +115,24 @@ def test_groups_and_statistics_over_seeds(sweep):
 
 
 def test_one_seed_has_no_std_and_groups_without_kinds_use_overrides(tmp_path):
-    assert report.mean_std([2.0])[0] == 2.0 and math.isnan(report.mean_std([2.0])[1])
-    assert report.fmt(*report.mean_std([2.0])) == "2.000"
     runs = [
-        report.load_run(make_run(tmp_path / "a", "dense", 1, ["model.n_layer=2", "x=1"])),
+        load_run(make_run(tmp_path / "a", "dense", 1, ["model.n_layer=2", "x=1"])),
         # Where a run read and wrote (paths.*) does not make it another group.
-        report.load_run(
+        load_run(
             make_run(tmp_path / "b", "dense", 2, ["model.n_layer=2", "x=1", "paths.data_dir=/d"])
         ),
-        report.load_run(make_run(tmp_path / "c", "dense", 1, ["model.n_layer=4", "x=1"])),
+        load_run(make_run(tmp_path / "c", "dense", 1, ["model.n_layer=4", "x=1"])),
     ]
     groups = report.group_runs(runs)
     assert [g.label for g in groups] == ["model.n_layer=2", "model.n_layer=4"]
     assert [len(g.runs) for g in groups] == [2, 1]
+    assert "| model.n_layer=4 | 1 (1) | 10 | 2.000 | 2.100 | 10.0 |" in report.runs_table(groups)
     # Kinds and other overrides both differ: the kind, then the overrides besides model=.
     mixed = [
         make_run(tmp_path / f"m{i}", ffn, 1, [f"model={ffn}", f"model.n_layer={n}"])
         for i, (ffn, n) in enumerate((("moe", 2), ("dense", 2), ("dense", 4)))
     ]
-    groups = report.group_runs([report.load_run(p) for p in mixed])
+    groups = report.group_runs([load_run(p) for p in mixed])
     labels = ["dense model.n_layer=2", "dense model.n_layer=4", "moe model.n_layer=2"]
     assert [g.label for g in groups] == labels
 
@@ -144,9 +147,9 @@ def test_expert_load_is_read_from_events_and_absent_for_dense(tmp_path):
     writer.add_scalar("val/loss", 2.0, 20)
     writer.close()
     dense = make_run(tmp_path / "dense", "dense", 1)
-    load = report.expert_load(report.load_run(moe))
+    load = logged_expert_load(load_run(moe))
     assert load == {0: {0: pytest.approx(0.6), 1: pytest.approx(0.4)}, 1: {0: 0.5, 1: 0.5}}
-    assert report.expert_load(report.load_run(dense)) == {}
+    assert logged_expert_load(load_run(dense)) == {}
     groups = [report.Group("dense", []), report.Group("moe", [], expert_load=load)]
     section = report.expert_load_section(groups)
     assert "**moe**" in section and "| 0 | 0.600 | 0.400 | 1.50 |" in section
@@ -156,16 +159,16 @@ def test_expert_load_is_read_from_events_and_absent_for_dense(tmp_path):
 
 def test_readme_section_is_replaced_between_markers_only():
     text = "# T\n\nintro\n<!-- results:start -->\nold\nstuff\n<!-- results:end -->\n\n## After\n"
-    new = report.replace_section(text, "## Results\n\nnew\n")
+    new = replace_section(text, "## Results\n\nnew\n")
     assert (
         new == "# T\n\nintro\n<!-- results:start -->\n## Results\n\nnew\n<!-- results:end -->"
         "\n\n## After\n"
     )
-    assert report.replace_section(new, "again") == text.replace("old\nstuff", "again")
-    with pytest.raises(report.ReportError, match="results:start"):
-        report.replace_section("# no markers\n", "x")
-    with pytest.raises(report.ReportError):
-        report.replace_section("<!-- results:end -->\n<!-- results:start -->\n", "x")
+    assert replace_section(new, "again") == text.replace("old\nstuff", "again")
+    with pytest.raises(DataError, match="results:start"):
+        replace_section("# no markers\n", "x")
+    with pytest.raises(DataError):
+        replace_section("<!-- results:end -->\n<!-- results:start -->\n", "x")
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +187,7 @@ def test_decoding_report_scores_continuations_per_cell_and_writes_outputs(tiny_c
     assert text.startswith("First Citizen:")
     models = [("seed 1", model), ("seed 2", model)]
     results = compare_decoding(models, text, num_samples=3, max_new_tokens=24)
-    assert [r.strategy.name for r in results] == [s.name for s in STRATEGIES]
+    assert [r.row.name for r in results] == [row.name for row in NOTEBOOK_TABLE]
     for r in results:
         assert len(r.cells) == 2 * 3  # models x prompts
         assert len(r.samples) == 2 * 3 * 3  # ... x samples
@@ -201,8 +204,8 @@ def test_decoding_report_scores_continuations_per_cell_and_writes_outputs(tiny_c
     hot = results[2]  # temperature 1.5: the most choice at each step, samples unlike each other
     assert hot.metrics["entropy"] > results[1].metrics["entropy"] > 0
     assert hot.metrics["self_similarity"] < 1.0
-    table = strategies_table(results)
-    assert len(table.strip().splitlines()) == 2 + len(STRATEGIES)
+    table = decoding_table(results)
+    assert len(table.strip().splitlines()) == 2 + len(NOTEBOOK_TABLE)
     assert "| greedy | high / low | 0.000 ± 0.000 | 1.000 ± 0.000 |" in table
     assert "| temperature 0.5 | high / medium |" in table
     paths = write_decoding_report(results, tmp_path / "out", tmp_path / "tb")
@@ -223,9 +226,19 @@ def test_run_trains_the_sweep_in_this_process_then_writes_the_pages(
     readme.write_text("# X\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\n## Tail\n")
     out, page = tmp_path / "docs" / "results", tmp_path / "docs" / "results.md"
     overrides = " ".join([*TINY_RUN, "seed=1,2", f"data.path={tiny_text_file}"])
-    args = ["--sweep", str(sweep), "--run", overrides, "--out", str(out), "--readme", str(readme)]
+    args = [
+        "report",
+        "--sweep",
+        str(sweep),
+        "--run",
+        overrides,
+        "--out",
+        str(out),
+        "--readme",
+        str(readme),
+    ]
     args += ["--results", str(page), "--max-new-tokens", "24", "--tb-dir", str(tmp_path / "tb")]
-    assert report.main(args) == 0
+    assert commands.main(args) == 0
     assert "running: python train.py -m trainer=cpu " in capsys.readouterr().out
     assert [p.parent.name for p in sorted(sweep.glob("*/summary.json"))] == ["0_seed-1", "1_seed-2"]
     for name in (
@@ -238,16 +251,18 @@ def test_run_trains_the_sweep_in_this_process_then_writes_the_pages(
         assert (out / name).is_file(), name
     text = (out / "report.md").read_text()
     assert "| dense | 2 (1, 2) | 10 |" in text and "L0H0" in text and "Expert load" not in text
-    assert "python -m tinygpt.claims" in text  # where the notebook's claims are
+    assert "python -m tinygpt claims" in text  # where the notebook's claims are
     new = readme.read_text()
-    assert new.startswith("# X\n\n<!-- results:start -->\nRegenerate with `python -m tinygpt")
+    assert new.startswith(
+        "# X\n\n<!-- results:start -->\nRegenerate with `python -m tinygpt report"
+    )
     assert "\nold\n" not in new and "### Runs" in new
     assert new.endswith("<!-- results:end -->\n\n## Tail\n")
     assert "](docs/results/val_loss.png)" in new
     # The results page: its own regenerate command, its sections, the pictures beside it.
     results = page.read_text()
     assert results.startswith(
-        f"# Results\n\nRegenerate with `python -m tinygpt.report --sweep {sweep}"
+        f"# Results\n\nRegenerate with `python -m tinygpt report --sweep {sweep}"
     )
     assert f"--results {page}`" in results and "\n## Runs\n" in results
     assert "](results/val_loss.png)" in results and "](results/decoding.png)" in results
@@ -255,7 +270,7 @@ def test_run_trains_the_sweep_in_this_process_then_writes_the_pages(
 
 def in_process(capfd, *args: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
-        report.main(list(args))
+        commands.main(["report", *args])
     return exit_info.value.code, capfd.readouterr().err  # the file descriptor: train.py's too
 
 
@@ -292,16 +307,15 @@ def test_bad_input_is_one_error_line_and_exit_2(case, tmp_path, capfd):
 
 
 def test_decoding_command_on_a_checkpoint_and_on_a_bad_one(tiny_ckpt, tmp_path, capfd):
-    from tinygpt.analysis import decoding_report
-
     out = tmp_path / "out"
-    assert decoding_report.main([str(tiny_ckpt), "--out", str(out), "--max-new-tokens", "8"]) == 0
+    args = ["decoding-report", str(tiny_ckpt), "--out", str(out), "--max-new-tokens", "8"]
+    assert commands.main(args) == 0
     assert "| combined | high / high |" in capfd.readouterr().out
     assert (out / "decoding.png").is_file()
     bad = tmp_path / "bad.ckpt"
     bad.write_text("no")
     for args in ([str(bad)], [str(tiny_ckpt), "--max-new-tokens", "1"]):
         with pytest.raises(SystemExit) as exit_info:
-            decoding_report.main([*args, "--out", str(out)])
+            commands.main(["decoding-report", *args, "--out", str(out)])
         err = capfd.readouterr().err
         assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1

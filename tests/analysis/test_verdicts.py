@@ -1,5 +1,5 @@
 """The verdict rule on hand-made numbers: differences against the seeds' noise, "about X",
-and ratings by rank."""
+and ratings judged pair by pair."""
 
 import math
 
@@ -12,9 +12,8 @@ from tinygpt.analysis.verdicts import (
     Stat,
     about,
     compare,
+    judge_pairs,
     noise,
-    rank_levels,
-    rating_verdict,
 )
 
 
@@ -70,28 +69,12 @@ def test_about(value, verdict):
     assert about(value, 15, 5) == verdict
 
 
-def test_levels_by_rank_two_of_six_each_and_ties_share():
-    assert rank_levels([0.1, 0.9, 0.5, 0.3, 0.7, 0.2]) == [
-        "low",
-        "high",
-        "medium",
-        "medium",
-        "high",
-        "low",
-    ]
-    assert rank_levels([0.0] * 6) == ["medium"] * 6
-    assert rank_levels([1.0, math.nan, 2.0]) == ["low", "n/a", "high"]
-
-
-def test_rating_verdict_agrees_swaps_within_noise_or_disagrees():
-    stats = [Stat(m, 0.05, 3) for m in (0.0, 0.1, 0.4, 0.5, 0.8, 0.9)]
-    assert rating_verdict(0, stats, "low") == ("low", AGREES)
-    # 0.1 is low; the nearest medium value, 0.4, is 0.3 away, beyond the noise 0.07.
-    assert rating_verdict(1, stats, "medium") == ("low", DISAGREES)
-    assert rating_verdict(5, stats, "low") == ("high", DISAGREES)
-    noisy = [Stat(m, 0.25, 3) for m in (0.0, 0.1, 0.4, 0.5, 0.8, 0.9)]
-    # With spreads of 0.25 (noise 0.35), 0.1 and 0.4 could swap ranks.
-    assert rating_verdict(1, noisy, "medium") == ("low", WITHIN_NOISE)
-    assert rating_verdict(1, noisy, "high") == ("low", DISAGREES)
-    with pytest.raises(ValueError, match="rating"):
-        rating_verdict(0, stats, "medium-high")
+def test_pairs_rated_apart_are_concordant_discordant_or_within_noise():
+    ratings = {"a": "low", "b": "medium", "c": "high", "d": "high"}
+    stats = {"a": Stat(0.0, 0.05, 3), "b": Stat(0.5, 0.05, 3), "c": Stat(0.2, 0.05, 3)}
+    stats["d"] = Stat(0.45, 0.05, 3)
+    judged = judge_pairs(stats, ratings)
+    # c and d share a rating: not judged. Pairs read (rated higher, rated lower).
+    assert sorted(judged["concordant"]) == [("b", "a"), ("c", "a"), ("d", "a")]
+    assert judged["discordant"] == [("c", "b")]  # c is rated above b but measures 0.3 lower
+    assert judged[WITHIN_NOISE] == [("d", "b")]  # 0.05 apart, noise 0.07

@@ -32,7 +32,7 @@ def test_an_installed_package_reports_on_runs_and_refuses_to_train_in_one_line(
 
     def report(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "tinygpt.report", *args],
+            [sys.executable, "-m", "tinygpt", "report", *args],
             cwd=tmp_path,  # PYTHONPATH first: the installed copy, not this checkout
             env={**os.environ, "PYTHONPATH": str(site)},
             capture_output=True,

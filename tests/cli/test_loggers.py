@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from helpers import PNG_MAGIC, TINY_RUN, compose_task, session_count
 
-from tinygpt.analysis import report
 from tinygpt.analysis.plots import read_scalars
+from tinygpt.cli import commands
 from tinygpt.cli.train import train
 
 PLOTS = ["grad_norm.png", "loss.png", "lr.png", "val_ppl.png"]
@@ -50,7 +50,7 @@ def test_logger_csv_writes_metrics_csv_and_its_plots_and_the_report_reads_it(tex
 
     # The report reads the CSV-only run: its val loss curve and its experts' load.
     out = tmp_path / "report"
-    assert report.main([str(run), "--out", str(out), "--no-decoding"]) == 0
+    assert commands.main(["report", str(run), "--out", str(out), "--no-decoding"]) == 0
     text_md = (out / "report.md").read_text()
     assert "share of tokens per expert" in text_md
     loads = {e: scalars[f"moe/layer0/load/expert{e}"][-1][1] for e in range(4)}
@@ -77,10 +77,11 @@ def test_logger_many_writes_both_and_they_hold_the_same_values(text, tmp_path):
     assert rows["val/loss"][-1][1] == pytest.approx(summary["final_val_loss"], abs=1e-6)
 
 
-def test_no_logger_trains_and_keeps_its_checkpoints_and_summary(text, tmp_path):
+@pytest.mark.parametrize("no_logger", ["~logger", "logger=none"])
+def test_no_logger_trains_and_keeps_its_checkpoints_and_summary(text, tmp_path, no_logger):
     # ~logger drops the group (logger=null is refused by Hydra in one line: test_train_cli).
     run = tmp_path / "run"
-    summary = train_run(run, text, "~logger", "callbacks.sample_text=null")
+    summary = train_run(run, text, no_logger, "callbacks.sample_text=null")
     assert summary["steps"] == 20 and summary["final_val_loss"] is not None
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert not (run / "tb").exists() and not (run / "csv").exists()

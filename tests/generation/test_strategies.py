@@ -1,5 +1,5 @@
-"""The named decoding strategies are defined once: conf/decoder/ and the decoding report's table
-read them from tinygpt/generation/strategies.py."""
+"""The named decoding strategies are defined once: conf/decoder/ reads them from
+tinygpt/generation/strategies.py."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ from helpers import CONF, compose_task
 from hydra.utils import instantiate
 
 from tinygpt.errors import ConfigError
-from tinygpt.generation import DECODERS, NOTEBOOK_STRATEGIES, SamplingParams
+from tinygpt.generation import DECODERS, SamplingParams
 from tinygpt.generation.strategies import Decoder, decoder
 
 OPTIONS = sorted(p.stem for p in (CONF / "decoder").glob("[!_]*.yaml"))
@@ -48,29 +48,3 @@ def test_a_bad_decoder_is_a_config_error_naming_it(settings, message):
     with pytest.raises(ConfigError) as error:
         decoder(**settings)
     assert str(error.value).startswith(message)
-
-
-def test_the_notebooks_table_is_named_decoders_with_the_settings_each_row_changes():
-    table = {s.name: (s.decoder, s.params) for s in NOTEBOOK_STRATEGIES}
-    assert table == {
-        "greedy": ("greedy", SamplingParams(temperature=0.0)),
-        "temperature 0.5": ("temperature", SamplingParams(temperature=0.5)),
-        "temperature 1.5": ("temperature", SamplingParams(temperature=1.5)),
-        "top-k 5": ("top_k", SamplingParams(top_k=5)),
-        "nucleus 0.9": ("nucleus", SamplingParams(top_p=0.9)),
-        "combined": ("combined", SamplingParams(temperature=0.8, top_k=10, top_p=0.9)),
-    }
-
-
-def test_the_notebooks_table_is_quoted_as_written():
-    """The TinyGPT notebook's table: strategy, coherence, diversity, recommended use."""
-    table = [(s.notebook_label, *s.claimed, s.use) for s in NOTEBOOK_STRATEGIES]
-    assert table == [
-        ("greedy", "high", "low", "technical text, consistency"),
-        ("temperature 0.5", "high", "medium", "formal writing"),
-        ("temperature 1.5", "low", "high", "creativity, brainstorming"),
-        ("top-k (k=5)", "medium", "medium", "general balance"),
-        ("nucleus (p=0.9)", "medium", "high", "creative narrative"),
-        ("combined (T 0.8, top-k 10, top-p 0.9)", "high", "high", "best balance observed"),
-    ]
-    assert [s.claim for s in NOTEBOOK_STRATEGIES][:2] == ["high / low", "high / medium"]

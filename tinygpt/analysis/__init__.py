@@ -1,8 +1,9 @@
-"""Analysis with matplotlib and TensorBoard's reader: attention pictures, text metrics, the
-model's likelihood, run plots, MoE routing, the reports (``python -m tinygpt.report``,
-``python -m tinygpt.decoding_report``) and the TinyGPT notebook's claims measured
-(``python -m tinygpt.claims``: the command in :mod:`.claims`, the measurements in
-:mod:`.notebook_claims`, the verdict rule in :mod:`.verdicts`, the page in :mod:`.results_page`)."""
+"""Analysis, a library with matplotlib and TensorBoard's reader: attention pictures, text
+metrics, the model's likelihood, run plots, MoE routing, finished runs read back (:mod:`.runs`),
+the dense-vs-MoE report (:mod:`.report`), the decoding comparison (:mod:`.decoding`) and the
+TinyGPT notebook's claims measured and written as the results page (:mod:`.claims`, the verdict
+rule in :mod:`.verdicts`). The commands are ``python -m tinygpt
+report|claims|decoding-report`` (:mod:`tinygpt.cli.commands`)."""
 
 from tinygpt.analysis.attention import save_attention_heatmaps
 from tinygpt.analysis.likelihood import mean_nll

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from tinygpt.analysis import likelihood
+from tinygpt.analysis.writing import save_figure
 from tinygpt.models import TinyGPT, evaluating
 
 # Characters that would be invisible or break a tick label, drawn as visible symbols instead.
@@ -35,9 +37,7 @@ def attention_entropy(weights: torch.Tensor) -> torch.Tensor:
     per layer and head. 0 means every query attends to a single key; uniform causal attention
     gives the mean of ``log(i + 1)`` over query positions ``i``.
     """
-    # 0 * log 0 counts as 0: the masked (future) keys contribute nothing.
-    plogp = torch.where(weights > 0, weights * weights.clamp_min(1e-30).log(), 0.0)
-    return -plogp.sum(-1).mean(-1)
+    return likelihood.entropy(weights).mean(-1)  # 0 log 0 = 0: the masked (future) keys add nothing
 
 
 def attended_distance(weights: torch.Tensor) -> torch.Tensor:
@@ -67,6 +67,16 @@ def previous_share(weights: torch.Tensor, k: int = 3) -> torch.Tensor:
     return (weights * near).sum(-1)[..., k:].mean(-1)
 
 
+def text_windows(model: TinyGPT, text: str) -> torch.Tensor:
+    """``text`` as one batch of non-overlapping ``block_size`` windows, on the model's device."""
+    block = model.config.block_size
+    ids = model.tokenizer.encode(text)
+    n = len(ids) // block
+    if n == 0:
+        raise ValueError(f"text must hold at least block_size = {block} characters")
+    return ids[: n * block].view(n, block).to(model.wte.weight.device)
+
+
 @torch.no_grad()
 def head_statistics(model: TinyGPT, text: str, max_windows: int = 64) -> dict[str, torch.Tensor]:
     """Per layer and head, ``(n_layer, n_head)`` each: the mean ``entropy`` (nats), attended
@@ -74,13 +84,9 @@ def head_statistics(model: TinyGPT, text: str, max_windows: int = 64) -> dict[st
     the model's attention, averaged over up to ``max_windows`` non-overlapping ``block_size``
     windows of ``text`` spread evenly over it: a head's habit, not one prompt's.
     """
-    block = model.config.block_size
-    ids = model.tokenizer.encode(text)
-    n = len(ids) // block
-    if n == 0:
-        raise ValueError(f"text must hold at least block_size = {block} characters")
-    chosen = torch.linspace(0, n - 1, min(n, max_windows)).round().long().unique()
-    windows = ids[: n * block].view(n, block)[chosen].to(next(model.parameters()).device)
+    windows = text_windows(model, text)
+    n = len(windows)
+    windows = windows[torch.linspace(0, n - 1, min(n, max_windows)).round().long().unique()]
     with evaluating(model):
         _, per_layer = model.forward_with_attention(windows)
     weights = torch.stack(per_layer, dim=1).float().cpu()  # (windows, layer, head, T, T)
@@ -141,9 +147,7 @@ def save_attention_heatmaps(
 ) -> torch.Tensor:
     """Write the heatmap grid of ``model`` on ``prompt`` as a PNG; returns the weights."""
     weights = attention_weights(model, prompt)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    attention_figure(weights, prompt, title).savefig(path, dpi=100)
+    save_figure(attention_figure(weights, prompt, title), path)
     return weights
 
 

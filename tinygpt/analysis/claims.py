@@ -1,333 +1,551 @@
-"""The TinyGPT notebook's claims, measured: one command trains the runs and writes the page.
+"""The TinyGPT notebook's claims: quoted, measured on dense and MoE runs over seeds, judged, and
+written as the results page of ``python -m tinygpt claims``.
 
-    python -m tinygpt.claims                 # train what is missing, then write docs/results.md
-    python -m tinygpt.claims --pages-only    # rewrite the page from the runs already there
-
-Two sweeps of train.py, run in this process, each dense and MoE with three seeds:
-
-* ``full``: all of TinyShakespeare with the defaults (the notebook's size, 2000 steps);
-* ``notebook_100k``: ``experiment=notebook_100k``, the notebook's own setting: the first
-  100,000 characters, loss per epoch, ``--epochs`` epochs.
-
-A sweep whose every job finished already (a ``summary.json`` from the same overrides) is kept
-as it is; one that was started continues with ``ckpt_path=last`` (finished jobs are kept,
-interrupted ones resume, missing ones start), so an interrupted regeneration picks up where it
-stopped. ``--smoke`` walks the whole pipeline in about a minute (2 epochs, 20 steps, 2 short
-samples): a check of the code, never numbers for the page. Then each claim is measured on the runs
-(:func:`~tinygpt.analysis.notebook_claims.measure_claims`), given a verdict
-by one rule (:mod:`tinygpt.analysis.verdicts`), and written out: the results page between its
-markers, and in ``--out`` the pictures (``epochs.png``, ``val_loss.png``, ``attention.png``,
-``decoding.png``), ``decoding.md``, ``decoding_samples.json`` and every number in
-``claims.json``.
+A *setting* is one sweep: dense and MoE runs of the same recipe with several seeds. Each claim
+becomes a :class:`Claim`: the notebook's words, the measurement (mean ± std over seeds) and a
+verdict by the rule of :mod:`tinygpt.analysis.verdicts`; the decoding table's ratings are
+judged pair by pair (:func:`~tinygpt.analysis.decoding.decoding_verdicts`). :func:`write_results`
+measures the sweeps and writes the page between its results markers, the pictures, and every
+number as ``claims.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
-import shlex
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from tinygpt.analysis.decoding_report import (
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_NUM_SAMPLES,
-    compare_decoding,
+from tinygpt.analysis.attention import head_statistics_figure
+from tinygpt.analysis.curves import EpochCurve, plot_epoch_curves, plot_val_bands, read_epoch_curve
+from tinygpt.analysis.decoding import (
+    NOTEBOOK_QUOTE,
+    DecoderResult,
+    compare_runs,
+    decoding_table,
+    decoding_verdicts,
+    verdicts_table,
     write_decoding_report,
 )
-from tinygpt.analysis.notebook_claims import (
-    KINDS,
-    ClaimsError,
-    decoding_verdicts,
-    load_setting,
-    measure_claims,
-    measure_setting,
-    run_text,
+from tinygpt.analysis.runs import Run, find_runs
+from tinygpt.analysis.verdicts import RULE, Stat, about, compare, noise
+from tinygpt.analysis.writing import (
+    END_MARKER,
+    START_MARKER,
+    jsonable,
+    markdown_table,
+    replace_section,
+    save_figure,
 )
-from tinygpt.analysis.report import START_MARKER, best_checkpoint
-from tinygpt.analysis.results_page import COMMAND, draw, numbers, page_body, write_page
-from tinygpt.checkpoint import load_model
-from tinygpt.cli.errors import user_errors
-from tinygpt.cli.paths import root_dir
-from tinygpt.cli.quoting import hydra_value
+from tinygpt.errors import DataError
 from tinygpt.files import write_text_atomic
 
-DEFAULT_OUT = Path("docs/results")
-DEFAULT_PAGE = Path("docs/results.md")
-DEFAULT_SEEDS = (1, 2, 3)
-DEFAULT_EPOCHS = 100
-SWEEP_TIME_FILE = "claims_training_seconds.json"  # written into each sweep by the command
-# Cheap runs: the per-validation pictures and samples are TensorBoard's, not the page's.
-QUIET = (
-    "callbacks.attention_heatmap=null",
-    "callbacks.sample_text=null",
-    "callbacks.moe_dashboard=null",
-    "callbacks.progress_bar.refresh_rate=0",
-)
-# Each setting's own overrides.
-SETTING_OVERRIDES = {"full": (), "notebook_100k": ("experiment=notebook_100k",)}
-# --smoke: the defaults it changes.
-SMOKE = {"epochs": 2, "steps": 20, "num_samples": 2, "max_new_tokens": 40}
-# --steps N validates the full setting this many times, as the config's 2000 steps (every 250).
-VALIDATIONS = 8
+KINDS = ("dense", "moe")
+# "about": the tolerance each claim's word is given (stated on the page).
+CONVERGENCE_EPOCH, CONVERGENCE_TOLERANCE = 15, 5
+TIME_RATIO, TIME_TOLERANCE = 1.40, 0.10
+# The notebook's claims, quoted.
+QUOTES = {
+    "converges": 'The dense model "converges stably in about 15 epochs" on "TinyShakespeare '
+    '(100k characters)"',
+    "overfits": 'The dense model "tends to overfit"',
+    "moe_loss": 'MoE gives "a slight improvement in validation loss"',
+    "moe_heads": 'MoE has "more diverse attention patterns, with specialisation by head"',
+    "moe_time": 'MoE costs "about 40% more training time" (routing overhead)',
+    "dense_uniform": 'The dense model\'s attention is "more uniform"',
+    "dense_adjacent": 'The dense model\'s attention "focuses on adjacent tokens"',
+}
 
 
-# --- training -------------------------------------------------------------------------------
+@dataclass
+class Claim:
+    """One row of the page: the notebook's words, what was measured, and the verdict."""
+
+    key: str
+    notebook: str
+    measured: str
+    verdict: str
+    numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def setting_overrides(name: str, args: argparse.Namespace) -> list[str]:
-    """The train.py overrides that every job of one setting's sweep shares: ``--epochs`` of the
-    100k setting, ``--steps`` of the full one (None: the config's), then ``--overrides``."""
-    overrides = [*SETTING_OVERRIDES[name], *QUIET]
-    if name == "notebook_100k":
-        overrides.append(f"epochs={args.epochs}")
-    elif args.steps is not None:
-        every = math.ceil(args.steps / VALIDATIONS)
-        overrides += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={every}"]
-    return overrides + list(args.overrides)
+@dataclass
+class Setting:
+    """A sweep's runs by model kind, with what was measured on each run."""
+
+    name: str
+    sweep: Path
+    runs: dict[str, list[Run]]
+    curves: dict[str, list[EpochCurve]] = field(default_factory=dict)
+    heads: dict[str, list[dict]] = field(default_factory=dict)  # kind -> per run: (L, H) tensors
+    config: dict[str, Any] = field(default_factory=dict)  # a run's resolved config
+
+    def value(self, dotted: str) -> Any:
+        """A value of the runs' resolved config, e.g. ``data.batch_size``."""
+        node: Any = self.config
+        for key in dotted.split("."):
+            node = (node or {}).get(key)
+        return node
+
+    def stat(self, kind: str, key: str) -> Stat:
+        """A summary.json value of this kind's runs over seeds."""
+        return Stat.of([r.summary.get(key) for r in self.runs[kind]])
 
 
-def job_overrides(shared: Sequence[str], seeds: Sequence[int]) -> list[frozenset[str]]:
-    """The overrides of each job of the sweep, as each job's ``.hydra/overrides.yaml`` records
-    them (order aside): ``shared`` plus one model kind and one seed."""
+def load_setting(name: str, sweep: Path, jobs: Collection[frozenset[str]] | None = None) -> Setting:
+    """A sweep's runs, dense and MoE apart; each kind must have run. ``jobs``: the overrides of
+    the runs to keep (``ckpt_path`` aside), leaving out runs of other settings in the sweep."""
+    runs = [r for r in find_runs([sweep]) if jobs is None or r.job in jobs]
+    by_kind = {kind: [r for r in runs if r.ffn == kind] for kind in KINDS}
+    for kind, found in by_kind.items():
+        if not found:
+            raise DataError(f"{sweep} holds no {kind} runs (python -m tinygpt claims trains them)")
+    return Setting(name, sweep, by_kind)
+
+
+def measure_setting(setting: Setting) -> None:
+    """Per run: the attention per head on its validation text; for runs that logged losses per
+    epoch, their curves."""
+    for kind, runs in setting.runs.items():
+        setting.config = setting.config or runs[0].trained_config()
+        setting.heads[kind] = [run.head_statistics() for run in runs]
+        if setting.name == "notebook_100k":
+            setting.curves[kind] = [read_epoch_curve(r.path) for r in runs]
+
+
+def head_measure(setting: Setting, kind: str, key: str, over: str = "mean") -> Stat:
+    """Over seeds: each run's mean over its heads (``over="mean"``) or their standard deviation
+    across heads (``over="spread"``) of a head measure."""
+    values = []
+    for stats in setting.heads[kind]:
+        flat = stats[key].flatten()
+        values.append(float(flat.mean() if over == "mean" else flat.std(unbiased=True)))
+    return Stat.of(values)
+
+
+def paired_ratios(setting: Setting, key: str) -> list[float]:
+    """MoE's value of ``key`` over dense's, for each seed both kinds ran."""
+    dense = {r.seed: r.summary.get(key) for r in setting.runs["dense"]}
+    moe = {r.seed: r.summary.get(key) for r in setting.runs["moe"]}
+    return [moe[s] / dense[s] for s in sorted(set(dense) & set(moe)) if moe[s] and dense[s]]
+
+
+def time_per_token_ratio(setting: Setting) -> Stat:
+    """MoE's time per training token over dense's, per seed (the inverse of their tokens/s):
+    validation and pictures left out."""
+    return Stat.of([1 / r for r in paired_ratios(setting, "train_tokens_per_second")])
+
+
+def versus(
+    key: str,
+    text: str,
+    a: tuple[str, Stat],
+    b: tuple[str, Stat],
+    claimed: str,
+    numbers: dict[str, Any] | None = None,
+    unit: str = "",
+    where: str = "",
+) -> Claim:
+    """The claim ``key`` that ``a`` is ``claimed`` ("lower" or "higher") than ``b``, each a
+    (name, Stat) pair, measured as "TEXT: A mean ± std vs B mean ± std (difference, noise)"."""
+    (name_a, stat_a), (name_b, stat_b) = a, b
+    measured = (
+        f"{text}: {name_a} {stat_a.fmt()} vs {name_b} {stat_b.fmt()}{unit} "
+        f"(difference {stat_a.mean - stat_b.mean:+.3f}, noise {noise(stat_a, stat_b):.3f})"
+    )
+    numbers = {**(numbers or {}), name_a.lower(): asdict(stat_a), name_b.lower(): asdict(stat_b)}
+    return Claim(key, QUOTES[key] + where, measured, compare(stat_a, stat_b, claimed), numbers)
+
+
+def loss_claim(setting: Setting) -> Claim:
+    where = "all of TinyShakespeare" if setting.name == "full" else "the 100k setting"
+    moe = ("MoE", setting.stat("moe", "best_val_loss"))
+    dense = ("dense", setting.stat("dense", "best_val_loss"))
+    return versus("moe_loss", "best val loss", moe, dense, "lower", where=f" ({where})")
+
+
+def epoch_claims(setting: Setting) -> list[Claim]:
+    curves = setting.curves["dense"]
+    best = Stat.of([c.best_epoch for c in curves])
+    change = Stat.of([c.late_change for c in curves])
+    rise = Stat.of([c.rise for c in curves])
+    gap = Stat.of([c.final_gap for c in curves])
+    last = max(c.epochs[-1] for c in curves)
+    tenth = max(1, last // 10)
+    low, high = CONVERGENCE_EPOCH - CONVERGENCE_TOLERANCE, CONVERGENCE_EPOCH + CONVERGENCE_TOLERANCE
+    epochs = ", ".join(str(c.best_epoch) for c in curves)
     return [
-        frozenset([*shared, f"model={kind}", f"seed={seed}"]) for kind in KINDS for seed in seeds
+        Claim(
+            "converges",
+            QUOTES["converges"],
+            f"lowest val loss at epoch {best.fmt(1)} (runs: {epochs}) of {last}; about 15 taken "
+            f"as {low}–{high}",
+            about(best, CONVERGENCE_EPOCH, CONVERGENCE_TOLERANCE),
+            {"best_epoch": asdict(best)},
+        ),
+        Claim(
+            "overfits",
+            QUOTES["overfits"],
+            f"val loss over the last {tenth} epochs minus the {tenth} before: {change.fmt()} "
+            f"(rising: overfitting); at epoch {last} it is {rise.fmt()} above its lowest, and "
+            f"{gap.fmt()} above the train loss",
+            compare(change, Stat(0.0, 0.0, 1), "higher"),
+            {"late_change": asdict(change), "rise": asdict(rise), "gap": asdict(gap)},
+        ),
     ]
 
 
-def finished_jobs(sweep: Path) -> set[frozenset[str]]:
-    """The overrides of the sweep's jobs that finished (wrote ``summary.json``), ``ckpt_path``
-    left out: a resumed job is the same job."""
-    finished = set()
-    if not sweep.is_dir():
-        return finished
-    for job in sweep.iterdir():
-        recorded = job / ".hydra" / "overrides.yaml"
-        if (job / "summary.json").is_file() and recorded.is_file():
-            overrides = yaml.safe_load(recorded.read_text()) or []
-            finished.add(frozenset(o for o in overrides if not o.startswith("ckpt_path=")))
-    return finished
+def attention_claims(setting: Setting) -> list[Claim]:
+    def kinds(key: str, over: str = "mean") -> tuple[tuple[str, Stat], tuple[str, Stat]]:
+        dense, moe = (head_measure(setting, kind, key, over) for kind in KINDS)
+        return ("dense", dense), ("MoE", moe)
+
+    claims = []
+    for key, unit in (("entropy", "nats"), ("distance", "characters")):
+        dense, moe = kinds(key, "spread")
+        text = f"std across a model's heads of their mean {key} ({unit})"
+        measure = {"measure": f"{key} spread across heads"}
+        claims.append(versus("moe_heads", text, moe, dense, "higher", measure))
+    dense, moe = kinds("entropy")
+    text = "mean attention entropy"
+    claims.append(versus("dense_uniform", text, dense, moe, "higher", unit=" nats"))
+    for key, claimed, text in (
+        ("previous_3", "higher", "share of attention on the previous 1–3 characters"),
+        ("distance", "lower", "mean attended distance (characters)"),
+    ):
+        claims.append(versus("dense_adjacent", text, *kinds(key), claimed, {"measure": key}))
+    return claims
 
 
-def sweep_command(shared: Sequence[str], seeds: Sequence[int], resume: bool) -> list[str]:
-    """The overrides of ``train.py -m`` for the sweep (its directory aside)."""
-    sweep = [f"model={','.join(KINDS)}", f"seed={','.join(map(str, seeds))}", *shared]
-    return sweep + ["ckpt_path=last"] if resume else sweep
+def time_claim(setting: Setting) -> Claim:
+    per_token = time_per_token_ratio(setting)
+    wall = Stat.of(paired_ratios(setting, "wall_seconds"))
+    low, high = TIME_RATIO - TIME_TOLERANCE, TIME_RATIO + TIME_TOLERANCE
+    return Claim(
+        "moe_time",
+        QUOTES["moe_time"],
+        f"time per training token, MoE / dense, per seed: {per_token.fmt(2)} (about 1.40 taken "
+        f"as {low:.2f}–{high:.2f}); whole runs' wall time {wall.fmt(2)}",
+        about(per_token, TIME_RATIO, TIME_TOLERANCE),
+        {"per_token": asdict(per_token), "wall": asdict(wall)},
+    )
 
 
-def train_sweep(sweep: Path, overrides: Sequence[str]) -> float:
-    """``python train.py -m OVERRIDES hydra.sweep.dir=SWEEP``, in this process; its seconds."""
-    from tinygpt.cli.train import main as train  # Lightning is imported only to train
+def measure_claims(settings: dict[str, Setting]) -> list[Claim]:
+    """Every claim but the decoding table's, in the page's order: the 100k setting's epochs,
+    MoE's val loss in both settings, then attention and speed on all of TinyShakespeare."""
+    full, small = settings["full"], settings["notebook_100k"]
+    attention = attention_claims(full)
+    return [
+        *epoch_claims(small),
+        loss_claim(full),
+        loss_claim(small),
+        *attention[:2],
+        time_claim(full),
+        *attention[2:],
+    ]
 
-    argv = ["-m", *overrides, f"hydra.sweep.dir={hydra_value(str(sweep.absolute()))}"]
-    print("running: python train.py", " ".join(shlex.quote(a) for a in argv), flush=True)
-    started = time.time()
-    train(argv)
-    return time.time() - started
+
+COMMAND = "python -m tinygpt claims"
 
 
-# --- the command ---------------------------------------------------------------------------
+def claims_table(claims: Sequence[Claim]) -> str:
+    header = ["the TinyGPT notebook", "measured (mean ± std over seeds)", "verdict"]
+    rows = [[c.notebook, c.measured, f"**{c.verdict}**"] for c in claims]
+    return markdown_table(header, rows)
 
 
-def regenerate(args: argparse.Namespace) -> dict[str, Path]:
-    """Train what is missing, measure every claim, write the pictures, JSON and the page."""
-    started = time.time()
-    sweeps, out, page = Path(args.sweeps), Path(args.out), Path(args.results)
-    if page.is_file() and START_MARKER not in page.read_text():
-        raise ClaimsError(f"{page} has no {START_MARKER} line to write below")
-    timings: dict[str, float | None] = {}
-    jobs = {}
-    for name in SETTING_OVERRIDES:
-        sweep = sweeps / name
-        record = sweep / SWEEP_TIME_FILE
-        shared = setting_overrides(name, args)
-        jobs[name] = job_overrides(shared, args.seeds)
-        if args.pages_only:
-            pass
-        elif set(jobs[name]) <= finished_jobs(sweep):
-            print(f"{sweep}: all {len(jobs[name])} runs finished, kept", flush=True)
-        else:
-            # ckpt_path=last: finished jobs kept, interrupted ones resumed, new ones started.
-            resume = sweep.is_dir() and any(sweep.iterdir())
-            seconds = train_sweep(sweep, sweep_command(shared, args.seeds, resume))
-            timing = {"seconds": round(seconds, 1), "resumed": resume}
-            write_text_atomic(record, json.dumps(timing) + "\n")
-        # The sweep's own time, as the command that trained it measured it (a --pages-only
-        # page keeps stating it).
-        if record.is_file():
-            sweep_time = json.loads(record.read_text())
-            resumed = " (resumed)" if sweep_time.get("resumed") else ""
-            timings[f"training: the {name} sweep{resumed}, imports included"] = sweep_time[
-                "seconds"
-            ]
+def seeds_of(runs: Sequence[Run]) -> str:
+    return f"{len(runs)} ({', '.join(str(r.seed) for r in runs)})"
 
+
+def full_table(setting: Setting) -> str:
+    header = "model | runs (seeds) | best val loss | final val loss | train tokens/s | "
+    header += "time per token × dense | wall s | parameters"
+    per_token = time_per_token_ratio(setting)
+    rows = [
+        [
+            kind,
+            seeds_of(runs),
+            setting.stat(kind, "best_val_loss").fmt(),
+            setting.stat(kind, "final_val_loss").fmt(),
+            setting.stat(kind, "train_tokens_per_second").fmt(0),
+            "1.00" if kind == "dense" else per_token.fmt(2),
+            setting.stat(kind, "wall_seconds").fmt(1),
+            f"{setting.stat(kind, 'parameters').mean:.0f}",
+        ]
+        for kind, runs in setting.runs.items()
+    ]
+    return markdown_table(header, rows, left=2)
+
+
+def epochs_table(setting: Setting) -> str:
+    header = "model | runs (seeds) | epoch of lowest val loss | lowest val loss | last epoch | "
+    header += "val loss there | rise after the lowest | change over the last tenth | "
+    header += "train loss there | train/val gap there"
+    rows = []
+    for kind, curves in setting.curves.items():
+        columns = [
+            ([c.best_epoch for c in curves], 1),
+            ([c.best_val for c in curves], 3),
+            ([c.epochs[-1] for c in curves], 0),
+            ([c.val[-1] for c in curves], 3),
+            ([c.rise for c in curves], 3),
+            ([c.late_change for c in curves], 3),
+            ([c.train[-1] for c in curves], 3),
+            ([c.final_gap for c in curves], 3),
+        ]
+        cells = [Stat.of(values).fmt(digits) for values, digits in columns]
+        rows.append([kind, seeds_of(setting.runs[kind]), *cells])
+    return markdown_table(header, rows, left=2)
+
+
+def attention_table(settings: Sequence[Setting]) -> str:
+    """Per setting, model kind and layer: each head measure's mean over the layer's heads, and
+    the standard deviation across them, each as mean ± std over seeds."""
+    header = "setting | model | layer | entropy (nats) | its std across heads | distance (chars) | "
+    header += "its std across heads | share on previous 1–3"
+    rows = []
+    for setting in settings:
+        for kind, runs in setting.heads.items():
+            for layer in range(runs[0]["entropy"].shape[0]):
+                cells = []
+                for key in ("entropy", "distance", "previous_3"):
+                    heads = [stats[key][layer] for stats in runs]  # per seed
+                    cells.append(Stat.of([float(h.mean()) for h in heads]).fmt(2))
+                    if key != "previous_3":  # and the spread across the layer's heads
+                        cells.append(Stat.of([float(h.std(unbiased=True)) for h in heads]).fmt(2))
+                rows.append([setting.name, kind, str(layer), *cells])
+    return markdown_table(header, rows, left=3)
+
+
+def timing_table(timings: dict[str, float | None], settings: Sequence[Setting]) -> str:
+    """The time each part took: each sweep's runs (the sum of their wall_seconds, whichever
+    process ran them), and this command's measuring and writing."""
+    rows = []
+    for setting in settings:
+        for kind, runs in setting.runs.items():
+            total = sum(r.summary.get("wall_seconds") or 0.0 for r in runs)
+            rows.append([f"training: {setting.name}, {kind}, {len(runs)} runs", f"{total:.0f}"])
+    for part, seconds in timings.items():
+        rows.append([part, "n/a" if seconds is None else f"{seconds:.0f}"])
+    return markdown_table(["part", "seconds"], rows, left=1)
+
+
+# --- the page ------------------------------------------------------------------------------
+
+PAGE_INTRO = f"""# Results
+
+The TinyGPT notebook's claims, each beside what this project measures and a verdict. Everything
+between the two `results` markers below, and everything in [results/](results/), is written by
+`{COMMAND}` ([how it works](analysis.md#the-notebooks-claims)).
+
+"""
+
+
+def page_body(
+    claims: Sequence[Claim],
+    decoding_rows: Sequence[dict[str, Any]],
+    decoding: Sequence[DecoderResult],
+    settings: dict[str, Setting],
+    timings: dict[str, float | None],
+    link: str,
+    command: str,
+) -> str:
+    """The generated part of the results page; ``link`` prefixes the pictures' paths."""
+    prefix = f"{link.rstrip('/')}/" if link else ""
+    full, small = settings["full"], settings["notebook_100k"]
+    n_seeds = len(full.runs["dense"])
+    models = len({c["model"] for c in decoding[0].cells})
+    cells = len(decoding[0].cells)
+    samples = len(decoding[0].samples) // cells
+    chars = len(decoding[0].samples[0]["text"])
+    train_share = small.value("data.train_fraction")
+    train_chars = int(train_share * small.value("data.max_chars"))
+    about_epochs = (
+        CONVERGENCE_EPOCH - CONVERGENCE_TOLERANCE,
+        CONVERGENCE_EPOCH + CONVERGENCE_TOLERANCE,
+    )
+    about_time = (TIME_RATIO - TIME_TOLERANCE, TIME_RATIO + TIME_TOLERANCE)
+    parts = [
+        f"Regenerate with `{command}`: it trains what is missing (dense and MoE, {n_seeds} "
+        "seeds, in two settings) and writes this page and its pictures; the time each part "
+        "took is [at the end](#regeneration).",
+        "## The notebook's claims, measured",
+        f'{RULE} "About 15 epochs" is taken as {about_epochs[0]}–{about_epochs[1]} epochs, '
+        f'"about 40% more" as {about_time[0]:.2f}–{about_time[1]:.2f} times the time per '
+        "training token. The attention claims are measured on the models trained on all of "
+        "TinyShakespeare (both settings are in the [attention table](#attention-per-head)).",
+        claims_table(claims),
+        "**Decoding strategies.** The notebook rates each strategy's coherence and diversity "
+        "low, medium or high (its table is [quoted below](#decoding-strategies)). Each pair of "
+        "strategies it rates differently on an axis is judged on each measure of that axis "
+        "(by NLL and by self-similarity, lower counts as more coherent and more diverse): "
+        "*concordant* when the one rated higher measures higher by more than the noise (as "
+        f"above; the spread is over the {cells} cells of {models} dense models × "
+        f"{cells // models} prompts), *discordant* when it measures lower by more than the "
+        "noise, *within noise* otherwise. A discordant pair reads `A > B`: the notebook rates A "
+        "above B, the measure puts it below.",
+        verdicts_table(decoding_rows),
+        "## The 100k setting: loss per epoch",
+        f"`experiment=notebook_100k`: the first {small.value('data.max_chars'):,} characters of "
+        f"TinyShakespeare, split {train_share:.0%} / {1 - train_share:.0%}, the notebook's size; "
+        f"an epoch is one pass over the {train_chars:,} training characters "
+        f"({small.value('trainer.val_check_interval')} steps of "
+        f"{small.value('data.batch_size')} × {small.value('model.block_size')} characters), "
+        "validation after each, and a constant learning rate after the warm-up. Train loss "
+        "per epoch is the mean over the epoch's steps.",
+        f"![loss per epoch]({prefix}epochs.png)",
+        epochs_table(small),
+        f"Training speed in this setting: {setting_line(small)}.",
+        "## All of TinyShakespeare: dense vs MoE",
+        f"The notebook's size, {full.value('trainer.max_steps')} steps, validation every "
+        f"{full.value('trainer.val_check_interval')} steps.",
+        f"![val loss]({prefix}val_loss.png)",
+        full_table(full),
+        "## Attention per head",
+        f"Each run's best checkpoint, on up to 64 windows of {full.value('model.block_size')} "
+        "characters spread "
+        "over its validation text. Entropy: of a query's attention, in nats (uniform attention "
+        "over the visible characters has the most); distance: how far back the attended "
+        "characters are, on average; share on previous 1–3: the attention on the three "
+        "characters before the query (queries with three before them). Per layer: the mean "
+        "over its heads and the standard deviation across them, each as mean ± std over seeds.",
+        f"![attention per head]({prefix}attention.png)",
+        attention_table(list(settings.values())),
+        "## Decoding strategies",
+        "The notebook's table, as written:",
+        NOTEBOOK_QUOTE,
+        f"Measured on the best checkpoints of the {models} dense runs on all of "
+        f"TinyShakespeare: per model and prompt, a batch of {samples} samples of {chars} "
+        "characters (seed 1). Each measure is the mean over a cell's samples (self-similarity: "
+        f"over its pairs of samples), shown as mean ± std over the {cells} cells. Sampled "
+        "entropy: of the distribution each character was drawn from, after temperature and "
+        "filtering; self-similarity: the share of a sample's character 4-grams that another "
+        "sample of its cell holds (1: identical samples). Mean distinct-2 is near 1 for every "
+        "sampling strategy, so it cannot rank them.",
+        decoding_table(decoding),
+        f"![decoding]({prefix}decoding.png)",
+        f"Samples: [decoding_samples.json]({prefix}decoding_samples.json); every number on "
+        f"this page: [claims.json]({prefix}claims.json).",
+        "## Regeneration",
+        timing_table(timings, list(settings.values())),
+        "Training times are the runs' own wall time, as each run's summary.json records it; "
+        "this machine was shared with other work while they ran, so they are upper bounds.",
+    ]
+    return "\n\n".join(part.strip("\n") for part in parts) + "\n"
+
+
+def setting_line(setting: Setting) -> str:
+    parts = []
+    for kind in KINDS:
+        parts.append(
+            f"{kind} {setting.stat(kind, 'train_tokens_per_second').fmt(0)} train tokens/s, "
+            f"{setting.stat(kind, 'wall_seconds').fmt(1)} s per run"
+        )
+    per_token = time_per_token_ratio(setting)
+    return "; ".join(parts) + f"; time per token MoE / dense {per_token.fmt(2)}"
+
+
+def write_page(page: Path, body: str) -> None:
+    """Replace the page's part between the results markers, or write a new page."""
+    text = page.read_text() if page.is_file() else PAGE_INTRO + f"{START_MARKER}\n{END_MARKER}\n"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(replace_section(text, body))
+
+
+def numbers(
+    claims: Sequence[Claim],
+    decoding_rows: Sequence[dict[str, Any]],
+    settings: dict[str, Setting],
+    timings: dict[str, float | None],
+) -> dict[str, Any]:
+    """Everything the page states, for claims.json: claims, decoding verdicts, every run."""
+    runs = {}
+    for name, setting in settings.items():
+        runs[name] = {}
+        for kind, kind_runs in setting.runs.items():
+            runs[name][kind] = []
+            for i, run in enumerate(kind_runs):
+                entry = {"run": run.path.name, "seed": run.seed, "summary": run.summary}
+                entry["attention"] = setting.heads[kind][i]
+                if kind in setting.curves:
+                    curve = setting.curves[kind][i]
+                    entry["epochs"] = asdict(curve) | {"best_epoch": curve.best_epoch}
+                runs[name][kind].append(entry)
+    return jsonable(
+        {
+            "rule": RULE,
+            "claims": [asdict(c) for c in claims],
+            "decoding": list(decoding_rows),
+            "runs": runs,
+            "timings": timings,
+        }
+    )
+
+
+def draw(settings: dict[str, Setting], out: Path) -> dict[str, Path]:
+    full, small = settings["full"], settings["notebook_100k"]
+    figure = head_statistics_figure(
+        full.heads,
+        title="Attention per head, all of TinyShakespeare: dots are heads, one colour per seed; "
+        "bars: means",
+    )
+    return {
+        "epochs": plot_epoch_curves(
+            small.curves,
+            out / "epochs.png",
+            title="The 100k setting: loss per epoch, mean ± std over seeds; dots: each run's "
+            "lowest val loss",
+            mark_epoch=CONVERGENCE_EPOCH,
+        ),
+        "val_loss": plot_val_bands(
+            {kind: [r.path for r in runs] for kind, runs in full.runs.items()},
+            out / "val_loss.png",
+            title="All of TinyShakespeare: val loss, mean ± std over seeds",
+        ),
+        "attention": save_figure(figure, out / "attention.png"),
+    }
+
+
+def write_results(
+    sweeps: dict[str, tuple[Path, Collection[frozenset[str]]]],
+    out: Path,
+    page: Path,
+    command: str,
+    timings: dict[str, float | None],
+    started: float,
+    num_samples: int,
+    max_new_tokens: int,
+) -> dict[str, Path]:
+    """Measure every claim on the runs of ``sweeps`` (setting name -> its sweep directory and the
+    overrides of its jobs), then write the pictures, ``claims.json``, the decoding files and the
+    page, which says to regenerate it with ``command`` and states ``timings`` (the training's,
+    given; the rest measured here, ``started`` being when the command started)."""
     measuring = time.time()
-    settings = {name: load_setting(name, sweeps / name, jobs[name]) for name in SETTING_OVERRIDES}
+    settings = {name: load_setting(name, *sweep) for name, sweep in sweeps.items()}
     for setting in settings.values():
         measure_setting(setting)
     timings["measuring: attention and loss curves"] = time.time() - measuring
 
     decoding_started = time.time()
     dense = settings["full"].runs["dense"]
-    models = [(f"seed {r.seed}", load_model(best_checkpoint(r))) for r in dense]
-    text, _ = run_text(dense[0])
-    decoding = compare_decoding(
-        models, text, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens
-    )
+    decoding = compare_runs(dense, num_samples=num_samples, max_new_tokens=max_new_tokens)
     decoding_rows = decoding_verdicts(decoding)
     timings["decoding comparison"] = time.time() - decoding_started
 
     claims = measure_claims(settings)
     writing = time.time()
-    out.mkdir(parents=True, exist_ok=True)
     written = draw(settings, out)
     written.update(write_decoding_report(decoding, out))
-    timings["pictures and pages"] = None  # measured below, once they are written
-    timings["this command, in all"] = None
-    link = os.path.relpath(out.resolve(), page.resolve().parent)
-    body = page_body(claims, decoding_rows, decoding, settings, timings, link, command_line(args))
     timings["pictures and pages"] = time.time() - writing
     timings["this command, in all"] = time.time() - started
-    # The page states the times of this command, so it is written last, with them.
-    body = page_body(claims, decoding_rows, decoding, settings, timings, link, command_line(args))
+    link = os.path.relpath(out.resolve(), page.resolve().parent)
+    body = page_body(claims, decoding_rows, decoding, settings, timings, link, command)
     write_page(page, body)
-    written["results"] = page
-    written["numbers"] = out / "claims.json"
-    write_text_atomic(
-        written["numbers"],
-        json.dumps(numbers(claims, decoding_rows, settings, timings), indent=1) + "\n",
-    )
+    written["results"], written["numbers"] = page, out / "claims.json"
+    report = numbers(claims, decoding_rows, settings, timings)
+    write_text_atomic(written["numbers"], json.dumps(report, indent=1) + "\n")
     return written
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The command that regenerates this page, as the user gave it (defaults left out)."""
-    words = [COMMAND] + (["--smoke"] if args.smoke else [])
-    defaults = parse_args(["--smoke"] if args.smoke else [])
-    for name in ("sweeps", "out", "results", "epochs", "steps", "num_samples", "max_new_tokens"):
-        value = getattr(args, name)
-        if value != getattr(defaults, name):
-            words += [f"--{name.replace('_', '-')}", shlex.quote(str(value))]
-    if args.seeds != defaults.seeds:
-        words += ["--seeds", ",".join(map(str, args.seeds))]
-    if args.overrides:
-        words += ["--overrides", shlex.quote(" ".join(args.overrides))]
-    return " ".join(words)
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments are one ``error:`` line and exit 2, as every other input of TinyGPT."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ClaimsError(message)
-
-
-def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--seeds must be integers like 1,2,3, got {text!r}"
-        ) from None
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(
-            f"--seeds needs at least two different seeds, got {text!r}"
-        )
-    return seeds
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
-
-
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog=COMMAND,
-        description="Train the runs the TinyGPT notebook's claims need (what is missing) and "
-        "write the results page that measures them.",
-    )
-    p.add_argument(
-        "--sweeps",
-        default=str(Path(root_dir()) / "outputs" / "claims"),
-        help="where the two sweeps go (default: outputs/claims under the project root)",
-    )
-    p.add_argument(
-        "--out", default=str(DEFAULT_OUT), help="pictures and JSON (default: %(default)s)"
-    )
-    p.add_argument("--results", default=str(DEFAULT_PAGE), help="the page (default: %(default)s)")
-    p.add_argument("--seeds", type=_seeds, default=DEFAULT_SEEDS, help="default: 1,2,3")
-    p.add_argument(
-        "--epochs",
-        type=_positive,
-        default=DEFAULT_EPOCHS,
-        help="of the 100k setting (default: %(default)s)",
-    )
-    p.add_argument(
-        "--steps",
-        type=_positive,
-        help="of the full setting, validated 8 times (default: the config's 2000, every 250)",
-    )
-    p.add_argument(
-        "--overrides",
-        type=shlex.split,
-        default=[],
-        help='more train.py overrides for both sweeps, e.g. "data.path=/my/text.txt"',
-    )
-    p.add_argument("--num-samples", type=_positive, default=DEFAULT_NUM_SAMPLES)
-    p.add_argument("--max-new-tokens", type=_positive, default=DEFAULT_MAX_NEW_TOKENS)
-    p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="check the whole pipeline in about a minute: "
-        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items())
-        + " unless given; the sweeps, pictures and page go to outputs/claims-smoke unless given",
-    )
-    p.add_argument(
-        "--pages-only",
-        action="store_true",
-        help="train nothing: write the page from the runs there are",
-    )
-    return p
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command's arguments; with ``--smoke``, :data:`SMOKE`'s values where not given."""
-    p = parser()
-    args = p.parse_args(argv)
-    if args.smoke:
-        # A smoke run's numbers mean nothing: by default it writes to a scratch folder, never
-        # over docs/results.md or into the real sweeps (whose checkpoints it would clash with).
-        scratch = Path(root_dir()) / "outputs" / "claims-smoke"
-        p.set_defaults(
-            **SMOKE,
-            sweeps=str(scratch),
-            out=str(scratch / "results"),
-            results=str(scratch / "results.md"),
-        )
-        args = p.parse_args(argv)
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    with user_errors():
-        args = parse_args(argv)
-        written = regenerate(args)
-    for name, path in written.items():
-        print(f"{name}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,7 @@
 """Loss curves of several seeds, drawn as a mean with a band of ± one standard deviation: per
 epoch (conf/experiment/notebook_100k.yaml) with when val loss is lowest, whether it turns up
-after and the train/val gap; and val loss per step.
-
-Per-epoch losses are the ``epoch/train_loss`` and ``epoch/val_loss`` scalars that
-:class:`tinygpt.training.epochs.EpochLoss` logs at step = epoch.
+after and the train/val gap; and val loss per step. Per-epoch losses are the scalars
+:data:`TRAIN_TAG` and :data:`VAL_TAG`, logged at step = epoch (training's ``EpochLoss``).
 """
 
 from __future__ import annotations
@@ -17,7 +15,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from tinygpt.analysis.plots import Series, read_scalars
-from tinygpt.training.epochs import TRAIN_TAG, VAL_TAG
+from tinygpt.analysis.writing import save_figure
+
+TRAIN_TAG = "epoch/train_loss"
+VAL_TAG = "epoch/val_loss"
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,6 @@ def mean_band(ax: Axes, series: Sequence[Series], label: str, color: str, style:
     ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
-
-
 def plot_epoch_curves(
     groups: dict[str, Sequence[EpochCurve]],
     path: str | Path,
@@ -119,7 +113,7 @@ def plot_epoch_curves(
     ax.legend(fontsize=8)
     low = min(min(c.train + c.val) for curves in groups.values() for c in curves)
     ax.set_ylim(low - 0.05, low + 1.0)  # the first epochs' high losses would flatten the rest
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_val_bands(
@@ -145,4 +139,4 @@ def plot_val_bands(
     ax.set_title(title or f"{tag}: mean ± std over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

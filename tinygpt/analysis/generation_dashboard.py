@@ -26,9 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tinygpt.analysis.decoding_report import training_text
 from tinygpt.analysis.hparams import HParamValue, flatten, log_session, override_hparams
 from tinygpt.analysis.likelihood import mean_nll
+from tinygpt.analysis.runs import training_text
 from tinygpt.analysis.sweep_summary import continuations_of, diversity
 from tinygpt.analysis.text_metrics import known_word_share, word_set
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint

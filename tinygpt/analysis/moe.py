@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure
 
-from tinygpt.analysis.attention import visible
+from tinygpt.analysis.attention import text_windows, visible
 from tinygpt.models import TinyGPT, evaluating
 
 
@@ -19,16 +19,6 @@ def expert_load(model: TinyGPT, idx: torch.Tensor) -> torch.Tensor:
     with evaluating(model):
         model(idx)
     return torch.stack([stats.load.float().cpu() for stats in model.moe_stats().values()])
-
-
-def text_windows(model: TinyGPT, text: str) -> torch.Tensor:
-    """``text`` as one batch of non-overlapping ``block_size`` windows, on the model's device."""
-    block = model.config.block_size
-    ids = model.tokenizer.encode(text)
-    n = len(ids) // block
-    if n == 0:
-        raise ValueError(f"text must hold at least block_size = {block} characters")
-    return ids[: n * block].view(n, block).to(model.wte.weight.device)
 
 
 @torch.no_grad()

@@ -9,17 +9,21 @@ over seeds (the spread of a difference between one run of each). So:
 * "about X" (a quantity, with the tolerance the word "about" is given): agrees when the mean is
   within the tolerance of X, within noise when it misses by no more than its standard
   deviation, disagrees otherwise;
-* a rating among several (low, medium, high): see :func:`rating_verdict`.
+* ratings (low, medium, high): each pair rated differently, by :func:`judge_pairs`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from tinygpt.analysis.writing import number
+
 AGREES, DISAGREES, WITHIN_NOISE = "agrees", "disagrees", "within noise"
+CONCORDANT, DISCORDANT = "concordant", "discordant"
 LEVELS = ("low", "medium", "high")
 
 RULE = (
@@ -35,7 +39,8 @@ RULE = (
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample standard deviation (n - 1) of values over seeds (``nan`` std for one)."""
+    """Mean and sample standard deviation (n - 1) of values over seeds (``nan`` std for one):
+    the one statistics helper of the reports, the results page and the decoding comparison."""
 
     mean: float
     std: float
@@ -54,10 +59,9 @@ class Stat:
         return 0.0 if math.isnan(self.std) else self.std
 
     def fmt(self, digits: int = 3) -> str:
-        if math.isnan(self.mean):
-            return "n/a"
-        if math.isnan(self.std):
-            return f"{self.mean:.{digits}f}"
+        """``mean ± std``, the mean alone where the std is unknown, "n/a" without values."""
+        if math.isnan(self.mean) or math.isnan(self.std):
+            return number(self.mean, digits)
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
 
@@ -86,37 +90,17 @@ def about(value: Stat, target: float, tolerance: float) -> str:
     return WITHIN_NOISE if miss <= value.spread() else DISAGREES
 
 
-def rank_levels(means: Sequence[float]) -> list[str]:
-    """A level per value by its rank among ``means``: the bottom third low, the middle third
-    medium, the top third high (six values: two each). Tied values share their mean rank."""
-    finite = [m for m in means if not math.isnan(m)]
-    levels = []
-    for value in means:
-        if math.isnan(value):
-            levels.append("n/a")
+def judge_pairs(stats: Mapping[str, Stat], ratings: Mapping[str, str]) -> dict[str, list]:
+    """Each pair of ``stats`` (higher = more) whose ``ratings`` (low, medium, high) differ, as
+    (rated higher, rated lower): *concordant* when the one rated higher measures higher by more
+    than the noise, *discordant* when it measures lower by more than the noise, else *within
+    noise*."""
+    judged: dict[str, list] = {CONCORDANT: [], DISCORDANT: [], WITHIN_NOISE: []}
+    for a, b in itertools.combinations(stats, 2):
+        if ratings[a] == ratings[b]:
             continue
-        below = sum(m < value for m in finite)
-        ties = sum(m == value for m in finite) - 1
-        position = (below + ties / 2) / max(1, len(finite) - 1)  # 0 lowest .. 1 highest
-        levels.append(
-            LEVELS[0] if position < 1 / 3 else LEVELS[2] if position > 2 / 3 else LEVELS[1]
-        )
-    return levels
-
-
-def rating_verdict(index: int, stats: Sequence[Stat], claimed: str) -> tuple[str, str]:
-    """The measured level of ``stats[index]`` among ``stats`` (:func:`rank_levels` of the
-    means) and the verdict on the claimed level: agrees when they are the same; within noise
-    when not, but the value is within noise (:func:`noise`) of a value measured at the claimed
-    level, so that the two could swap ranks; disagrees otherwise."""
-    if claimed not in LEVELS:
-        raise ValueError(f"a rating is one of {', '.join(LEVELS)}, got {claimed!r}")
-    levels = rank_levels([s.mean for s in stats])
-    measured = levels[index]
-    if measured == claimed:
-        return measured, AGREES
-    own = stats[index]
-    for other, level in zip(stats, levels, strict=True):
-        if level == claimed and abs(other.mean - own.mean) <= noise(own, other):
-            return measured, WITHIN_NOISE
-    return measured, DISAGREES
+        if LEVELS.index(ratings[a]) < LEVELS.index(ratings[b]):
+            a, b = b, a
+        verdict = compare(stats[a], stats[b], "higher")
+        judged[{AGREES: CONCORDANT, DISAGREES: DISCORDANT}.get(verdict, verdict)].append((a, b))
+    return judged

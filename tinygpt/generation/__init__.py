@@ -29,7 +29,7 @@ from tinygpt.generation.sampling import (
     top_p_filter,
 )
 from tinygpt.generation.stop_strings import StopStrings, check_stop
-from tinygpt.generation.strategies import DECODERS, NOTEBOOK_STRATEGIES
+from tinygpt.generation.strategies import DECODERS
 from tinygpt.generation.text import (
     EMPTY_PROMPT_START,
     MAX_NUM_SAMPLES,
@@ -52,7 +52,6 @@ __all__ = [
     "EMPTY_PROMPT_START",
     "MAX_NEW_TOKENS_LIMIT",
     "MAX_NUM_SAMPLES",
-    "NOTEBOOK_STRATEGIES",
     "SINGLE_THREAD_MAX_WEIGHTS",
     "STOP_READ_STEPS",
     "DecodeStep",

@@ -2,14 +2,13 @@
 
 :data:`DECODERS` names the strategies: ``python generate.py decoder=top_k`` selects one
 (conf/decoder/ reads its settings from here), the notebook's ``generate_greedy``,
-``generate_top_k`` and ``generate_nucleus`` take their defaults from it, and the decoding report
-compares :data:`NOTEBOOK_STRATEGIES`, the TinyGPT notebook's table, as named decoders with the
-settings each row changes.
+``generate_top_k`` and ``generate_nucleus`` take their defaults from it, and the rows of the
+TinyGPT notebook's table (:data:`tinygpt.analysis.decoding.NOTEBOOK_TABLE`) name them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from tinygpt.errors import ConfigError
@@ -69,64 +68,3 @@ def decoder(name: str = "sampling", stop: object = None, **settings: Any) -> Dec
     if unknown:
         raise ConfigError(f"unknown decoder parameter(s): {', '.join(unknown)}")
     return Decoder(name, replace(named(name), **settings), check_stop(stop))
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """A row of the TinyGPT notebook's table of decoding strategies: a named decoder, the
-    settings the row changes, and the notebook's rating of its text and its recommended use."""
-
-    name: str
-    decoder: str
-    settings: dict[str, Any] = field(default_factory=dict)
-    claimed: tuple[str, str] = ("", "")  # the notebook's (coherence, diversity)
-    use: str = ""  # the notebook's "recommended use"
-    label: str = ""  # the notebook's name for the row, where it is longer than ``name``
-
-    @property
-    def params(self) -> SamplingParams:
-        return replace(named(self.decoder), **self.settings)
-
-    @property
-    def notebook_label(self) -> str:
-        return self.label or self.name
-
-    @property
-    def claim(self) -> str:
-        """The notebook's rating as its table reads, coherence / diversity: ``high / medium``."""
-        return " / ".join(self.claimed)
-
-    def table_settings(self) -> dict[str, Any]:
-        """The three settings the notebook's table varies (min-p and the penalty stay off)."""
-        params = self.params
-        return {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p}
-
-
-# The TinyGPT notebook's table, as it is written: its row label, coherence, diversity, use.
-NOTEBOOK_STRATEGIES = (
-    Strategy("greedy", "greedy", {}, ("high", "low"), "technical text, consistency"),
-    Strategy(
-        "temperature 0.5", "temperature", {"temperature": 0.5}, ("high", "medium"), "formal writing"
-    ),
-    Strategy(
-        "temperature 1.5",
-        "temperature",
-        {"temperature": 1.5},
-        ("low", "high"),
-        "creativity, brainstorming",
-    ),
-    Strategy(
-        "top-k 5", "top_k", {"top_k": 5}, ("medium", "medium"), "general balance", "top-k (k=5)"
-    ),
-    Strategy(
-        "nucleus 0.9", "nucleus", {}, ("medium", "high"), "creative narrative", "nucleus (p=0.9)"
-    ),
-    Strategy(
-        "combined",
-        "combined",
-        {},
-        ("high", "high"),
-        "best balance observed",
-        "combined (T 0.8, top-k 10, top-p 0.9)",
-    ),
-)

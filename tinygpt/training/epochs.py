@@ -16,10 +16,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from tinygpt.analysis.curves import TRAIN_TAG, VAL_TAG
 from tinygpt.errors import require
-
-TRAIN_TAG = "epoch/train_loss"
-VAL_TAG = "epoch/val_loss"
 
 
 def _positive_int(name: str, value: object) -> int:
