@@ -99,7 +99,15 @@ def test_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):
         ("no_such_key=1", "Could not override 'no_such_key'"),
         # The Trainer's debugging switches are in the trainer config: no + needed, values checked.
         ("trainer.limit_train_batches=0.5", "training is an endless stream of batches"),
+        ("trainer.limit_train_batches=0", "trainer.limit_train_batches must be an integer >= 1"),
+        ("trainer.overfit_batches=0.1", "trainer.overfit_batches must be a number of batches"),
+        ("trainer.detect_anomaly=yes", "trainer.detect_anomaly must be true or false, got 'yes'"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be an integer"),
+        # Lightning's own words where it says it well, on one line.
         ("trainer.profiler=fancy", "`profiler` parameter of `Trainer`, it can only be one of"),
+        ("trainer.fast_dev_run=-1", "fast_dev_run=-1 is not a valid configuration"),
+        ("trainer.limit_val_batches=1.5", "invalid value 1.5 for limit_val_batches"),
+        ("trainer.limit_val_batches=-2", "invalid value -2 for limit_val_batches"),
         ("debug=no_such_option", "Could not find 'debug/no_such_option'"),
         ("logger=null", "Config group override must be a string or a list"),
         ("model=no_such_model", "Could not find 'model/no_such_model'"),
