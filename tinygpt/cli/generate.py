@@ -16,7 +16,6 @@ writes summary.json and summary.md into the sweep directory.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -118,18 +117,16 @@ def stream_to_terminal(
         compile=cfg.compile,
     )
     many = cfg.num_samples > 1
-    # A buffer of code points for each sample: its characters held one by one as str objects
-    # would take about 80 bytes each outside Latin-1 (tinygpt.generation.memory counts on less).
-    samples = [io.StringIO(prompt) for _ in range(cfg.num_samples)]
-    for sample in samples:
-        sample.seek(0, io.SEEK_END)
+    # Each sample's text as UTF-8 bytes: held as one str object a piece (io.StringIO too), each
+    # character outside Latin-1 would take ~80 bytes (tinygpt.generation.memory counts on less).
+    samples = [bytearray(prompt.encode()) for _ in range(cfg.num_samples)]
     print(f"--- sample 1/{cfg.num_samples} ---\n" if many else "", end=prompt, flush=True)
     for step in steps:
         step = step if many else [step]  # one sample streams as a string
         print(step[0], end="", flush=True)
         for sample, piece in zip(samples, step, strict=True):
-            sample.write(piece)
-    texts = [sample.getvalue() for sample in samples]
+            sample += piece.encode()
+    texts = [sample.decode() for sample in samples]
     for i, text in enumerate(texts[1:], start=2):
         print(f"\n--- sample {i}/{cfg.num_samples} ---\n{text}", end="")
     print(flush=True)
