@@ -3,7 +3,6 @@ a user runs them, and the checks several tests make. Fixtures are in conftest.py
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import math
@@ -22,9 +21,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata
 
-from tinygpt.analysis.plots import csv_files
 from tinygpt.checkpoint import checkpoint_entry
-from tinygpt.cli.resolvers import register_resolvers
+from tinygpt.cli.resolvers import register_resolvers, register_schemas, safe_name
 from tinygpt.cli.train import train
 from tinygpt.data import CharDataModule, CharTokenizer
 from tinygpt.models import TinyGPT, TinyGPTConfig
@@ -77,6 +75,7 @@ def compose_task(config_name: str, overrides: list[str], output_dir: Path) -> Di
     The command-line overrides go through Hydra's own parser; HydraConfig answers as in a run.
     """
     register_resolvers()
+    register_schemas()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +85,17 @@ def compose_task(config_name: str, overrides: list[str], output_dir: Path) -> Di
     with read_write(cfg), open_dict(cfg):
         del cfg["hydra"]  # as in a task function: the hydra node lives in HydraConfig
     return cfg
+
+
+def job_name(config: str, overrides: list[str]) -> str:
+    """A sweep job's directory name as Hydra makes it (``hydra.sweep.subdir``), job number aside:
+    the job's overrides, as ``hydra.job.override_dirname`` joins them, made a safe name."""
+    last = {o.partition("=")[0]: o for o in overrides}  # as Hydra's sweeper: a key's last value
+    register_resolvers()
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config, overrides=list(last.values()), return_hydra_config=True)
+    return safe_name(cfg.hydra.job.override_dirname)
 
 
 def spread_model(**overrides) -> TinyGPT:
@@ -220,37 +230,30 @@ def make_module(path: Path, block_size: int = 16) -> tuple[CharDataModule, TinyG
     return datamodule, module
 
 
-def read_session(session_dir: Path):
-    """(hparams plugin's SessionStartInfo, SessionEndInfo, tags) from a session directory."""
-    events = EventAccumulator(str(session_dir), size_guidance={"tensors": 0, "scalars": 0})
+def read_session(log_dir: Path):
+    """(hparams plugin's SessionStartInfo, tags) from a run's TensorBoard directory."""
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     content = events.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
-    start = metadata.parse_session_start_info_plugin_data(content)
-    content = events.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content
-    end = metadata.parse_session_end_info_plugin_data(content)
-    return start, end, events.Tags()
+    return metadata.parse_session_start_info_plugin_data(content), events.Tags()
+
+
+def session_count(run_dir: Path) -> int:
+    """How many HParams sessions the run's TensorBoard directory holds, read raw."""
+    return sum(
+        value.tag == metadata.SESSION_START_INFO_TAG
+        for path in (run_dir / "tb").glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+    )
 
 
 def scalar_events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the run's TensorBoard event files (``<run>/tb``, its HParams session
-    aside), read raw, in the order written: a step logged twice shows twice."""
-    found: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
-        for event in EventFileLoader(str(path)).Load():
-            for value in event.summary.value:
-                if value.tensor.float_val:
-                    found.setdefault(value.tag, []).append((event.step, value.tensor.float_val[0]))
-    return found
-
-
-def csv_rows(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """Every (step, value) of ``tag`` in the run's CSV logger files, oldest version first, read
-    raw: a step logged twice shows twice."""
-    found = []
-    for path in csv_files(run_dir):
-        with path.open(newline="") as f:
-            found += [(int(r["step"]), float(r[tag])) for r in csv.DictReader(f) if r.get(tag)]
-    return found
+    """Every scalar of the run's TensorBoard events (``<run>/tb``) as TensorBoard's reader holds
+    them, in the order written: a step logged twice, and not purged, shows twice."""
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
 
 
 # Scalars that two runs of the same config log alike (not speed, not wall time).

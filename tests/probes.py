@@ -139,12 +139,12 @@ class SignalProbe(L.Callback):
 class HangProbe(L.Callback):
     """Holds this process at training step ``step`` (between its backward pass and its optimizer
     step, as :class:`SignalProbe` counts), after creating the file ``marker``: a test kills it
-    there, at a point it chose rather than one a race chose."""
+    there, at a point it chose rather than one a race chose. Once: not where ``marker`` exists."""
 
     def __init__(self, step: int, marker: str) -> None:
         self.step, self.marker = step, Path(marker)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if trainer.global_step + 1 == self.step:
+        if trainer.global_step + 1 == self.step and not self.marker.exists():  # once
             self.marker.touch()
             time.sleep(3600)

@@ -463,6 +463,7 @@ class Runner:
             if multirun and directory.parent.name == "multirun":
                 self.last_sweep = directory.name
             elif not multirun and directory.parent.name == "runs" and "logger=none" not in args:
+                # <run> stands for a run with metrics to report: a logger=none run has none.
                 own = [a for a in documented if not a.startswith(("hydra.run.dir=", "ckpt_path="))]
                 self.last_run = (directory.name, own)
         return {"exit": code, "problems": problems, "ran": shlex.join(args)}

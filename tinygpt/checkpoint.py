@@ -30,8 +30,8 @@ def checkpoint_entry(
     data_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """What a training checkpoint stores under ``"tinygpt"`` besides Lightning's own state;
-    ``data_fingerprint`` (:func:`tinygpt.data.fingerprint.text_fingerprint` of the training
-    text) lets a resume notice another text with the same vocabulary."""
+    ``data_fingerprint`` (:func:`tinygpt.data.download.sha256_of` the training text) lets a
+    resume notice another text with the same vocabulary."""
     entry = {"model_config": asdict(config), "tokenizer": tokenizer.to_dict(), "config": run_config}
     if data_fingerprint is not None:
         entry["data_fingerprint"] = data_fingerprint

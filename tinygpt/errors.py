@@ -11,6 +11,13 @@ class ConfigError(TinyGPTError, ValueError):
     """A configuration value outside its allowed range."""
 
 
+def require(ok: bool, message: str) -> None:
+    """Raise ConfigError(``message``) unless ``ok``: one range check of a config value (their
+    types are checked by OmegaConf, whose schemas are the config dataclasses)."""
+    if not ok:
+        raise ConfigError(message)
+
+
 class DataError(TinyGPTError):
     """A data file that is missing, unreadable, corrupt or too short."""
 

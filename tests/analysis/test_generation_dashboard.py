@@ -13,7 +13,6 @@ from tinygpt.analysis.generation_dashboard import (
     generation_metrics,
     log_generation_run,
 )
-from tinygpt.analysis.hparams import SESSION_DIR
 from tinygpt.analysis.likelihood import mean_nll
 from tinygpt.analysis.plots import read_scalars
 from tinygpt.analysis.sweep_summary import diversity
@@ -92,7 +91,7 @@ def test_a_generate_run_logs_its_samples_and_session(ckpt, tmp_path, tiny_text_f
     assert "sample 2 of 2:\n\n    To berather to die quux" in shown
     assert "    To be Citizen, speak speak:\n    all" in shown  # one code line per text line
 
-    start, _, _ = read_session(log_dir / SESSION_DIR)
+    start, _ = read_session(log_dir)
     assert start.hparams["decoder.temperature"].number_value == 0.7
     assert start.hparams["kind"].string_value == "generate"
 
@@ -106,8 +105,9 @@ def test_a_generate_run_logs_its_samples_and_session(ckpt, tmp_path, tiny_text_f
         "samples/known_word_share": known,
         "samples/tokens_per_second": 1234.5,
     }
-    scalars = read_scalars(log_dir / SESSION_DIR)
+    scalars = read_scalars(log_dir)
     assert set(scalars) == set(expected)
+    assert [p.parent for p in out_dir.rglob("events.out.tfevents.*")] == [log_dir]  # one run
     for tag, value in expected.items():
         [(step, logged)] = scalars[tag]
         assert step == 0 and logged == pytest.approx(value, rel=1e-6), tag
@@ -119,7 +119,7 @@ def test_without_its_training_text_the_known_word_share_is_left_out_with_a_note(
     tiny_text_file.unlink()
     log_dir = log_generation_run(tmp_path, make_record(ckpt, ["To be or not"]), load_model(ckpt))
     assert "note: known-word share not logged" in capsys.readouterr().err
-    assert "samples/known_word_share" not in read_scalars(log_dir / SESSION_DIR)
+    assert "samples/known_word_share" not in read_scalars(log_dir)
 
 
 def test_empty_continuations_score_nan_which_sessions_leave_out(ckpt):

@@ -6,12 +6,11 @@ import math
 import pytest
 from helpers import compose_task, read_session
 from omegaconf import OmegaConf
-from tensorboard.plugins.hparams import api_pb2, metadata
+from tensorboard.plugins.hparams import metadata
 from torch.utils.tensorboard import SummaryWriter
 
 from tinygpt.analysis.hparams import (
     NOT_SHAPING,
-    SESSION_DIR,
     expert_load_balance,
     flatten,
     log_session,
@@ -98,31 +97,25 @@ def test_expert_load_balance_is_the_most_uneven_layers_min_over_max():
     assert expert_load_balance({"val/loss": 2.0}) == {}  # a dense model
 
 
-def test_a_session_holds_typed_hparams_metrics_and_success_but_no_experiment(tmp_path):
+def test_a_session_holds_typed_hparams_and_metrics_but_no_experiment(tmp_path):
     log_dir = tmp_path / "multirun" / "2024-01-01_00-00-00" / "3_seed=2" / "tb"
     hparams = {"seed": 2, "model.bias": True, "optim.lr": 0.001, "model": "moe"}
     metrics = {"summary/best_val_loss": 1.5, "summary/none": None, "summary/nan": math.nan}
-    session_dir = log_session(log_dir, hparams, metrics, step=20, start=1000.0)
-    assert session_dir == log_dir / SESSION_DIR
+    with SummaryWriter(str(log_dir)) as writer:
+        writer.add_scalar("val/loss", 2.5, 19)  # the run's own scalars, in the same directory
+        log_session(writer, hparams, metrics, step=20, start=1000.0)
 
-    start, end, tags = read_session(session_dir)
+    start, tags = read_session(log_dir)
     assert start.hparams["seed"].number_value == 2
     assert start.hparams["model.bias"].bool_value is True  # not the number 1
     assert start.hparams["optim.lr"].number_value == 0.001
     assert start.hparams["model"].string_value == "moe"
     assert start.group_name == "multirun/2024-01-01_00-00-00/3_seed=2"  # one row per run
     assert start.start_time_secs == 1000.0
-    assert end.status == api_pb2.STATUS_SUCCESS
     # No experiment summary: it would fix the dashboard's columns to this run's.
     assert metadata.EXPERIMENT_TAG not in tags["tensors"]
-    assert read_scalars(session_dir) == {"summary/best_val_loss": [(20, 1.5)]}
-
-    # Written again (a resumed run finishing): the new session replaces the old one.
-    log_session(log_dir, {**hparams, "seed": 3}, {"summary/best_val_loss": 1.25}, step=40)
-    assert len(list(session_dir.iterdir())) == 1
-    start, _, _ = read_session(session_dir)
-    assert start.hparams["seed"].number_value == 3
-    assert read_scalars(session_dir) == {"summary/best_val_loss": [(40, 1.25)]}
+    assert read_scalars(log_dir) == {"val/loss": [(19, 2.5)], "summary/best_val_loss": [(20, 1.5)]}
+    assert [p.parent for p in tmp_path.rglob("events.out.tfevents.*")] == [log_dir]  # one run
 
 
 def test_a_training_session_shows_the_summarys_metrics(tmp_path):
@@ -145,14 +138,10 @@ def test_a_training_session_shows_the_summarys_metrics(tmp_path):
     }
     config = {"model": {"n_layer": 2}, "seed": 1, "callbacks": {"x": 1}}
     log_training_session(tmp_path / "run" / "tb", config, ["seed=1"], summary)
-    scalars = read_scalars(tmp_path / "run" / "tb" / SESSION_DIR)
+    scalars = read_scalars(tmp_path / "run")
     assert set(scalars) == set(training_metrics(summary))
     for tag, value in training_metrics(summary).items():
         [(step, logged)] = scalars[tag]
         assert step == 200 and logged == pytest.approx(value, rel=1e-6)  # stored as float32
-    start, _, _ = read_session(tmp_path / "run" / "tb" / SESSION_DIR)
+    start, _ = read_session(tmp_path / "run" / "tb")
     assert set(start.hparams) == {"kind", "model.n_layer", "seed"}
-    # The run's own scalars (its plots, the report) are still read from tb/, the session aside.
-    with SummaryWriter(str(tmp_path / "run" / "tb")) as writer:
-        writer.add_scalar("val/loss", 2.5, 199)
-    assert read_scalars(tmp_path / "run") == {"val/loss": [(199, 2.5)]}

@@ -94,7 +94,8 @@ def test_multirun_writes_one_directory_per_value_and_a_summary(ckpt, tmp_path):
             f"hydra.sweep.dir={sweep_dir}",
         ]
     )
-    jobs = ("0_decoder.temperature-0.5", "1_decoder.temperature-1.5")
+    common = "+decoder-temperature+max_new_tokens-12+num_samples-2"
+    jobs = (f"0_decoder.temperature-0.5{common}", f"1_decoder.temperature-1.5{common}")
     assert [samples_of(sweep_dir / job)["decoder"]["temperature"] for job in jobs] == [0.5, 1.5]
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert [job["job_dir"] for job in summary] == list(jobs)

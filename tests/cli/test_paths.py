@@ -10,16 +10,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY_RUN, script, wait_for
+from helpers import ROOT, TINY_RUN, job_name, script, wait_for
 from hydra import compose, initialize_config_dir
 
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.cli.paths import ROOT_ENV
-from tinygpt.cli.resolvers import register_resolvers
+from tinygpt.cli.resolvers import register_resolvers, register_schemas
 
 
 def composed(config: str, overrides: list[str] = ()):
     register_resolvers()
+    register_schemas()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config, overrides=list(overrides), return_hydra_config=True)
 
@@ -104,15 +105,14 @@ def test_what_a_sweep_prints_pastes_back_unquoted(python, tiny_text_file, tmp_pa
     # The sweep over experts, stopped with SIGTERM in its first job: the checkpoint path
     # and the resume command it prints go back, unquoted, into generate.py and train.py.
     sweep = tmp_path / "sweep"
-    job = sweep / "0_model.num_experts-2"
+    shared = [*TINY_RUN, "trainer.max_steps=60", "callbacks.last_checkpoint.every_n_steps=2"]
+    job = sweep / f"0_{job_name('train', [*shared, 'model=moe', 'model.num_experts=2'])}"
     process = subprocess.Popen(
         [
             python,
             str(ROOT / "train.py"),
             "-m",
-            *TINY_RUN,
-            "trainer.max_steps=60",
-            "callbacks.last_checkpoint.every_n_steps=2",
+            *shared,
             "model=moe",
             "model.num_experts=2,3",
             f"data.path={tiny_text_file}",

@@ -18,10 +18,12 @@ from helpers import (
     TINY_TEXT,
     assert_same_events,
     file_bytes,
+    job_name,
     needs_sweeps,
     one_error_line,
     run_train,
     scalar_events,
+    session_count,
 )
 
 from tinygpt.checkpoint import load_checkpoint
@@ -128,8 +130,7 @@ def wait_until(condition, process: subprocess.Popen, timeout: float = 300) -> No
 
 # Three jobs: the second one five times longer, so that it is still running when the first one
 # has finished; the third is the first one's twin (same config), to compare it with.
-SWEPT = "trainer.max_steps=20,100,20"
-FIRST, SECOND, THIRD = "0_trainer.max_steps-20", "1_trainer.max_steps-100", "2_trainer.max_steps-20"
+STEPS = (20, 100, 20)
 
 
 @needs_sweeps  # the parallel launcher: Hydra's joblib plugin
@@ -137,21 +138,27 @@ FIRST, SECOND, THIRD = "0_trainer.max_steps-20", "1_trainer.max_steps-100", "2_t
 @pytest.mark.parametrize("launcher", ["basic", "parallel"])
 def test_a_killed_sweep_rerun_with_ckpt_path_last_continues(text, tmp_path, launcher):
     sweep = tmp_path / "sweep"
-    command = ["-m", *JOB, SWEPT, f"data.path={text}", f"hydra.sweep.dir={sweep}"]
-    if launcher == "parallel":
-        command.append("hydra/launcher=parallel")  # two jobs at once, in worker processes
     # The second job holds at step 37 (probes.HangProbe; the others end before it): its last.ckpt
     # is step 35's and everything logged before it is on disk. Killing it at a moment a poll
     # happened to see the checkpoint could land before Lightning logs the saved step's metrics.
+    # (The rerun has the same overrides, as it must: they name the job directories.)
     holding = tmp_path / "second-job-holds"
     hold = [
         "+callbacks.probe._target_=probes.HangProbe",
         "+callbacks.probe.step=37",
         f"+callbacks.probe.marker={holding}",
     ]
+    FIRST, SECOND, THIRD = (
+        f"{n}_{job_name('train', [*JOB, *hold, f'trainer.max_steps={steps}'])}"
+        for n, steps in enumerate(STEPS)
+    )
+    swept = f"trainer.max_steps={','.join(map(str, STEPS))}"
+    command = ["-m", *JOB, *hold, swept, f"data.path={text}", f"hydra.sweep.dir={sweep}"]
+    if launcher == "parallel":
+        command.append("hydra/launcher=parallel")  # two jobs at once, in worker processes
     # The whole sweep is killed at once (launcher and workers): SIGKILL to its process group.
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *command, *hold],
+        [sys.executable, str(ROOT / "train.py"), *command],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},  # where the probe is
         stdout=subprocess.DEVNULL,
@@ -178,7 +185,7 @@ def test_a_killed_sweep_rerun_with_ckpt_path_last_continues(text, tmp_path, laun
     jobs = sorted(p.parent.name for p in sweep.glob("*/summary.json"))
     assert jobs == [FIRST, SECOND, THIRD]
     for job in jobs:  # one HParams session each: the HParams dashboard shows each job once
-        assert len(list((sweep / job / "tb" / "hparams").glob("events.out.tfevents.*"))) == 1
+        assert session_count(sweep / job) == 1
 
     # The interrupted job ends as it would have uninterrupted, and logs each step once.
     reference = tmp_path / "reference"
@@ -228,15 +235,18 @@ def test_twenty_tiny_jobs_in_two_workers_each_write_their_own_files_once(text, t
     jobs = sorted(
         (p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name.split("_")[0])
     )
-    assert [job.name for job in jobs] == [f"{n}_seed-{n}" for n in range(20)]
+    assert [job.name.split("_")[0] for job in jobs] == [str(n) for n in range(20)]
+    assert all(f"+seed-{n}+" in job.name for n, job in enumerate(jobs))
     writers = set()
     for n, job in enumerate(jobs):
         assert summary(job)["steps"] == 2
         assert f"seed={n}" in (job / ".hydra" / "overrides.yaml").read_text()
-        events = list((job / "tb").glob("events.out.tfevents.*"))
-        sessions = list((job / "tb" / "hparams").glob("events.out.tfevents.*"))
-        assert len(events) == 1 and len(sessions) == 1  # one TensorBoard run each, one writer
-        writers.add(events[0].name.split(".")[-2])  # ...tfevents.<time>.<host>.<pid>.<n>
+        # One TensorBoard run each (its events and, at the end, its session), from one process.
+        events = list(job.rglob("events.out.tfevents.*"))
+        assert {e.parent for e in events} == {job / "tb"} and session_count(job) == 1
+        pids = {e.name.split(".")[-2] for e in events}  # ...tfevents.<time>.<host>.<pid>.<n>
+        assert len(pids) == 1
+        writers |= pids
         assert [step for step, _ in scalar_events(job)["val/loss"]] == [1]  # once, at the end
     assert len(writers) == 2  # the two workers
 

@@ -5,6 +5,7 @@ others run train.py's command in this process (tinygpt.cli.train.main)."""
 
 import json
 import os
+import re
 import shlex
 import stat
 import sys
@@ -13,19 +14,24 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, TINY_RUN, compose_task, needs_sweeps, one_error_line, run_train
+from helpers import (
+    ROOT,
+    TINY_RUN,
+    compose_task,
+    job_name,
+    needs_sweeps,
+    one_error_line,
+    run_train,
+)
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
-from hydra.core.singleton import Singleton
 from lightning.pytorch.strategies.launchers import subprocess_script
-from omegaconf import OmegaConf
-from omegaconf.basecontainer import BaseContainer
 
 from tinygpt.cli import hydra_ddp
 from tinygpt.cli import train as train_cli
-from tinygpt.cli.resolvers import parallel_jobs, register_resolvers, sweep_job_name
+from tinygpt.cli.resolvers import parallel_jobs, register_resolvers, register_schemas
 
 # Ten steps, one evaluation, no pictures: these tests are about the jobs, not the training.
 TINY_SWEEP = [
@@ -40,69 +46,36 @@ def summaries(sweep: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))}
 
 
-@needs_sweeps  # cloudpickle comes with the launchers
-def test_job_names_come_from_the_launching_command_line(monkeypatch):
-    import cloudpickle
-
-    # The launching process registers the resolvers; a launcher's worker gets them pickled with
-    # Hydra's singleton state and resolves the job directory under a sys.argv of its own.
-    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "seed=1,2", "trainer.max_steps=5"])
-    register_resolvers()
-    shipped = cloudpickle.loads(cloudpickle.dumps(Singleton.get_state()["omegaconf_resolvers"]))
-    monkeypatch.setattr(sys, "argv", ["/x/submitit/core/_submit.py", "/sweep/.submitit/42"])
-    monkeypatch.setattr(BaseContainer, "_resolvers", shipped)
-    job = OmegaConf.create(
-        {
-            "overrides": ["seed=2", "trainer.max_steps=5", "hparams_search=optuna"],
-            "name": "${sweep_job_name:${overrides}}",
-        }
-    )
-    assert job.name == "seed-2"
-
-    # An Optuna search sweeps the keys of its search space, not the command line's.
-    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "hparams_search=optuna", "seed=3"])
-    register_resolvers()
-    trial = OmegaConf.create(
-        {
-            "params": {
-                "optim.lr": "tag(log, interval(3e-4, 1e-2))",
-                "model.n_embd": "choice(32, 64)",
-                "trainer.max_steps": "5",  # a fixed value, not a search dimension
-            },
-            "overrides": [
-                "optim.lr=0.0012345678901234",  # as Optuna samples it
-                "model.n_embd=64",
-                "trainer.max_steps=5",
-                "hparams_search=optuna",
-                "seed=3",
-            ],
-            "name": "${sweep_job_name:${overrides},${params}}",
-        }
-    )
-    assert trial.name == "optim.lr-0.001235+model.n_embd-64"  # 4 significant digits
-
-
 @pytest.mark.parametrize(
-    ("overrides", "name"),
+    ("config", "overrides", "name"),
     [
-        (["model=dense", "seed=1"], "model-dense+seed-1"),
-        (["model.num_experts=2"], "model.num_experts-2"),
+        ("train", ["seed=1", "model=dense"], "model-dense+seed-1"),  # sorted
         (
-            ["optim.lr=0.0012345678901234", "model.dropout=-0.5"],
-            "optim.lr-0.001235+model.dropout--0.5",
+            "train",
+            ["model=moe", "model.num_experts=2", "ckpt_path=last"],
+            "model.num_experts-2+model-moe",
         ),
-        (["model.moe_layers=[0,1]"], "model.moe_layers-_0_1_"),
-        (["prompt='a b, c'"], "prompt-_a_b__c_"),
-        (["+extra=x=y"], "+extra-x_y"),
-        (["data.path=/a/b c.txt"], "data.path-_a_b_c.txt"),
-        (["x=${oc.env:HOME}"], "x-__oc.env_HOME_"),
-        (["decoder.stop=['$', '*']"], "decoder.stop-" + "_" * 10),
+        (
+            "train",
+            ["optim.lr=0.0012345678901234", "model.dropout=-0.5"],  # as Optuna samples it
+            "model.dropout--0.5+optim.lr-0.001235",
+        ),
+        (
+            "train",
+            ["model=moe", "model.moe_layers=[0,1]", "data.path=/a/b c.txt"],
+            "model.moe_layers-_0_1_+model-moe",
+        ),
+        ("train", ["+extra='x=y'", "hparams_search=optuna"], "+extra-_x-y_"),
+        ("train", ["+x=${seed}"], "+x-1337"),  # resolved
+        ("generate", ["prompt='a b, c'", "prompt_file=/a/b.txt"], "prompt-_a_b__c_"),
+        ("generate", ["decoder.stop=['$', '*']"], "decoder.stop-" + "_" * 10),
     ],
 )
-def test_job_directories_paste_back_unquoted(overrides, name):
-    # Readable as TensorBoard run names, and a checkpoint path inside one pastes back after
-    # ckpt_path= as it is: one shell word, one plain string to Hydra (no sweep, no syntax).
-    assert sweep_job_name(overrides) == name
+def test_job_directories_are_readable_and_paste_back_unquoted(config, overrides, name):
+    # Readable as TensorBoard run names (paths and how a run starts left out: a rerun with
+    # ckpt_path=last finds the same directories), and a checkpoint path inside one pastes back
+    # after ckpt_path= as it is: one shell word, one plain string to Hydra (no sweep, no syntax).
+    assert job_name(config, overrides) == name
     path = f"/outputs/multirun/2026-01-01_10-00-00/0_{name}/checkpoints/last.ckpt"
     assert shlex.split(path) == [path]
     override = OverridesParser.create().parse_override(f"ckpt_path={path}")
@@ -135,7 +108,9 @@ def test_parallel_launcher_runs_jobs_in_worker_processes(tiny_text_file, tmp_pat
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = summaries(sweep)
-    assert list(jobs) == ["0_seed-1", "1_seed-2"]  # named after the swept values in the workers
+    # Named after their overrides, in the workers too.
+    assert [name.split("_")[0] for name in jobs] == ["0", "1"]
+    assert "+seed-1+" in list(jobs)[0] and "+seed-2+" in list(jobs)[1]
     for name, summary in jobs.items():
         assert summary["steps"] == 10
         checkpoints = sorted(p.name for p in (sweep / name / "checkpoints").iterdir())
@@ -143,7 +118,7 @@ def test_parallel_launcher_runs_jobs_in_worker_processes(tiny_text_file, tmp_pat
         # A worker's job counts from its own start, not from the launching process's start.
         finished = (sweep / name / "summary.json").stat().st_mtime
         assert summary["wall_seconds"] < finished - launched - 1.0
-    assert jobs["0_seed-1"]["best_val_loss"] != jobs["1_seed-2"]["best_val_loss"]
+    assert len({job["best_val_loss"] for job in jobs.values()}) == 2
     # Event files are named ...tfevents.<time>.<host>.<pid>.<n>: two worker processes.
     pids = {
         next((sweep / name / "tb").glob("events.out.tfevents.*")).name.split(".")[-2]
@@ -169,8 +144,9 @@ def test_optuna_search_minimises_the_best_val_loss(tiny_text_file, tmp_path, cap
     assert len(jobs) == 2
     trials = {}
     for name in jobs:
-        # Named after the search space's values only: not hparams_search, data.path, ...
-        assert name.startswith(("0_optim.lr-", "1_optim.lr-")), name
+        # Named after the trial's values (floats to 4 digits), not hparams_search or data.path.
+        lr = float(re.search(r"\+optim\.lr-([\d.e-]+)\+", name)[1])
+        assert lr == float(f"{lr:.4g}"), name
         assert "hparams_search" not in name and "data.path" not in name
         config = yaml.safe_load((sweep / name / ".hydra" / "config.yaml").read_text())
         params = {
@@ -198,6 +174,7 @@ def test_optuna_search_minimises_the_best_val_loss(tiny_text_file, tmp_path, cap
 def test_optuna_asks_for_as_many_trials_as_the_launcher_runs(launcher, trials_at_once, tmp_path):
     # joblib's own default, n_jobs=-1 (every core), made the Optuna sweeper divide by zero.
     register_resolvers()
+    register_schemas()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         overrides = ["hparams_search=optuna", f"hydra/launcher={launcher}"]
         cfg = compose("train", overrides=overrides, return_hydra_config=True)

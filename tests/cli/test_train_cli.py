@@ -64,8 +64,13 @@ def test_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     job_dirs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
-    # Job directories, hence TensorBoard run names, are named after the swept values.
-    assert job_dirs == ["0_seed-1", "1_seed-2"]
+    # Job directories, hence TensorBoard run names, are named after the job's overrides.
+    assert job_dirs == [
+        f"{n}_callbacks.attention_heatmap-null+data.batch_size-8+model.block_size-16+seed-{n + 1}"
+        "+trainer.log_every_n_steps-5+trainer.max_steps-10+trainer.val_check_interval-10"
+        "+trainer-cpu"
+        for n in (0, 1)
+    ]
     assert all(list((sweep / d / "tb").glob("events.out.tfevents.*")) for d in job_dirs)
     losses = [
         json.loads((sweep / d / "summary.json").read_text())["final_val_loss"] for d in job_dirs
@@ -81,11 +86,28 @@ def test_multirun_writes_one_directory_per_job(tiny_text_file, tmp_path):
         ("data.max_chars=0", "data.max_chars must be null or an integer >= 1"),
         ("model.block_size=0", "model.block_size must be an integer >= 1"),
         ("model.n_head=5", "divisible"),
+        # Types: OmegaConf's, against the config dataclasses, as Hydra composes the config.
+        ("model.n_layer=two", "model.n_layer=two Value 'two' of type 'str' could not be converted"),
+        ("data.batch_size=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+        (
+            "optim.lr=fast",
+            "optim.lr=fast Value 'fast' of type 'str' could not be converted to Float",
+        ),
+        ("model.bias=maybe", "Value 'maybe' is not a valid bool"),
+        ("resume_data_change=maybe", "resume_data_change must be refuse or allow, got 'maybe'"),
         ("callbacks.sample_text.max_new_tokens=0", "callbacks.sample_text.max_new_tokens"),
         ("no_such_key=1", "Could not override 'no_such_key'"),
         # The Trainer's debugging switches are in the trainer config: no + needed, values checked.
         ("trainer.limit_train_batches=0.5", "training is an endless stream of batches"),
-        ("trainer.profiler=fancy", "trainer.profiler must be null, simple, advanced, pytorch"),
+        ("trainer.limit_train_batches=0", "trainer.limit_train_batches must be an integer >= 1"),
+        ("trainer.overfit_batches=0.1", "trainer.overfit_batches must be a number of batches"),
+        ("trainer.detect_anomaly=yes", "trainer.detect_anomaly must be true or false, got 'yes'"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be an integer"),
+        # Lightning's own words where it says it well, on one line.
+        ("trainer.profiler=fancy", "`profiler` parameter of `Trainer`, it can only be one of"),
+        ("trainer.fast_dev_run=-1", "fast_dev_run=-1 is not a valid configuration"),
+        ("trainer.limit_val_batches=1.5", "invalid value 1.5 for limit_val_batches"),
+        ("trainer.limit_val_batches=-2", "invalid value -2 for limit_val_batches"),
         ("debug=no_such_option", "Could not find 'debug/no_such_option'"),
         ("logger=null", "Config group override must be a string or a list"),
         ("model=no_such_model", "Could not find 'model/no_such_model'"),

@@ -3,8 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf, ValidationError
 
 from tinygpt.data import CharDataModule, CharTokenizer, UnknownCharactersError, read_text
+from tinygpt.data.datamodule import DataConfig
 from tinygpt.data.text import code_point_chunks
 from tinygpt.data.windows import RandomWindows, ValidationBatches
 from tinygpt.errors import ConfigError, DataError
@@ -208,7 +210,14 @@ def test_max_chars_keeps_the_texts_start_split_as_usual(shakespeare_cache: Path)
     assert set(dm.tokenizer.chars) == set(text[:100_000])  # the vocabulary of what it reads
 
 
-@pytest.mark.parametrize("value", [0, -5, 1.5, True, "100"])
+@pytest.mark.parametrize("value", [0, -5])
 def test_bad_max_chars_are_refused(value):
     with pytest.raises(ConfigError, match="data.max_chars must be null or an integer >= 1"):
         CharDataModule(max_chars=value)
+
+
+@pytest.mark.parametrize("value", [1.5, True, "many"])
+def test_max_chars_of_another_type_is_refused_by_the_schema(value):
+    # Types are OmegaConf's, against the dataclass, as Hydra composes the config.
+    with pytest.raises(ValidationError, match="max_chars"):
+        OmegaConf.merge(OmegaConf.structured(DataConfig), {"max_chars": value})

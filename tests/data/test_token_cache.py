@@ -8,7 +8,7 @@ import torch
 
 from tinygpt.data import CharDataModule, CharTokenizer
 from tinygpt.data import token_cache as tc
-from tinygpt.data.fingerprint import text_fingerprint
+from tinygpt.data.download import sha256_of
 from tinygpt.errors import DataError
 
 MIXED = "To be, or not to be: é, ß, 日本語, 🙂.\n" * 50
@@ -34,7 +34,7 @@ def test_a_text_is_encoded_once_beside_it_and_mapped(tmp_path: Path, monkeypatch
     cache = tc.load_or_build(text, tmp_path / "data")
     assert cache.path == tmp_path / "corpus.txt.tokens"
     assert cache.chars == "".join(sorted(set(MIXED)))
-    assert cache.fingerprint == text_fingerprint(text)
+    assert cache.fingerprint == sha256_of(text)
     assert isinstance(cache.tokens, np.memmap) and cache.tokens.dtype == np.uint8
     assert cached_ids(cache) == reference_ids(MIXED)
     assert not (tmp_path / "data").exists()  # the fallback place is left alone
@@ -233,7 +233,7 @@ def test_the_data_module_trains_from_the_map_without_loading_the_split(tmp_path:
         # A view of the mapped file: no copy of the ids in this process's memory.
         assert isinstance(split, np.memmap) and Path(split.filename) == cache
         assert not split.flags.owndata and not split.flags.writeable
-    assert dm.fingerprint == text_fingerprint(text)
+    assert dm.fingerprint == sha256_of(text)
     x, y = next(iter(dm.train_dataloader()))
     assert x.dtype == y.dtype == torch.int64 and x.shape == (dm.batch_size, 8)
     assert dm.tokenizer.decode(dm.val_data[:10]) == MIXED[len(dm.train_data) :][:10]

@@ -17,6 +17,18 @@ def test_dropout_applies_in_training_only():
     torch.testing.assert_close(model.eval()(idx)[0], plain.eval()(idx)[0], atol=0, rtol=0)
 
 
+def test_a_default_model_has_the_notebooks_parameter_count():
+    # The notebook's GPT (65 characters, context 32, 64 dimensions, 2 blocks of a 4x MLP, tied
+    # embeddings, biases) counted layer by layer: docs/configuration.md's "about 106,000".
+    v, t, c, layers = 65, 32, 64, 2
+    block = 2 * 2 * c + (c * 3 * c + 3 * c) + (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c)
+    model = TinyGPT(TinyGPTConfig())
+    assert sum(p.numel() for p in model.parameters()) == v * c + t * c + layers * block + 2 * c
+    assert sum(p.numel() for p in model.parameters()) == 106_304
+    _, weights = model.forward_with_attention(torch.zeros(1, t, dtype=torch.long))
+    assert [w.shape for w in weights] == [(1, 4, t, t)] * layers  # 4 heads, a context of 32
+
+
 def test_output_shapes_and_loss():
     model = TinyGPT(TinyGPTConfig(vocab_size=65))
     idx = torch.randint(0, 65, (3, 32))

@@ -3,6 +3,9 @@
 import json
 import math
 
+from helpers import PNG_MAGIC
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from tinygpt.analysis.plots import read_scalars
 from tinygpt.checkpoint import load_model
 from tinygpt.cli import train as train_cli
@@ -38,6 +41,12 @@ def test_moe_run_trains_logs_routing_and_generates(tiny_text_file, tmp_path):
     assert scalars["moe/layer0/dropped_fraction"][-1][1] == 0.0  # dropless by default
     assert (run_dir / "plots" / "expert_load.png").stat().st_size > 1000
     assert (run_dir / "plots" / "expert_specialisation.png").stat().st_size > 1000
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    for tag in ("moe/expert_load", "moe/specialisation"):  # at each validation, as PNGs
+        images = events.Images(tag)
+        assert [i.step for i in images] == [20, 40], tag
+        assert images[-1].encoded_image_string.startswith(PNG_MAGIC) and images[-1].width > 300
 
     model = load_model(run_dir / "checkpoints" / "last.ckpt")
     assert model.config.ffn == "moe" and model.config.num_experts == 4

@@ -1,42 +1,36 @@
-"""A resumed run drops what its interrupted attempt logged after the checkpoint, from the CSV
-logger's rows as from TensorBoard's events (the journey: test_reliability's killed run)."""
+"""A resumed run's logs show each step once: TensorBoard's reader hides what an interrupted
+attempt logged past the checkpoint (each attempt's events start with ``purge_step``), and the
+project's reader takes each step's last CSV row (the journey: test_reliability's killed run)."""
 
-from lightning.pytorch.loggers import CSVLogger
+import time
+
+from helpers import scalar_events
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from tinygpt.analysis.plots import read_scalars
-from tinygpt.training.resumed_events import drop_csv_rows_from, drop_logged_from
 
 
-def csv_logger(run_dir, steps) -> CSVLogger:
-    """A CSVLogger session (as conf/logger/csv.yaml sets it) that logged ``steps``."""
-    logger = CSVLogger(save_dir=str(run_dir), name="csv")
+def log(logger, steps, value: float) -> None:
     for step in steps:
-        logger.log_metrics({"train/loss": 4.0 - step / 100, "val/loss": 3.0}, step=step)
-    logger.save()
-    return logger
+        logger.log_metrics({"train/loss": value + step / 100}, step=step)
+    logger.finalize("success")
 
 
-def test_rows_at_or_after_the_step_are_dropped_and_the_rest_kept_as_written(tmp_path):
-    run = tmp_path / "run"
-    first = csv_logger(run, [4, 9, 14, 19])  # killed after a checkpoint at step 10
-    untouched = csv_logger(tmp_path / "other", [4, 9])
-    before = (tmp_path / "other" / "csv" / "version_0" / "metrics.csv").read_bytes()
-
-    assert drop_csv_rows_from(first.root_dir, 10) == 2
-    assert read_scalars(run, logger="csv")["train/loss"] == [(4, 3.96), (9, 3.91)]
-    assert drop_csv_rows_from(untouched.root_dir, 10) == 0
-    assert (tmp_path / "other" / "csv" / "version_0" / "metrics.csv").read_bytes() == before
-
-    # The resumed session logs from step 10 on, in a version of its own: each step once.
-    resumed = csv_logger(run, [14, 19])
-    assert (run / "csv" / "version_1" / "metrics.csv").is_file()
-    assert drop_logged_from([resumed], 20) == 0
-    assert [s for s, _ in read_scalars(run, logger="csv")["train/loss"]] == [4, 9, 14, 19]
-    assert not list((run / "csv").rglob("*.tmp"))
+def test_tensorboard_hides_the_steps_an_interrupted_attempt_logged_past_the_checkpoint(tmp_path):
+    # The attempts train.py would make: from scratch (killed after a checkpoint at step 10),
+    # then resumed from that checkpoint. Without purge_step the reader would show 10..14 twice.
+    log(TensorBoardLogger(tmp_path, name="", version="tb", purge_step=0), range(15), 4.0)
+    time.sleep(1.01 - time.time() % 1)  # a new process's event file: named a second later
+    log(TensorBoardLogger(tmp_path, name="", version="tb", purge_step=10), range(10, 20), 3.0)
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 2  # as written
+    points = scalar_events(tmp_path)["train/loss"]  # every point TensorBoard's reader holds
+    assert [s for s, _ in points] == list(range(20))
+    assert all(abs(v - (4.0 if s < 10 else 3.0) - s / 100) < 1e-5 for s, v in points)
 
 
-def test_a_job_started_again_from_scratch_keeps_only_the_csv_header(tmp_path):
-    logger = csv_logger(tmp_path / "run", [4, 9])
-    assert drop_logged_from([logger], 0) == 2
-    lines = (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
-    assert lines == ["step,train/loss,val/loss"]
+def test_csv_versions_read_as_one_run_with_the_resumed_values(tmp_path):
+    log(CSVLogger(tmp_path, name="csv"), range(15), 4.0)  # version_0, killed
+    log(CSVLogger(tmp_path, name="csv"), range(10, 20), 3.0)  # version_1, resumed
+    points = read_scalars(tmp_path, logger="csv")["train/loss"]
+    assert [s for s, _ in points] == list(range(20))
+    assert all(v == (4.0 if s < 10 else 3.0) + s / 100 for s, v in points)

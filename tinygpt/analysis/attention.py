@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tinygpt.analysis import likelihood
@@ -141,13 +140,6 @@ def attention_figure(weights: torch.Tensor, prompt: str, title: str | None = Non
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
     fig.suptitle(title or "Attention per layer (rows) and head (columns)", fontsize=10)
     return fig
-
-
-def figure_to_array(fig: Figure) -> np.ndarray:
-    """Render a figure to an RGB array ``(H, W, 3)``, e.g. for ``SummaryWriter.add_image``."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def save_attention_heatmaps(

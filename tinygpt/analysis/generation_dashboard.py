@@ -1,22 +1,14 @@
 """A ``generate.py`` run in TensorBoard: its samples as text, and its row in the HParams dashboard.
 
-The run's ``tb/`` directory gets the samples (Text tab, ``samples/text_summary``) and, in
-``tb/hparams/``, a session (:mod:`tinygpt.analysis.hparams`) whose hyperparameters are the decoder
-settings, prompt, length, seed and checkpoint (plus whatever the overrides set), and whose
-metrics score the generated continuations, the prompt left out:
-
-* ``samples/pooled_distinct_1``, ``samples/pooled_distinct_2``, ``samples/repeated_4gram_share``:
-  diversity,
-  exactly as a sweep's ``summary.md`` has it (:func:`tinygpt.analysis.sweep_summary.diversity`);
-* ``samples/known_word_share``: the share of generated words found in the checkpoint's training
-  text (left out, with a note on stderr, when that text is not found);
-* ``samples/nll_per_char``: the model's own NLL of each continuation, nats per character, mean
-  over the first :data:`NLL_SAMPLES` samples (scoring runs the model over each sample on its
-  own, so all of a 10,000-sample run would take far longer than decoding it as one batch);
-* ``samples/tokens_per_second``: the decoding speed.
-
-So ``python generate.py -m decoder=temperature decoder.temperature=0.5,1.0,1.5`` gives three
-rows to sort and compare, next to the training runs under the same ``--logdir``.
+The run's ``tb/`` directory gets the samples (Text tab, ``samples/text_summary``) and a
+session (:mod:`tinygpt.analysis.hparams`): the decoder settings, prompt, length, seed and
+checkpoint as hyperparameters, and as metrics scores of the continuations (prompt left out):
+``samples/pooled_distinct_1``, ``_2`` and ``samples/repeated_4gram_share`` (diversity, as a
+sweep's ``summary.md`` has it), ``samples/known_word_share`` (generated words found in the
+training text, left out with a note when it is not found), ``samples/nll_per_char`` (the
+model's own NLL, over the first :data:`NLL_SAMPLES` samples: scoring runs each sample alone)
+and ``samples/tokens_per_second``. So ``python generate.py -m decoder=temperature
+decoder.temperature=0.5,1.0,1.5`` gives three rows to compare next to the training runs.
 """
 
 from __future__ import annotations
@@ -108,8 +100,8 @@ def log_generation_run(out_dir: str | Path, record: dict[str, Any], model: TinyG
     from torch.utils.tensorboard import SummaryWriter
 
     log_dir = Path(out_dir) / "tb"
+    metrics = generation_metrics(record, model, training_vocabulary(record["ckpt_path"]))
     with SummaryWriter(str(log_dir)) as writer:
         writer.add_text(TEXT_TAG, samples_markdown(record), global_step=0)
-    metrics = generation_metrics(record, model, training_vocabulary(record["ckpt_path"]))
-    log_session(log_dir, generation_hparams(record), metrics)
+        log_session(writer, generation_hparams(record), metrics)
     return log_dir

@@ -1,19 +1,12 @@
 """TensorBoard HParams sessions: what a run was set to and what it achieved, one table row each.
 
-Each run (a ``train.py`` or ``generate.py`` job) writes one *session* into ``<tb>/hparams/``:
-its hyperparameters (flattened config values, dotted as on the command line), a success end
-status, and its metrics as scalars under the same tags, which is where the HParams dashboard
-reads a session's metric values (the last value of each tag in the session's run).
-
-Two choices differ from ``SummaryWriter.add_hparams`` and Lightning's ``log_hyperparams``:
-
-* No *experiment* summary is written. TensorBoard takes the first experiment summary it finds
-  as the whole dashboard's columns, so runs of different kinds under one ``--logdir`` (dense
-  and MoE, training and generation) would hide each other's hyperparameters and metrics.
-  Without one it builds the columns from every session's values: their union, typed per column.
-* The session lives in a subdirectory of the run's events: the dashboard's metric columns are
-  every scalar tag of a session's run, so in ``tb/`` itself each attention head and expert
-  load would become a column.
+Each run (a ``train.py`` or ``generate.py`` job) writes one session into its own TensorBoard
+directory (``tb/``, so TensorBoard lists the run once) with ``summary_v2.hparams_pb``: its
+hyperparameters (flattened config values, dotted as on the command line) and its metrics as
+scalars. No experiment summary (``hparams_config_pb``) is written: TensorBoard takes the first
+one it finds as the whole dashboard's columns, so runs of different kinds under one ``--logdir``
+would hide each other's. Without one, the columns are every session's hyperparameters, and
+every scalar tag of the sessions' runs (the last value logged) as a metric.
 """
 
 from __future__ import annotations
@@ -21,23 +14,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.plugins.hparams import api_pb2, metadata
-from tensorboard.plugins.hparams.plugin_data_pb2 import (
-    HParamsPluginData,
-    SessionEndInfo,
-    SessionStartInfo,
-)
+from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+from torch.utils.tensorboard import SummaryWriter
 
 HParamValue = bool | int | float | str
-
-SESSION_DIR = "hparams"  # under a run's TensorBoard directory
 
 # What a training run's row shows: these keys of summary.json, tagged summary/<key>.
 TRAINING_METRICS = (
@@ -147,67 +131,21 @@ def expert_load_balance(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {"expert_load_min_over_max": round(min(min(s) / max(s) for s in layers.values()), 4)}
 
 
-def _plugin_summary(tag: str, data: HParamsPluginData) -> Summary:
-    summary = Summary()
-    summary.value.add(
-        tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR
-    )
-    return summary
-
-
-def session_start(hparams: Mapping[str, HParamValue], group: str, start: float) -> Summary:
-    """The session's hyperparameters, each typed for the dashboard (bools stay bools)."""
-    info = SessionStartInfo(group_name=group, start_time_secs=start)
-    for name, value in hparams.items():
-        if isinstance(value, bool):
-            info.hparams[name].bool_value = value
-        elif isinstance(value, (int, float)):
-            info.hparams[name].number_value = value
-        elif isinstance(value, str):
-            info.hparams[name].string_value = value
-        else:
-            raise TypeError(f"hyperparameter {name}={value!r}: not a bool, number or string")
-    return _plugin_summary(
-        metadata.SESSION_START_INFO_TAG, HParamsPluginData(session_start_info=info)
-    )
-
-
-def session_end(end: float) -> Summary:
-    info = SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=end)
-    return _plugin_summary(metadata.SESSION_END_INFO_TAG, HParamsPluginData(session_end_info=info))
-
-
 def log_session(
-    log_dir: str | Path,
+    writer: SummaryWriter,
     hparams: Mapping[str, HParamValue],
     metrics: Mapping[str, float | None],
     step: int = 0,
     start: float | None = None,
-) -> Path:
-    """Write one finished session into ``<log_dir>/hparams`` (replacing an earlier one, as a
-    resumed run does); metrics that are ``None`` or not finite are left out. Returns the dir.
-
-    ``log_dir`` is the run's TensorBoard directory (``<run>/tb``); the session group is named
-    after the run directory and two above it (``multirun/<date_time>/<job>``), so each run is
-    its own row (a group of sessions with equal names is one row).
-    """
-    from torch.utils.tensorboard import SummaryWriter
-
-    log_dir = Path(log_dir)
-    session_dir = log_dir / SESSION_DIR
-    shutil.rmtree(session_dir, ignore_errors=True)
-    group = "/".join(log_dir.resolve().parent.parts[-3:])  # e.g. multirun/<date_time>/<job>
-    now = time.time()
-    writer = SummaryWriter(str(session_dir))
-    try:
-        writer.file_writer.add_summary(session_start(hparams, group, start or now))
-        for tag, value in metrics.items():
-            if value is not None and math.isfinite(value):
-                writer.add_scalar(tag, value, step)
-        writer.file_writer.add_summary(session_end(now))
-    finally:
-        writer.close()
-    return session_dir
+) -> None:
+    """Write one session through ``writer``, the run's own (``<run>/tb``); metrics that are
+    ``None`` or not finite are left out. The session group is named after the run directory and
+    two above it (``multirun/<date_time>/<job>``), so each run is its own row."""
+    group = "/".join(Path(writer.log_dir).resolve().parent.parts[-3:])
+    writer.file_writer.add_summary(hparams_pb(dict(hparams), group, start))
+    for tag, value in metrics.items():
+        if value is not None and math.isfinite(value):
+            writer.add_scalar(tag, value, step)
 
 
 def log_training_session(
@@ -221,10 +159,6 @@ def log_training_session(
     at ``summary["steps"]``. Nothing without a TensorBoard directory (``log_dir`` None)."""
     if log_dir is None:
         return
-    log_session(
-        log_dir,
-        training_hparams(config, overrides),
-        training_metrics(summary),
-        step=summary.get("steps", 0),
-        start=start,
-    )
+    with SummaryWriter(str(log_dir)) as writer:
+        hparams, metrics = training_hparams(config, overrides), training_metrics(summary)
+        log_session(writer, hparams, metrics, summary.get("steps", 0), start)

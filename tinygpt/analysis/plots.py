@@ -16,7 +16,6 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tinygpt.analysis.hparams import SESSION_DIR
 from tinygpt.files import atomic_write
 
 Series = list[tuple[int, float]]
@@ -35,11 +34,9 @@ RUN_PLOTS: dict[str, tuple[tuple[str, ...], str, str]] = {
 
 
 def event_dir(run_dir: str | Path) -> Path:
-    """The one directory under ``run_dir`` (itself included) that holds event files, the run's
-    HParams session (``tb/hparams``, see :mod:`tinygpt.analysis.hparams`) aside."""
+    """The one directory under ``run_dir`` (itself included) that holds event files."""
     run_dir = Path(run_dir)
-    found = {p.parent for p in run_dir.rglob(EVENTS_GLOB)}
-    dirs = sorted(d for d in found if d == run_dir or d.name != SESSION_DIR)
+    dirs = sorted({p.parent for p in run_dir.rglob(EVENTS_GLOB)})
     if not dirs:
         raise FileNotFoundError(f"no TensorBoard event files under {run_dir}")
     if len(dirs) > 1:

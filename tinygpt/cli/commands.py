@@ -68,10 +68,25 @@ class _Parser(argparse.ArgumentParser):
 def train_sweep(sweep: Path, overrides: Sequence[str]) -> float:
     """``python train.py -m OVERRIDES hydra.sweep.dir=SWEEP``, in this process; its seconds. A
     user error in the sweep is train.py's one ``error:`` line and exit 2."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from tinygpt.cli.paths import config_dir
     from tinygpt.cli.train import main as train  # Lightning is imported only to train
 
+    # Job directories named after the swept keys only (0_model-moe+seed-1): the settings every
+    # job shares join Hydra's keys left out of override_dirname.
+    dirname = OmegaConf.load(config_dir() / "hydra" / "default.yaml").job.config.override_dirname
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    shared = [o.key_or_group for o in parsed if not o.is_sweep_override()]
+    exclude = ",".join(dict.fromkeys([*dirname.exclude_keys, *shared]))
     # Absolute, and quoted for Hydra where the path needs it: the sweep lands where it is read.
-    argv = ["-m", *overrides, f"hydra.sweep.dir={hydra_value(str(sweep.absolute()))}"]
+    argv = [
+        "-m",
+        *overrides,
+        f"hydra.sweep.dir={hydra_value(str(sweep.absolute()))}",
+        f"hydra.job.config.override_dirname.exclude_keys=[{exclude}]",
+    ]
     print("running: python train.py", shlex.join(argv), flush=True)
     started = time.time()
     train(argv)

@@ -30,11 +30,10 @@ from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, model_from_check
 from tinygpt.cli.errors import run_hydra_app, user_errors
 from tinygpt.cli.paths import PROJECT_ROOT, config_dir, root_dir
 from tinygpt.cli.resolvers import register_resolvers
-from tinygpt.data.datamodule import TEST_SPLITS, CharDataModule
+from tinygpt.data.datamodule import CharDataModule
 from tinygpt.data.tokenizer import UnknownCharactersError
-from tinygpt.errors import ConfigError, DataError
+from tinygpt.errors import DataError, require
 from tinygpt.files import write_text_atomic
-from tinygpt.generation.sampling import check_int
 from tinygpt.training import TinyGPTModule
 
 EVAL_SCRIPT = PROJECT_ROOT / "eval.py"
@@ -42,20 +41,24 @@ SHAKESPEARE_FILE = "tinyshakespeare.txt"
 
 
 def check_config(cfg: DictConfig) -> None:
-    """The values a user sets, checked before anything is loaded."""
-    if cfg.ckpt_path is None:
-        raise ConfigError(
-            "ckpt_path is required: python eval.py "
-            "ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt"
-        )
-    if cfg.split not in TEST_SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(TEST_SPLITS)}, got {cfg.split!r}")
-    if cfg.skip_unknown not in (True, False):
-        raise ConfigError(f"skip_unknown must be true or false, got {cfg.skip_unknown!r}")
-    if cfg.data.batch_size is not None:
-        check_int("data.batch_size", cfg.data.batch_size, 1)
-    if cfg.trainer.get("strategy", "auto") != "auto" or cfg.trainer.devices != 1:
-        raise ConfigError("eval.py evaluates on one device: use trainer=default, cpu or gpu")
+    """The values a user sets, checked before anything is loaded (``split``: by the DataModule)."""
+    require(
+        cfg.ckpt_path is not None,
+        "ckpt_path is required: python eval.py ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt",
+    )
+    require(
+        isinstance(cfg.skip_unknown, bool),
+        f"skip_unknown must be true or false, got {cfg.skip_unknown!r}",
+    )
+    batch = cfg.data.batch_size
+    require(
+        batch is None or (type(batch) is int and batch >= 1),
+        f"data.batch_size must be an integer >= 1, got {batch!r}",
+    )
+    require(
+        cfg.trainer.get("strategy", "auto") == "auto" and cfg.trainer.devices == 1,
+        "eval.py evaluates on one device: use trainer=default, cpu or gpu",
+    )
 
 
 def text_source(cfg: DictConfig, trained_on: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +144,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python eval.py ARGV`` (``argv`` None: this process's command line)."""
     with user_errors():
         configs = config_dir()
-    register_resolvers(argv)
+    register_resolvers()
     app = hydra.main(version_base="1.3", config_path=str(configs), config_name="eval")
     run_hydra_app(app(_job), argv, EVAL_SCRIPT)

@@ -34,11 +34,11 @@ from tinygpt.checkpoint import load_model
 from tinygpt.cli.errors import run_hydra_app, user_errors
 from tinygpt.cli.paths import PROJECT_ROOT, config_dir, newest_run_checkpoint
 from tinygpt.cli.resolvers import register_resolvers
-from tinygpt.errors import ConfigError, DataError
+from tinygpt.errors import ConfigError, DataError, require
 from tinygpt.generation import stream_generate
 from tinygpt.generation.compiled import can_compile, package_dir
-from tinygpt.generation.sampling import MAX_NEW_TOKENS_LIMIT, Decoder, check_int, named_decoder
-from tinygpt.generation.text import MAX_NUM_SAMPLES, check_stop
+from tinygpt.generation.sampling import Decoder, named_decoder
+from tinygpt.generation.text import check_stop
 
 GENERATE_SCRIPT = PROJECT_ROOT / "generate.py"
 
@@ -98,29 +98,6 @@ def read_prompt(cfg: DictConfig) -> str:
     return cfg.prompt
 
 
-class SampleText:
-    """A sample's text as it streams in, a piece a step.
-
-    The pieces are joined every JOIN_PIECES: held one by one, each character outside Latin-1
-    would stay an object of its own, about 80 bytes (tinygpt.generation.memory counts on less).
-    """
-
-    JOIN_PIECES = 256
-
-    def __init__(self, start: str) -> None:
-        self.chunks = [start]
-        self.pieces: list[str] = []
-
-    def add(self, piece: str) -> None:
-        self.pieces.append(piece)
-        if len(self.pieces) == self.JOIN_PIECES:
-            self.chunks.append("".join(self.pieces))
-            self.pieces.clear()
-
-    def text(self) -> str:
-        return "".join(self.chunks) + "".join(self.pieces)
-
-
 def configured_decoder(node: DictConfig) -> tuple[Decoder, tuple[str, ...]]:
     """conf/decoder/'s decoder (its name and settings, as resolved) and its stop strings."""
     settings = OmegaConf.to_container(node, resolve=True)
@@ -148,14 +125,16 @@ def stream_to_terminal(
         compile=cfg.compile,
     )
     many = cfg.num_samples > 1
-    samples = [SampleText(prompt) for _ in range(cfg.num_samples)]
+    # Each sample's text as UTF-8 bytes: held as one str object a piece (io.StringIO too), each
+    # character outside Latin-1 would take ~80 bytes (tinygpt.generation.memory counts on less).
+    samples = [bytearray(prompt.encode()) for _ in range(cfg.num_samples)]
     print(f"--- sample 1/{cfg.num_samples} ---\n" if many else "", end=prompt, flush=True)
     for step in steps:
         step = step if many else [step]  # one sample streams as a string
         print(step[0], end="", flush=True)
         for sample, piece in zip(samples, step, strict=True):
-            sample.add(piece)
-    texts = [sample.text() for sample in samples]
+            sample += piece.encode()
+    texts = [sample.decode() for sample in samples]
     for i, text in enumerate(texts[1:], start=2):
         print(f"\n--- sample {i}/{cfg.num_samples} ---\n{text}", end="")
     print(flush=True)
@@ -168,13 +147,11 @@ def generate(cfg: DictConfig) -> None:
     # Validate everything cheap before loading the checkpoint.
     prompt = read_prompt(cfg)
     decoder, stop = configured_decoder(cfg.decoder)
-    check_int("max_new_tokens", cfg.max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
-    check_int("num_samples", cfg.num_samples, 1, MAX_NUM_SAMPLES)
-    if cfg.compile not in (True, False) or cfg.use_cache not in (True, False):
-        raise ConfigError(
-            f"compile and use_cache must be true or false, got "
-            f"compile={cfg.compile!r}, use_cache={cfg.use_cache!r}"
-        )
+    require(
+        isinstance(cfg.compile, bool) and isinstance(cfg.use_cache, bool),
+        f"compile and use_cache must be true or false, got compile={cfg.compile!r}, "
+        f"use_cache={cfg.use_cache!r}",
+    )  # max_new_tokens, num_samples: stream_generate checks them
     device = resolve_device(cfg.device)
     if cfg.ckpt_path is None:
         chosen = newest_run_checkpoint(cfg.checkpoints_dir)
@@ -221,6 +198,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python generate.py ARGV`` (``argv`` None: this process's command line)."""
     with user_errors():
         configs = config_dir()
-    register_resolvers(argv)
+    register_resolvers()
     app = hydra.main(version_base="1.3", config_path=str(configs), config_name="generate")
     run_hydra_app(app(_job), argv, GENERATE_SCRIPT)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-from collections.abc import Iterable, Mapping, Sequence
-from functools import partial
+from dataclasses import make_dataclass
 from pathlib import Path
 
 import torch
+from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +18,7 @@ from tinygpt.cli.errors import exit_with_user_error
 from tinygpt.cli.paths import root_dir
 from tinygpt.cli.run_dir import job_config_subdir
 from tinygpt.generation.sampling import DECODERS, Decoder
+from tinygpt.models import TinyGPTConfig
 
 
 def auto_precision() -> str:
@@ -34,64 +34,15 @@ def auto_precision() -> str:
 # makes a multirun sweep); the shell reads `$ * ? | \` and spaces. `:` would pass both but makes
 # scp and rsync see a host name, and Windows refuses it.
 UNSAFE_NAME_CHARACTER = re.compile(r"[^A-Za-z0-9_.+-]")
+LONG_FLOAT = re.compile(r"\d+\.\d{5,}(?:[eE][+-]?\d+)?")
 
 
 def safe_name(text: str) -> str:
-    """A directory name from any text: characters outside ``[A-Za-z0-9_.+-]`` become ``_``."""
-    return UNSAFE_NAME_CHARACTER.sub("_", text)[:120] or "default"
-
-
-SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(", "tag(")
-
-
-def swept_keys(argv: Sequence[str]) -> set[str]:
-    """Keys that a multirun command line sweeps over (``key=a,b`` or ``key=range(...)``)."""
-    keys = set()
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or arg.startswith("-"):
-            continue
-        depth = 0
-        for char in value:
-            depth += char in "[{(" and 1 or 0
-            depth -= char in "]})" and 1 or 0
-            if char == "," and depth == 0:
-                keys.add(key.lstrip("+~"))
-                break
-        if value.startswith(SWEEP_FUNCTIONS):
-            keys.add(key.lstrip("+~"))
-    return keys
-
-
-def sweep_job_name(
-    task_overrides: list[str],
-    sweeper_params: Mapping[str, object] | None = None,
-    *,
-    command_line_sweeps: Iterable[str] = (),
-) -> str:
-    """A job directory name from the values this job takes for the swept keys.
-
-    ``python train.py -m model=dense,moe seed=1,2 trainer.max_steps=500`` names its jobs
-    ``model-dense+seed-1`` and so on (``key-value``, joined by ``+``), leaving out what all jobs
-    share: readable as a TensorBoard run name, and free of the ``=`` and ``,`` that Hydra would
-    read as syntax when the path is pasted back after ``ckpt_path=``. The job number Hydra puts in
-    front keeps names unique. The swept keys are those swept on the command line
-    (``command_line_sweeps``) and in the sweeper's config (``hydra.sweeper.params``: an Optuna
-    search space). With none, all of the job's overrides.
-    """
-    swept = set(command_line_sweeps)
-    swept |= swept_keys([f"{key}={value}" for key, value in (sweeper_params or {}).items()])
-    chosen = [o for o in task_overrides if o.partition("=")[0].lstrip("+~") in swept]
-    return safe_name("+".join(_label(o) for o in chosen or task_overrides))
-
-
-def _label(override: str) -> str:
-    """``key=value`` as ``key-value``, a float to 4 significant digits (``optim.lr-0.001235``):
-    a sampled float's 17 digits make an unreadable name."""
-    key, _, value = override.partition("=")
-    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)", value):
-        value = f"{float(value):.4g}"  # integers, names and lists stay as written
-    return f"{key}-{value}"
+    """A sweep job's directory name from ``hydra.job.override_dirname``: floats to 4 significant
+    digits (an Optuna trial's 17 make an unreadable name), characters outside
+    ``[A-Za-z0-9_.+-]`` as ``_``, at most 240 characters (the job number keeps names unique)."""
+    short = LONG_FLOAT.sub(lambda found: f"{float(found[0]):.4g}", text)
+    return UNSAFE_NAME_CHARACTER.sub("_", short)[:240] or "default"
 
 
 def parallel_jobs(n_jobs: int | None) -> int:
@@ -160,9 +111,26 @@ def epoch_steps(*args: object) -> int:
     return steps(*args)
 
 
-def register_resolvers(argv: Sequence[str] | None = None) -> None:
-    """Register the resolvers conf/ uses; ``argv``: the command's arguments (None: this
-    process's command line), whose swept keys name a sweep's job directories."""
+def register_schemas() -> None:
+    """Type conf/train.yaml's ``model``, ``optim`` and ``data`` by their dataclasses, so that
+    OmegaConf checks each value's type as Hydra composes the config (the dataclasses check the
+    ranges): each goes into Hydra's ConfigStore as ``schema/<key>``, with a ``_target_`` added,
+    and train.yaml's defaults list puts it under the key's own values."""
+    from tinygpt.data.datamodule import CharDataModule, DataConfig
+    from tinygpt.training.optim import OptimConfig
+
+    for key, schema, target in (
+        ("model", TinyGPTConfig, TinyGPTConfig),
+        ("optim", OptimConfig, OptimConfig),
+        ("data", DataConfig, CharDataModule),
+    ):
+        path = f"{target.__module__}.{target.__qualname__}"
+        node = make_dataclass(f"{key}_schema", [("_target_", str, path)], bases=(schema,))
+        ConfigStore.instance().store(group="schema", name=key, node=node)
+
+
+def register_resolvers() -> None:
+    """Register the resolvers conf/ uses (entry points and tests, before composing)."""
     OmegaConf.register_new_resolver("root_dir", root_dir, replace=True)
     OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
@@ -174,9 +142,3 @@ def register_resolvers(argv: Sequence[str] | None = None) -> None:
     )
     OmegaConf.register_new_resolver("job_config_subdir", job_config_subdir, replace=True)
     OmegaConf.register_new_resolver("epoch_steps", epoch_steps, replace=True)
-    # The command line is read here, in the process that parses it: launcher plugins (joblib,
-    # submitit, SLURM) resolve a job's directory in a worker process whose sys.argv is not the
-    # sweep's. Hydra hands its registered resolvers, with this argument, to those workers.
-    arguments = sys.argv[1:] if argv is None else argv
-    job_name = partial(sweep_job_name, command_line_sweeps=frozenset(swept_keys(arguments)))
-    OmegaConf.register_new_resolver("sweep_job_name", job_name, replace=True)

@@ -21,9 +21,10 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,16 +34,14 @@ from tinygpt.cli import hydra_ddp
 from tinygpt.cli.errors import run_hydra_app, user_errors
 from tinygpt.cli.paths import PROJECT_ROOT, config_dir, recorded_progress
 from tinygpt.cli.quoting import hydra_value, shell_word
-from tinygpt.cli.resolvers import register_resolvers
+from tinygpt.cli.resolvers import register_resolvers, register_schemas
 from tinygpt.cli.run_dir import SUMMARY_FILE, RunDirLock, finished_summary, resolve_ckpt_path
 from tinygpt.data.datamodule import CharDataModule
-from tinygpt.errors import ConfigError
+from tinygpt.errors import require
 from tinygpt.files import write_text_atomic
 from tinygpt.training import TinyGPTModule
 from tinygpt.training.callbacks import TokenThroughput, tensorboard_dir
 from tinygpt.training.checkpointing import LastCheckpoint
-from tinygpt.training.resumed_events import drop_logged_from
-from tinygpt.training.trainer_switches import check_trainer_switches
 
 # The entry script next to conf/: what DDP ranks re-run, and what the resume command names.
 TRAIN_SCRIPT = PROJECT_ROOT / "train.py"
@@ -107,14 +106,15 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
     for callback in callbacks:
         if isinstance(callback, LastCheckpoint):
             callback.resume_hint = f"resume with: {resume_command(run_dir)}"
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    # Every attempt's TensorBoard events start with purge_step, the step it starts from: readers
+    # then hide what an interrupted attempt logged from there on (TensorBoard's Python reader
+    # ignores the first purge of a run, hence 0 for a fresh one). CSV rows need nothing: the
+    # project's reader keeps a step's last value (tinygpt.analysis.plots.read_scalars).
+    start_step = recorded_progress(Path(ckpt_path))[0] if ckpt_path else 0
+    loggers = [_logger(lg, start_step) for lg in (cfg.get("logger") or {}).values() if lg]
     if not loggers:  # ~logger (no logger): nothing for the learning-rate monitor to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    if cfg.ckpt_path == "last" and ckpt_path is None and rank_zero_only.rank == 0:
-        # A sweep's job that never saved a checkpoint starts again: so do its TensorBoard
-        # events and CSV rows (a resume drops those after its checkpoint: ResumedEvents).
-        drop_logged_from(trainer.loggers, 0)
     with hydra_ddp.job_scope():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
@@ -131,11 +131,45 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
     return summary["best_val_loss"]
 
 
+def _logger(config: DictConfig, start_step: int | None) -> Logger:
+    tensorboard = issubclass(get_class(config._target_), TensorBoardLogger)
+    return instantiate(config, **({"purge_step": start_step} if tensorboard else {}))
+
+
+def check_trainer_switches(trainer: DictConfig) -> None:
+    """The debugging switches that Lightning takes silently (limit_train_batches=0), refuses
+    naming another key (overfit_batches=0.1), or fails on with a traceback (detect_anomaly=yes,
+    accumulate_grad_batches=0). It refuses a bad fast_dev_run, limit_val_batches or profiler in
+    one line itself. Training is an endless stream of batches: no fraction of it means a thing."""
+    limit, overfit = trainer.get("limit_train_batches"), trainer.get("overfit_batches", 0)
+    require(
+        limit in (None, 1.0) or (type(limit) is int and limit >= 1),
+        "trainer.limit_train_batches must be an integer >= 1 (batches per epoch) or null: training "
+        f"is an endless stream of batches, whose length is trainer.max_steps, got {limit!r}",
+    )
+    require(
+        overfit == 0 or (type(overfit) is int and overfit > 0),
+        "trainer.overfit_batches must be a number of batches >= 0 (0: off), not a fraction of "
+        f"an endless stream, got {overfit!r}",
+    )
+    anomaly = trainer.get("detect_anomaly", False)
+    require(
+        isinstance(anomaly, bool), f"trainer.detect_anomaly must be true or false, got {anomaly!r}"
+    )
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    require(
+        type(accumulate) is int and accumulate >= 1,
+        f"trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate!r}",
+    )
+
+
 def data_change_allowed(setting: str) -> bool:
     """``resume_data_change``: ``refuse`` (a resume on another text than the checkpoint's is
     refused) or ``allow``."""
-    if setting not in ("refuse", "allow"):
-        raise ConfigError(f"resume_data_change must be refuse or allow, got {setting!r}")
+    require(
+        setting in ("refuse", "allow"),
+        f"resume_data_change must be refuse or allow, got {setting!r}",
+    )
     return setting == "allow"
 
 
@@ -206,6 +240,7 @@ def main(argv: Sequence[str] | None = None, launched: float | None = None) -> No
     _unclaimed_launch[:] = [(os.getpid(), time.time() if launched is None else launched)]
     with user_errors():
         configs = config_dir()
-    register_resolvers(argv)
+    register_resolvers()
+    register_schemas()
     app = hydra.main(version_base="1.3", config_path=str(configs), config_name="train")
     run_hydra_app(app(_job), argv, TRAIN_SCRIPT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -18,14 +19,45 @@ from tinygpt.data.download import (
 from tinygpt.data.token_cache import load_or_build
 from tinygpt.data.tokenizer import CharTokenizer, UnknownCharactersError
 from tinygpt.data.windows import RandomWindows, ValidationBatches
-from tinygpt.errors import ConfigError, DataError
+from tinygpt.errors import DataError, require
 
 # What the test loop (``Trainer.test``, eval.py) evaluates: a split, or the whole text.
 TEST_SPLITS = ("val", "train", "all")
 SPLIT_NAMES = {"train": "training split", "val": "validation split", "all": "text"}
 
 
-class CharDataModule(L.LightningDataModule):
+@dataclass
+class DataConfig:
+    """The settings of conf/data/ (the schema OmegaConf types them by), range-checked here."""
+
+    path: str | None = None  # any UTF-8 text file; None: TinyShakespeare, downloaded
+    cache_dir: str = "data"
+    block_size: int = 32
+    batch_size: int = 64
+    val_batch_size: int = 512
+    train_fraction: float = 0.9
+    max_chars: int | None = None
+    seed: int = 1337
+    pin_memory: bool | None = None  # None: pinned when a GPU is present
+
+    def __post_init__(self) -> None:
+        # block_size follows model.block_size in the configs, so errors name the key users set.
+        for key, value in (
+            ("model.block_size", self.block_size),
+            ("data.batch_size", self.batch_size),
+            ("data.val_batch_size", self.val_batch_size),
+        ):
+            require(value >= 1, f"{key} must be an integer >= 1, got {value!r}")
+        fraction, max_chars = self.train_fraction, self.max_chars
+        require(0 < fraction < 1, f"data.train_fraction must be in (0, 1), got {fraction!r}")
+        require(
+            max_chars is None or max_chars >= 1,
+            f"data.max_chars must be null or an integer >= 1, got {max_chars!r}",
+        )
+
+
+@dataclass(eq=False)
+class CharDataModule(DataConfig, L.LightningDataModule):
     """TinyShakespeare (downloaded and verified) or any UTF-8 file given as ``path``.
 
     Split as nanoGPT does: the first ``train_fraction`` of the tokens train, the rest validate.
@@ -41,57 +73,26 @@ class CharDataModule(L.LightningDataModule):
     split the same way.
     """
 
-    def __init__(
-        self,
-        path: str | None = None,
-        cache_dir: str = "data",
-        block_size: int = 32,
-        batch_size: int = 64,
-        val_batch_size: int = 512,
-        train_fraction: float = 0.9,
-        max_chars: int | None = None,
-        seed: int = 1337,
-        pin_memory: bool | None = None,
-        url: str = TINY_SHAKESPEARE_URL,
-        size: int = TINY_SHAKESPEARE_SIZE,
-        sha256: str = TINY_SHAKESPEARE_SHA256,
-        tokenizer: CharTokenizer | None = None,
-        skip_unknown: bool = False,
-        test_split: str = "val",
-    ) -> None:
-        super().__init__()
-        # block_size follows model.block_size in the configs, so errors name the key users set.
-        for name, value in (
-            ("model.block_size", block_size),
-            ("data.batch_size", batch_size),
-            ("data.val_batch_size", val_batch_size),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if not 0.0 < train_fraction < 1.0:
-            raise ConfigError(f"data.train_fraction must be in (0, 1), got {train_fraction!r}")
-        if test_split not in TEST_SPLITS:
-            raise ConfigError(f"split must be one of {', '.join(TEST_SPLITS)}, got {test_split!r}")
-        if max_chars is not None and (
-            not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars < 1
-        ):
-            raise ConfigError(f"data.max_chars must be null or an integer >= 1, got {max_chars!r}")
-        self.path = path
-        self.cache_dir = Path(cache_dir)
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size
-        self.train_fraction = train_fraction
-        self.max_chars = max_chars
-        self.seed = seed
+    url: str = TINY_SHAKESPEARE_URL
+    size: int = TINY_SHAKESPEARE_SIZE
+    sha256: str = TINY_SHAKESPEARE_SHA256
+    tokenizer: CharTokenizer | None = None
+    skip_unknown: bool = False
+    test_split: str = "val"
+
+    def __post_init__(self) -> None:
+        L.LightningDataModule.__init__(self)
+        super().__post_init__()
+        splits = ", ".join(TEST_SPLITS)
+        require(
+            self.test_split in TEST_SPLITS,
+            f"split must be one of {splits}, got {self.test_split!r}",
+        )
+        self.cache_dir = Path(self.cache_dir)
         # Pinned host memory lets batches copy to a GPU asynchronously (non_blocking).
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.url, self.size, self.sha256 = url, size, sha256
-        self.tokenizer: CharTokenizer | None = tokenizer
-        self.skip_unknown = skip_unknown
-        self.test_split = test_split
+        self.pin_memory = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         self.skipped = 0
-        self.fingerprint: str | None = None  # the text's (tinygpt.data.fingerprint)
+        self.fingerprint: str | None = None  # the text's (tinygpt.data.token_cache)
         self.data: np.ndarray | None = None
         self.train_data: np.ndarray | None = None
         self.val_data: np.ndarray | None = None

@@ -21,9 +21,12 @@ TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca
 CHUNK_BYTES = 1 << 16
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: str | Path) -> str:
+    """The sha256 of a file's bytes, hex, read in chunks: a download's check, and the training
+    text's fingerprint (the token cache's key, recorded in checkpoints), which follows the bytes,
+    not the name or modification time."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygpt.data.download import byte_progress
-from tinygpt.data.fingerprint import text_fingerprint
+from tinygpt.data.download import byte_progress, sha256_of
 from tinygpt.data.text import check_text_file, code_point_chunks
 from tinygpt.errors import DataError
 
@@ -82,7 +81,7 @@ def load_or_build(
 ) -> TokenCache:
     """The text's token cache, built first if no valid one exists (see the module docstring)."""
     text_path = check_text_file(text_path)
-    fingerprint = text_fingerprint(text_path)
+    fingerprint = sha256_of(text_path)
     places = cache_locations(text_path, Path(cache_dir))
     reasons = {}
     for place in places:

@@ -1,11 +1,13 @@
-"""The model's shape and its mixture-of-experts settings, validated on construction. Torch-free."""
+"""The model's shape and its mixture-of-experts settings, range-checked on construction.
+
+Torch-free. ``conf/model/`` is typed by this dataclass (OmegaConf checks the types when Hydra
+composes the config: tinygpt.cli.resolvers.register_schemas)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tinygpt.errors import ConfigError
+from tinygpt.errors import require
 
 FFN_KINDS = ("dense", "moe")
 
@@ -34,69 +36,39 @@ class TinyGPTConfig:
     moe_layers: list[int] | None = None  # block indices that are MoE; None = all
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        # Checked whatever ffn is: a bad MoE value is reported where it is written, not later
+        # when someone switches the sweep to MoE. Types: OmegaConf, at composition.
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "num_experts"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"model.{name} must be an integer >= 1, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.ffn not in FFN_KINDS:
-            raise ConfigError(f"model.ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
-        self._validate_moe()
-
-    def _validate_moe(self) -> None:
-        # Checked whatever ffn is, so a bad value is reported where it is written, not later
-        # when someone switches the sweep to MoE.
-        def is_int(value: object) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def is_number(value: object) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-        if not is_int(self.num_experts) or self.num_experts < 1:
-            raise ConfigError(
-                f"model.num_experts must be an integer >= 1, got {self.num_experts!r}"
-            )
+            require(value >= 1, f"model.{name} must be an integer >= 1, got {value!r}")
+        require(
+            self.n_embd % self.n_head == 0,
+            f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",
+        )
+        require(0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        require(self.ffn in FFN_KINDS, f"model.ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
         k = self.experts_per_token
-        if not is_int(k) or not 1 <= k <= self.num_experts:
-            raise ConfigError(
-                f"model.experts_per_token must be an integer in [1, model.num_experts="
-                f"{self.num_experts}], got {k!r}"
-            )
+        require(
+            1 <= k <= self.num_experts,
+            f"model.experts_per_token must be in [1, model.num_experts={self.num_experts}], "
+            f"got {k!r}",
+        )
         for name in ("aux_loss_coef", "z_loss_coef"):
             value = getattr(self, name)
-            if not is_number(value) or value < 0:
-                raise ConfigError(f"model.{name} must be a number >= 0, got {value!r}")
+            require(value >= 0, f"model.{name} must be >= 0, got {value!r}")
         cf = self.capacity_factor
-        if cf is not None and (not is_number(cf) or not cf > 0):
-            raise ConfigError(
-                f"model.capacity_factor must be None (dropless) or a number > 0, got {cf!r}"
-            )
-        if not is_number(self.router_jitter) or not 0 <= self.router_jitter < 1:
-            raise ConfigError(f"model.router_jitter must be in [0, 1), got {self.router_jitter!r}")
+        require(cf is None or cf > 0, f"model.capacity_factor must be null or > 0, got {cf!r}")
+        jitter = self.router_jitter
+        require(0 <= jitter < 1, f"model.router_jitter must be in [0, 1), got {jitter!r}")
         if self.moe_layers is not None:
-            # Any sequence (e.g. an OmegaConf ListConfig) is stored as a plain list, which keeps
-            # asdict() checkpoint-safe.
-            if isinstance(self.moe_layers, (str, bytes)) or not isinstance(
-                self.moe_layers, Sequence
-            ):
-                raise ConfigError(
-                    f"model.moe_layers must be None (all blocks) or a list of block indices, "
-                    f"got {self.moe_layers!r}"
-                )
+            # A plain list (not OmegaConf's ListConfig): asdict() stays checkpoint-safe.
             layers = list(self.moe_layers)
-            bad = [i for i in layers if not is_int(i) or not 0 <= i < self.n_layer]
-            if bad:
-                raise ConfigError(
-                    f"model.moe_layers entries must be block indices in [0, {self.n_layer}), "
-                    f"got {bad!r}"
-                )
-            if len(set(layers)) != len(layers):
-                raise ConfigError(f"model.moe_layers has repeated indices: {layers!r}")
+            require(
+                not isinstance(self.moe_layers, str)
+                and all(isinstance(i, int) and 0 <= i < self.n_layer for i in layers),
+                f"model.moe_layers must be block indices in [0, {self.n_layer}), got {layers!r}",
+            )
+            require(len(set(layers)) == len(layers), f"model.moe_layers repeats: {layers!r}")
             self.moe_layers = layers
 
     def is_moe_layer(self, layer: int) -> bool:

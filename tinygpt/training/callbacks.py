@@ -17,7 +17,6 @@ from tinygpt.analysis.attention import (
     attention_entropy,
     attention_figure,
     attention_weights,
-    figure_to_array,
 )
 from tinygpt.analysis.moe import (
     expert_load,
@@ -27,16 +26,10 @@ from tinygpt.analysis.moe import (
     text_windows,
 )
 from tinygpt.analysis.plots import plot_run
-from tinygpt.errors import ConfigError
+from tinygpt.errors import require
 from tinygpt.files import atomic_write
-from tinygpt.generation import encode_prompt, generate_ids
-from tinygpt.generation.sampling import (
-    MAX_NEW_TOKENS_LIMIT,
-    Decoder,
-    check_float,
-    check_int,
-    make_generator,
-)
+from tinygpt.generation import generate
+from tinygpt.generation.sampling import MAX_NEW_TOKENS_LIMIT, check_float, check_int
 
 
 class TokenThroughput(Callback):
@@ -151,7 +144,12 @@ class EveryNValidations(Callback):
     conf/callbacks/, for error messages."""
 
     def __init__(self, every_n_validations: int, key: str) -> None:
-        self.every_n_validations = check_int(f"{key}.every_n_validations", every_n_validations, 1)
+        n = every_n_validations
+        require(
+            type(n) is int and n >= 1,
+            f"{key}.every_n_validations must be an integer >= 1, got {n!r}",
+        )
+        self.every_n_validations = n
         self._validations = 0
 
     def due(self, trainer: L.Trainer) -> bool:
@@ -176,8 +174,7 @@ class AttentionHeatmapCallback(EveryNValidations):
     def __init__(self, prompt: str = "First Citizen:\n", every_n_validations: int = 1) -> None:
         key = "callbacks.attention_heatmap"
         super().__init__(every_n_validations, key)
-        if not prompt:
-            raise ConfigError(f"{key}.prompt must not be empty")
+        require(isinstance(prompt, str) and prompt != "", f"{key}.prompt must not be empty")
         self.prompt = prompt
 
     def resolve_prompt(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
@@ -201,12 +198,9 @@ class AttentionHeatmapCallback(EveryNValidations):
                 metrics[f"attention/{name}/layer{layer}_head{head}"] = float(value)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-        writers = _tensorboard_writers(trainer)
-        if writers:
-            title = f"Attention at step {step} (H: entropy in nats, d: mean distance back)"
-            image = figure_to_array(attention_figure(weights, prompt, title))
-            for writer in writers:
-                writer.add_image(self.IMAGE_TAG, image, global_step=step, dataformats="HWC")
+        title = f"Attention at step {step} (H: entropy in nats, d: mean distance back)"
+        for writer in _tensorboard_writers(trainer):
+            writer.add_figure(self.IMAGE_TAG, attention_figure(weights, prompt, title), step)
 
 
 class SampleText(EveryNValidations):
@@ -232,13 +226,15 @@ class SampleText(EveryNValidations):
     ) -> None:
         key = "callbacks.sample_text"
         super().__init__(every_n_validations, key)
-        if not isinstance(prompt, str) or not prompt:
-            raise ConfigError(f"{key}.prompt must be non-empty text, got {prompt!r}")
+        require(
+            isinstance(prompt, str) and prompt != "",
+            f"{key}.prompt must be non-empty text, got {prompt!r}",
+        )
         self.prompt = prompt
         self.max_new_tokens = check_int(
             f"{key}.max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT
         )
-        self.decoder = Decoder(check_float(f"{key}.temperature", temperature, 0.0))
+        self.temperature = check_float(f"{key}.temperature", temperature, 0.0)
         self.seed = check_int(f"{key}.seed", seed, 0, 2**63 - 1)
         self.last_text: str | None = None
 
@@ -248,16 +244,16 @@ class SampleText(EveryNValidations):
         writers = _tensorboard_writers(trainer)
         if not writers:
             return
-        model = pl_module.model
         prompt = prompt_in_vocabulary(self.prompt, trainer, pl_module)
-        device = model.wte.weight.device
-        ids = encode_prompt(model.tokenizer, prompt)[None].to(device)
-        generator = make_generator(self.seed, device)
-        # Token level: the text functions' return type is about to change (str for one prompt).
-        seq = generate_ids(model, ids, self.max_new_tokens, self.decoder, generator)
-        self.last_text = prompt + model.tokenizer.decode(seq[0, ids.size(1) :].tolist())
+        self.last_text = generate(
+            pl_module.model,
+            prompt,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            seed=self.seed,
+        )
         step = trainer.global_step
-        heading = f"step {step}, temperature {self.decoder.temperature:g}, seed {self.seed}:"
+        heading = f"step {step}, temperature {self.temperature:g}, seed {self.seed}:"
         # Indented by four spaces: a Markdown code block keeps the line breaks and spacing.
         body = "\n".join("    " + line for line in self.last_text.split("\n"))
         for writer in writers:
@@ -360,15 +356,8 @@ class MoEDashboard(Callback):
             return
         load_fig, special_fig = self._figures(trainer, pl_module)
         for writer in writers:
-            writer.add_image(
-                "moe/expert_load", figure_to_array(load_fig), trainer.global_step, dataformats="HWC"
-            )
-            writer.add_image(
-                "moe/specialisation",
-                figure_to_array(special_fig),
-                trainer.global_step,
-                dataformats="HWC",
-            )
+            writer.add_figure("moe/expert_load", load_fig, trainer.global_step, close=False)
+            writer.add_figure("moe/specialisation", special_fig, trainer.global_step, close=False)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.model.config.ffn != "moe" or not trainer.is_global_zero:

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tinygpt.checkpoint import load_checkpoint
-from tinygpt.errors import ConfigError
+from tinygpt.errors import require
 from tinygpt.files import atomic_write
 
 # Signals that stop a run with a checkpoint: `kill`, a scheduler's time limit, Ctrl-C.
@@ -67,11 +67,11 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str, every_n_steps: int = 250) -> None:
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ConfigError(
-                f"callbacks.last_checkpoint.every_n_steps must be an integer >= 1, got "
-                f"{every_n_steps!r}"
-            )
+        n = every_n_steps
+        require(
+            type(n) is int and n >= 1,
+            f"callbacks.last_checkpoint.every_n_steps must be an integer >= 1, got {n!r}",
+        )
         super().__init__(
             dirpath=dirpath,
             save_last=True,

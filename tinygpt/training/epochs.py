@@ -17,12 +17,11 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from tinygpt.analysis.curves import TRAIN_TAG, VAL_TAG
-from tinygpt.errors import ConfigError
+from tinygpt.errors import require
 
 
 def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    require(type(value) is int and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
     return value
 
 
@@ -46,8 +45,9 @@ def epoch_steps(
     """``epochs`` epochs of a text cut to ``max_chars`` characters, in steps: the resolver
     ``${epoch_steps:...}`` that sets ``trainer.max_steps`` and ``trainer.val_check_interval``
     from ``data.max_chars`` (a config cannot know a whole file's length before reading it)."""
-    if max_chars is None:
-        raise ConfigError("epochs are counted in data.max_chars characters; set it, got null")
+    require(
+        max_chars is not None, "epochs are counted in data.max_chars characters; set it, got null"
+    )
     train_tokens = int(train_fraction * _positive_int("data.max_chars", max_chars))
     return _positive_int("epochs", epochs) * steps_per_epoch(train_tokens, batch_size, block_size)
 
@@ -78,12 +78,12 @@ class EpochLoss(Callback):
         if train is None:
             return
         actual = steps_per_epoch(len(train), datamodule.batch_size, datamodule.block_size)
-        if actual != self.steps_per_epoch:
-            raise ConfigError(
-                f"an epoch of this text's training split ({len(train)} characters) is {actual} "
-                f"steps, not the configured {self.steps_per_epoch}: the text is shorter than "
-                "data.max_chars; lower data.max_chars"
-            )
+        require(
+            actual == self.steps_per_epoch,
+            f"an epoch of this text's training split ({len(train)} characters) is {actual} steps, "
+            f"not the configured {self.steps_per_epoch}: the text is shorter than "
+            "data.max_chars; lower data.max_chars",
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # The language-model loss as logged: for MoE, without the routing losses added to it.

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from tinygpt.checkpoint import CHECKPOINT_KEY, checkpoint_entry
 from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.data.windows import batch_seed
-from tinygpt.errors import CheckpointError, ConfigError, TinyGPTError
+from tinygpt.errors import CheckpointError, TinyGPTError, require
 from tinygpt.models import TinyGPT, TinyGPTConfig
 from tinygpt.training.optim import OptimConfig, build_optimizer, fused_adamw
 
@@ -35,11 +35,11 @@ class TinyGPTModule(L.LightningModule):
         """``data_fingerprint``: the training text's, stored in checkpoints; a resume from a
         checkpoint of another text is refused unless ``allow_data_change``."""
         super().__init__()
-        if model_config.vocab_size != tokenizer.vocab_size:
-            raise ConfigError(
-                f"model.vocab_size ({model_config.vocab_size}) differs from the tokenizer's "
-                f"({tokenizer.vocab_size})"
-            )
+        require(
+            model_config.vocab_size == tokenizer.vocab_size,
+            f"model.vocab_size ({model_config.vocab_size}) differs from the tokenizer's "
+            f"({tokenizer.vocab_size})",
+        )
         self.model = TinyGPT(model_config)
         self.model.tokenizer = tokenizer
         self.optim = optim or OptimConfig()
@@ -169,8 +169,10 @@ class TinyGPTModule(L.LightningModule):
 
     def configure_optimizers(self):
         max_steps = self.trainer.max_steps
-        if max_steps is None or max_steps < 1:
-            raise ConfigError("trainer.max_steps must be set to a positive number of steps")
+        require(
+            max_steps is not None and max_steps >= 1,
+            "trainer.max_steps must be set to a positive number of steps",
+        )
         # 16-mixed: Lightning divides the loss scale out of the gradients before the hooks, the
         # logged norm and the clipping read them, but not for an optimizer that does it inside
         # its step, as the fused AdamW does. So under a loss scaler AdamW runs foreach.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, SequentialLR
 
-from tinygpt.errors import ConfigError
+from tinygpt.errors import require
 from tinygpt.training.muon import MuonWithAdamW
 
 OPTIMIZERS = ("adamw", "muon")
@@ -34,19 +34,15 @@ class OptimConfig:
     muon_momentum: float = 0.95
 
     def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            choices = ", ".join(OPTIMIZERS)
-            raise ConfigError(f"optim.name must be one of {choices}, got {self.name!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"optim.min_lr must be in [0, optim.lr], got {self.min_lr!r}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps!r}")
-        if not self.muon_lr > 0:
-            raise ConfigError(f"optim.muon_lr must be > 0, got {self.muon_lr!r}")
-        if not 0 <= self.muon_momentum < 1:
-            raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum!r}")
+        choices = ", ".join(OPTIMIZERS)
+        require(self.name in OPTIMIZERS, f"optim.name must be one of {choices}, got {self.name!r}")
+        lr, min_lr, warmup = self.lr, self.min_lr, self.warmup_steps
+        require(lr > 0, f"optim.lr must be > 0, got {lr!r}")
+        require(0 <= min_lr <= lr, f"optim.min_lr must be in [0, optim.lr], got {min_lr!r}")
+        require(warmup >= 0, f"optim.warmup_steps must be >= 0, got {warmup!r}")
+        require(self.muon_lr > 0, f"optim.muon_lr must be > 0, got {self.muon_lr!r}")
+        momentum = self.muon_momentum
+        require(0 <= momentum < 1, f"optim.muon_momentum must be in [0, 1), got {momentum!r}")
         self.betas = tuple(self.betas)
 
 
