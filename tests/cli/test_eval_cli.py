@@ -103,10 +103,22 @@ def test_another_text_with_unknown_characters_is_refused_or_evaluated_without_th
     assert record["text"] == str(other) and math.isfinite(record["loss"])
 
 
+def test_without_ckpt_path_the_newest_runs_best_ckpt_is_evaluated_and_named(
+    trained, tmp_path, capsys
+):
+    cfg = compose_task("eval", [f"paths.log_dir={trained.parent}"], tmp_path)
+    record = eval_cli.evaluate(cfg)
+    best = trained / "checkpoints" / "best.ckpt"
+    assert record["ckpt_path"] == str(best)
+    err = capsys.readouterr().err
+    assert "using the newest run's best.ckpt (step 20, val loss " in err
+    assert err.rstrip().endswith(f": {best}")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ([], "ckpt_path is required: python eval.py ckpt_path="),
+        (["paths.log_dir=/no/such/dir"], "no ckpt_path given and no run under /no/such/dir/"),
         (["ckpt_path=@ckpt", "split=test"], "split must be one of val, train, all, got 'test'"),
         (["ckpt_path=@ckpt", "skip_unknown=maybe"], "skip_unknown must be true or false"),
         (["ckpt_path=@ckpt", "data.batch_size=0"], "data.batch_size must be an integer >= 1"),

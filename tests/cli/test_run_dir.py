@@ -27,9 +27,10 @@ from helpers import (
 )
 
 from tinygpt.checkpoint import load_checkpoint
+from tinygpt.cli import generate as generate_cli
 from tinygpt.cli import train as train_cli
-from tinygpt.cli.run_dir import resolve_ckpt_path
-from tinygpt.errors import CheckpointError
+from tinygpt.cli.run_dir import new_run_dir, resolve_ckpt_path
+from tinygpt.errors import CheckpointError, WriteError
 
 # Small jobs, validated every ten steps and checkpointed every five, with dropout (a resume must
 # replay its noise), no attention pictures or PNG plots.
@@ -55,6 +56,25 @@ def text(tmp_path_factory) -> Path:
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_runs_started_in_the_same_second_get_a_directory_each_named_by_the_time(tmp_path):
+    claimed = [new_run_dir(str(tmp_path / "runs")) for _ in range(3)]
+    stamp = Path(claimed[0]).name
+    assert time.strptime(stamp, "%Y-%m-%d_%H-%M-%S")
+    assert claimed == sorted(claimed)  # unless the second turned between two claims:
+    assert [Path(c).name for c in claimed] in (
+        [stamp, f"{stamp}_2", f"{stamp}_3"],
+        [stamp, f"{stamp}_2", Path(claimed[2]).name],
+        [stamp, Path(claimed[1]).name, Path(claimed[2]).name],
+    )
+    assert all(Path(c).is_dir() for c in claimed) and len(set(claimed)) == 3
+
+
+def test_a_run_directory_that_cannot_be_made_is_one_write_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(WriteError, match=f"^cannot write {tmp_path / 'file'}/runs: Not a dir"):
+        new_run_dir(str(tmp_path / "file" / "runs"))
 
 
 def test_ckpt_path_last_is_this_run_directorys_last_checkpoint(tmp_path):
@@ -110,8 +130,14 @@ def test_a_second_train_py_in_a_live_run_directory_is_refused(text, tmp_path, ca
             train_cli.main([*run, "ckpt_path=last"])
         assert exit_info.value.code == 2
         error = one_error_line(capsys.readouterr().err)
-        assert error.startswith(f"error: {run_dir} is in use by another train.py (pid {live.pid}: ")
+        assert error.startswith(f"error: {run_dir} is in use by another process (pid {live.pid}: ")
         assert file_bytes(run_dir / ".hydra") == config  # the live run's config, untouched
+        # generate.py into the live directory: refused too, before it writes its samples.
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        with pytest.raises(SystemExit) as exit_info:
+            generate_cli.main([f"ckpt_path={ckpt}", "max_new_tokens=2", f"hydra.run.dir={run_dir}"])
+        assert "is in use by another process" in one_error_line(capsys.readouterr().err)
+        assert file_bytes(run_dir / ".hydra") == config and not (run_dir / "samples.json").exists()
     finally:
         live.kill()
         live.wait()

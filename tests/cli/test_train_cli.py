@@ -127,3 +127,33 @@ def test_bad_input_is_one_line_and_exit_2(tiny_text_file, tmp_path, capsys, over
     assert exit_info.value.code == 2
     assert message in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU hint; trainer=gpu would run")
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ("trainer=gpu", "No supported gpu backend found!"),
+        ("trainer=fsdp", "No supported gpu backend found!"),
+        ("trainer.accelerator=tpu", "Requirement 'torch_xla>=1.13' not met."),
+        ("trainer.accelerator=mps", "`MPSAccelerator` can not run on your system"),
+        ("trainer.devices=0", "`Trainer(devices=0)` value is not a valid input"),
+        ("trainer.precision=bf17", "Precision 'bf17' is invalid."),
+    ],
+)
+def test_a_trainer_setting_lightning_refuses_is_one_line_with_what_to_use(
+    tiny_text_file, tmp_path, capsys, override, reason
+):
+    tiny = (
+        [o for o in TINY_RUN if o != "trainer=cpu"] if override.startswith("trainer=") else TINY_RUN
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(
+            [*tiny, f"data.path={tiny_text_file}", f"hydra.run.dir={tmp_path}", override]
+        )
+    assert exit_info.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: trainer: {reason}")
+    assert line.endswith(
+        "(no GPU is visible: use trainer=cpu, or trainer=default, which picks the device)"
+    )

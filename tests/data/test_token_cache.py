@@ -9,7 +9,7 @@ import torch
 from tinygpt.data import CharDataModule, CharTokenizer
 from tinygpt.data import token_cache as tc
 from tinygpt.data.download import sha256_of
-from tinygpt.errors import DataError
+from tinygpt.errors import DataError, WriteError
 
 MIXED = "To be, or not to be: é, ß, 日本語, 🙂.\n" * 50
 
@@ -178,12 +178,11 @@ def test_a_read_only_text_directory_falls_back_to_the_data_cache(
 def test_no_writable_place_for_the_cache_is_one_error_naming_both(tmp_path: Path, monkeypatch):
     text = write(tmp_path / "corpus.txt", MIXED)
     refuse_writes_in(monkeypatch, tmp_path, tmp_path / "data" / "tokens")
-    with pytest.raises(DataError) as refused:
+    with pytest.raises(WriteError) as refused:
         tc.load_or_build(text, tmp_path / "data")
     assert str(refused.value) == (
-        f"cannot write a token cache for {text} ({tmp_path}: Permission denied; "
-        f"{tmp_path / 'data' / 'tokens'}: Permission denied); "
-        "set data.cache_dir to a writable directory"
+        f"cannot write {tmp_path}: Permission denied; nor {tmp_path / 'data' / 'tokens'}: "
+        f"Permission denied (the token cache of {text}); set data.cache_dir to a writable directory"
     )
 
 

@@ -7,6 +7,7 @@ Their own words are kept, on one line; an override Hydra cannot parse ends with 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -26,7 +27,8 @@ from hydra.errors import (
 from omegaconf.errors import InterpolationResolutionError
 
 from tinygpt.cli.quoting import quoting_hint
-from tinygpt.errors import TinyGPTError
+from tinygpt.errors import ConfigError, TinyGPTError
+from tinygpt.files import os_error_behind, write_error
 
 USER_ERROR_EXIT_CODE = 2
 GRAMMAR_DOCS = "https://hydra.cc/docs/1.2/advanced/override_grammar/basic"
@@ -39,20 +41,32 @@ SWEEP_PLUGINS = {
     "hydra/sweeper/optuna": "hydra-optuna-sweeper",
 }
 SWEEPS_EXTRA = 'pip install -e ".[sweeps]"'
+TRAINER_TARGET = "'lightning.pytorch.trainer.trainer.Trainer'"  # in Hydra's InstantiationException
+NO_GPU_HINT = " (no GPU is visible: use trainer=cpu, or trainer=default, which picks the device)"
+# The OS's refusals to write: a read-only file system, no permission, a full disk or quota.
+UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
 
 
 def _user_error(exc: BaseException | None) -> BaseException | None:
-    """The user error behind ``exc``: a TinyGPTError or Lightning's refusal of a setting, which
-    Hydra wraps when a ``_target_`` raises it, and OmegaConf when a resolver does."""
+    """The user error behind ``exc``: a TinyGPTError, Lightning's refusal of a setting (any
+    error of the Trainer's constructor), which Hydra wraps when a ``_target_`` raises it, and
+    OmegaConf when a resolver does; or a place the OS refuses to write."""
     # Lightning's exception, if Lightning is loaded: generate.py never imports it.
     lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    trainer = False
     while isinstance(exc, (InstantiationException, InterpolationResolutionError)):
+        trainer = trainer or TRAINER_TARGET in str(exc)
         # OmegaConf drops the cause (unless OC_CAUSE is set), but the context keeps it.
         exc = exc.__cause__ or exc.__context__
     if isinstance(exc, TinyGPTError):
         return exc
-    if lightning and isinstance(exc, lightning.MisconfigurationException):
-        return exc
+    if trainer or (lightning and isinstance(exc, lightning.MisconfigurationException)):
+        torch = sys.modules.get("torch")
+        no_gpu = torch is not None and not torch.cuda.is_available()
+        return ConfigError(f"trainer: {exc}{NO_GPU_HINT if no_gpu else ''}")
+    os_error = os_error_behind(exc)
+    if os_error is not None and os_error.errno in UNWRITABLE and os_error.filename:
+        return write_error(os_error.filename, os_error)
     return None
 
 
@@ -91,7 +105,8 @@ def run_hydra_app(
     if argv is not None:
         sys.argv = [str(script or saved_argv[0]), *argv]
     try:
-        main()
+        with user_errors():  # raised outside the job: a resolver's, a run directory's mkdir
+            main()
     except OverrideParseException as exc:
         exit_with_user_error(f"{_parse_error(exc)}; {quoting_hint(exc.override)}")
     except (ConfigCompositionException, MissingConfigException) as exc:

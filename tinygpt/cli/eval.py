@@ -28,8 +28,9 @@ from omegaconf import DictConfig
 import tinygpt.cli.quiet  # noqa: F401  (on import: Lightning's needless notices off)
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, model_from_checkpoint
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import PROJECT_ROOT, config_dir, root_dir
+from tinygpt.cli.paths import PROJECT_ROOT, checkpoint_to_use, config_dir, root_dir
 from tinygpt.cli.resolvers import register_resolvers
+from tinygpt.cli.run_dir import RunDirLock
 from tinygpt.data.datamodule import CharDataModule
 from tinygpt.data.tokenizer import UnknownCharactersError
 from tinygpt.errors import DataError, require
@@ -42,10 +43,6 @@ SHAKESPEARE_FILE = "tinyshakespeare.txt"
 
 def check_config(cfg: DictConfig) -> None:
     """The values a user sets, checked before anything is loaded (``split``: by the DataModule)."""
-    require(
-        cfg.ckpt_path is not None,
-        "ckpt_path is required: python eval.py ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt",
-    )
     require(
         isinstance(cfg.skip_unknown, bool),
         f"skip_unknown must be true or false, got {cfg.skip_unknown!r}",
@@ -91,7 +88,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """One eval job of a composed config (HydraConfig set): test the checkpoint on the split,
     write eval.json into the run directory and print it as one line; returns the record."""
     check_config(cfg)
-    ckpt_path = Path(str(cfg.ckpt_path))
+    ckpt_path = checkpoint_to_use(cfg.ckpt_path, cfg.paths.log_dir)
     checkpoint = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(checkpoint, ckpt_path)
     run_config = checkpoint[CHECKPOINT_KEY].get("config") or {}
@@ -136,7 +133,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _job(cfg: DictConfig) -> None:
-    with user_errors():
+    with user_errors(), RunDirLock(HydraConfig.get().runtime.output_dir):
         evaluate(cfg)
 
 

@@ -32,8 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 from tinygpt.analysis.generation_dashboard import log_generation_run
 from tinygpt.checkpoint import load_model
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import PROJECT_ROOT, config_dir, newest_run_checkpoint
+from tinygpt.cli.paths import PROJECT_ROOT, checkpoint_to_use, config_dir
 from tinygpt.cli.resolvers import register_resolvers
+from tinygpt.cli.run_dir import RunDirLock
 from tinygpt.errors import ConfigError, DataError, require
 from tinygpt.generation import stream_generate
 from tinygpt.generation.compiled import can_compile, package_dir
@@ -153,12 +154,7 @@ def generate(cfg: DictConfig) -> None:
         f"use_cache={cfg.use_cache!r}",
     )  # max_new_tokens, num_samples: stream_generate checks them
     device = resolve_device(cfg.device)
-    if cfg.ckpt_path is None:
-        chosen = newest_run_checkpoint(cfg.checkpoints_dir)
-        print(chosen.describe(), file=sys.stderr, flush=True)
-        ckpt_path = chosen.path
-    else:
-        ckpt_path = Path(cfg.ckpt_path)
+    ckpt_path = checkpoint_to_use(cfg.ckpt_path, cfg.checkpoints_dir)
     model = load_model(ckpt_path, device=device)
     if cfg.compile and cfg.use_cache and cfg.max_new_tokens > 1 and can_compile(model):
         print(
@@ -190,7 +186,7 @@ def generate(cfg: DictConfig) -> None:
 
 
 def _job(cfg: DictConfig) -> None:
-    with user_errors():
+    with user_errors(), RunDirLock(HydraConfig.get().runtime.output_dir):
         generate(cfg)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,15 @@ class ChosenCheckpoint:
         loss = "no val loss recorded" if self.val_loss is None else f"val loss {self.val_loss:.4f}"
         why = "" if self.path.name == PREFERRED[0] else f"no {PREFERRED[0]}; "
         return f"using the newest run's {self.path.name} ({why}{step}, {loss}): {self.path}"
+
+
+def checkpoint_to_use(ckpt_path: str | None, root: str | Path) -> Path:
+    """``ckpt_path``, or where it is None the newest run's under ``root``, named on stderr."""
+    if ckpt_path is not None:
+        return Path(str(ckpt_path))
+    chosen = newest_run_checkpoint(root)
+    print(chosen.describe(), file=sys.stderr, flush=True)
+    return chosen.path
 
 
 def newest_run_checkpoint(root: str | Path) -> ChosenCheckpoint:

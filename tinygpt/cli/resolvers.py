@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.cli.errors import exit_with_user_error
 from tinygpt.cli.paths import root_dir
-from tinygpt.cli.run_dir import job_config_subdir
+from tinygpt.cli.run_dir import job_config_subdir, new_run_dir
 from tinygpt.generation.sampling import DECODERS, Decoder
 from tinygpt.models import TinyGPTConfig
 
@@ -78,7 +78,7 @@ class SweepResumeNotice(Callback):
         if OmegaConf.select(config, "ckpt_path") != "last":
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.exists():
+        if not sweep_dir.exists() or not any(sweep_dir.iterdir()):  # new_run_dir made it
             print(
                 f"ckpt_path=last: {sweep_dir} is a new sweep directory, with nothing to resume; "
                 "give the interrupted sweep's hydra.sweep.dir",
@@ -141,4 +141,5 @@ def register_resolvers() -> None:
         "decoder", lambda name, key: getattr(DECODERS.get(name, Decoder()), key), replace=True
     )
     OmegaConf.register_new_resolver("job_config_subdir", job_config_subdir, replace=True)
+    OmegaConf.register_new_resolver("new_run_dir", new_run_dir, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("epoch_steps", epoch_steps, replace=True)

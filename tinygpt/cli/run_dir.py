@@ -1,4 +1,4 @@
-"""A run directory as train.py finds it before writing: who else is writing into it (a lock),
+"""A run directory: a new one claimed for each run, who else is writing into it (a lock),
 whether its job already finished, and which of its checkpoints a resume starts from.
 
 The same rules make an interrupted sweep resumable: rerun the same ``train.py -m`` command with
@@ -9,24 +9,48 @@ the same ``hydra.sweep.dir`` plus ``ckpt_path=last``, and each job directory dec
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf.errors import OmegaConfBaseException
 
 from tinygpt.errors import CheckpointError, RunDirInUseError
+from tinygpt.files import write_error
 
-LOCK_FILE = ".train.lock"
+LOCK_FILE = ".run.lock"
 SUMMARY_FILE = "summary.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's, saved on SLURM's requeue signal
 
 
+def new_run_dir(parent: str) -> str:
+    """``${new_run_dir:PARENT}``: a directory of this run's own under ``PARENT``, named by the
+    time it starts (``2026-12-07_14-03-22``), ``_2``, ``_3``... added when runs start in the
+    same second. ``os.mkdir`` claims the name atomically, also between machines sharing the file
+    system. Registered with OmegaConf's cache, so a config (and a sweep's jobs) claims it once.
+    """
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    try:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            path = Path(parent) / (stamp if n == 1 else f"{stamp}_{n}")
+            try:
+                path.mkdir()
+                return str(path)
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise write_error(exc.filename or parent, exc) from None
+
+
 class RunDirLock:
-    """An exclusive lock on a run directory for as long as one train.py process writes into it.
+    """An exclusive lock on a run directory for as long as one process (train.py, generate.py,
+    eval.py) writes into it.
 
     It is an ``flock`` on ``<run>/.train.lock``, which the kernel drops when the process ends,
     however it ends: a lock left by a killed run never blocks. The file names its holder (pid
@@ -49,7 +73,7 @@ class RunDirLock:
             holder = f.read().strip() or "a process that has not written its pid yet"
             f.close()
             raise RunDirInUseError(
-                f"{self.run_dir} is in use by another train.py ({holder}); wait for it to end, "
+                f"{self.run_dir} is in use by another process ({holder}); wait for it to end, "
                 "or give this run another directory"
             ) from None
         f.seek(0)
@@ -98,7 +122,7 @@ def job_config_subdir(
 ) -> str | None:
     """Where Hydra saves a job's composed config (``hydra.output_subdir``): ``subdir``, or None
     (nothing saved) for a directory that must stay as it is: a finished job that a resumed
-    sweep skips, or a directory another live train.py writes into (train() then refuses).
+    sweep skips, or a directory another live process writes into (the job then refuses).
 
     Hydra saves the config before the job starts; this resolver is the hook that runs first.
     ``trainer.max_steps`` is read only for ``ckpt_path=last`` and from the root (OmegaConf's

@@ -31,7 +31,7 @@ import numpy as np
 
 from tinygpt.data.download import byte_progress, sha256_of
 from tinygpt.data.text import check_text_file, code_point_chunks
-from tinygpt.errors import DataError
+from tinygpt.errors import DataError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,8 @@ def _build_somewhere(
                 "token cache: cannot write beside the text (%s); using %s", failures[0], place
             )
         return read_cache(place, fingerprint)
-    raise DataError(
-        f"cannot write a token cache for {text_path} ({'; '.join(failures)}); "
+    raise WriteError(
+        f"cannot write {'; nor '.join(failures)} (the token cache of {text_path}); "
         "set data.cache_dir to a writable directory"
     )
 
