@@ -16,10 +16,12 @@ Dense feed-forwards only: ``torch.export`` cannot capture MoE routing's data-dep
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -123,6 +125,16 @@ def _load(path: Path, device: torch.device) -> _Runner | None:
         return None
 
 
+@functools.cache  # said once per process
+def _not_kept(directory: str, reason: str) -> None:
+    print(
+        f"compiled decoding: cannot write {directory} ({reason}); the step is built for this "
+        "process only, not kept",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _compile(module: _Step, inputs: list[torch.Tensor], key: tuple) -> _Runner:
     """The step for ``key``: loaded from the on-disk cache, or built and left there."""
     device = inputs[0].device
@@ -133,7 +145,8 @@ def _compile(module: _Step, inputs: list[torch.Tensor], key: tuple) -> _Runner:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(dir=path.parent))
-    except OSError:  # an unwritable cache: build for this process only
+    except OSError as exc:  # an unwritable cache: build for this process only
+        _not_kept(str(path.parent), exc.strerror or str(exc))
         path, scratch = None, Path(tempfile.mkdtemp())
     built = scratch / "step.pt2"
     try:
