@@ -148,3 +148,20 @@ class HangProbe(L.Callback):
         if trainer.global_step + 1 == self.step and not self.marker.exists():  # once
             self.marker.touch()
             time.sleep(3600)
+
+
+class FillDiskProbe(L.Callback):
+    """Fills the file system of ``path`` at training step ``step`` (as :class:`SignalProbe`
+    counts), writing ``path`` until the OS says it is full: a real full disk at a chosen point."""
+
+    def __init__(self, step: int, path: str) -> None:
+        self.step, self.path = step, Path(path)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step + 1 == self.step and not self.path.exists():
+            with self.path.open("wb", buffering=0) as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                except OSError:
+                    pass
