@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from tinygpt.cli import train as train_cli
 from tinygpt.data import token_cache as tc
 
 sys.path.insert(0, str(TESTS / "analysis"))
-from test_tensorboard_server import tensorboard, wait_for_sessions  # noqa: E402
+from test_tensorboard_server import experiment, session_groups, tensorboard  # noqa: E402
 
 N = 8
 PROMPT = "First"
@@ -109,8 +111,19 @@ def test_eight_train_py_and_eight_generate_py_at_once_each_write_their_own(pytho
     assert seeds == list(range(1, N + 1))
 
     # A real TensorBoard server lists one HParams row per run.
-    with tensorboard(python, root / "outputs", tmp_path / "tensorboard.log") as (base, process):
-        wait_for_sessions(base, process, tmp_path / "tensorboard.log", count=2 * N)
+    log = tmp_path / "tensorboard.log"
+    with tensorboard(python, root / "outputs", log) as (base, process):
+        deadline, kinds = time.monotonic() + 120, []
+        while len(kinds) < 2 * N and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(1)
+            try:
+                exp = experiment(base)
+                groups = session_groups(base, exp) if exp.get("hparamInfos") else []
+            except (urllib.error.URLError, ConnectionError, ValueError, KeyError):
+                continue  # not listening yet, or still loading
+            kinds = sorted(g["hparams"]["kind"] for g in groups for _ in g["sessions"])
+    assert kinds == ["generate"] * N + ["train"] * N, log.read_text()
 
 
 @pytest.fixture
