@@ -124,7 +124,7 @@ def test_a_failed_build_leaves_no_file_and_a_killed_one_is_cleaned_up(tmp_path: 
     monkeypatch.setattr(tc, "code_point_chunks", interrupted)
     monkeypatch.setattr(tc, "scan_vocabulary", lambda path, progress: ("Tbo", 2))
     monkeypatch.setattr(tc, "cache_locations", lambda text, cache_dir: [text.with_name("c.tokens")])
-    with pytest.raises(DataError, match="No space left on device"):
+    with pytest.raises(WriteError, match="No space left on device"):
         tc.load_or_build(text, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
 
