@@ -15,10 +15,11 @@ import torch
 import yaml
 
 from tinygpt.analysis.attention import head_statistics
-from tinygpt.analysis.plots import read_scalars
+from tinygpt.analysis.plots import Series, read_scalars
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
 from tinygpt.data.text import read_text
 from tinygpt.errors import DataError
+from tinygpt.models import TinyGPT
 
 # Overrides that never make runs different models: seeds and where things are read or written
 # (these, and hydra.* and paths.* keys).
@@ -32,6 +33,18 @@ class Run:
     summary: dict[str, Any]
     config: dict[str, Any]
     overrides: list[str]
+
+    @property
+    def dir(self) -> Path:
+        return self.path
+
+    def load_model(self) -> TinyGPT:
+        """Its best checkpoint's model (else its last), ready for ``generate``."""
+        return load_model(self.checkpoint())
+
+    def scalars(self) -> dict[str, Series]:
+        """Every logged scalar: tag -> [(step, value), ...], as its loggers wrote them."""
+        return read_scalars(self.path)
 
     @property
     def seed(self) -> Any:
@@ -73,7 +86,7 @@ class Run:
         validation text (of ``train_text`` where given)."""
         config = self.trained_config()
         text = validation_text(training_text(config, train_text), config)
-        return head_statistics(load_model(self.checkpoint()), text)
+        return head_statistics(self.load_model(), text)
 
 
 def load_run(path: Path) -> Run:
