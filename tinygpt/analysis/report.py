@@ -17,7 +17,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from tinygpt.analysis.decoding import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -81,24 +82,18 @@ def ratio(value: float, reference: float) -> float:
     return value / reference if reference else float("nan")
 
 
-def mean_nested(tables: Sequence[Any]) -> Any:
-    """Element-wise mean of equally shaped nested lists or dicts of numbers."""
-    first = tables[0]
-    if isinstance(first, dict):
-        return {k: mean_nested([t[k] for t in tables if k in t]) for k in first}
-    if isinstance(first, list):
-        return [mean_nested([t[i] for t in tables]) for i in range(len(first))]
-    return statistics.fmean(tables)
-
-
 def analyse(groups: Sequence[Group], train_text: str | Path | None = None) -> None:
     """Fill each group's attention entropy per head (on windows of each run's validation text)
     and expert load, means over its runs."""
     for group in groups:
-        entropies = [r.head_statistics(train_text)["entropy"].tolist() for r in group.runs]
-        group.entropy = mean_nested(entropies)
+        entropies = [r.head_statistics(train_text)["entropy"].numpy() for r in group.runs]
+        group.entropy = np.mean(entropies, axis=0).tolist()
         loads = [load for load in map(logged_expert_load, group.runs) if load]
-        group.expert_load = mean_nested(loads) if loads else None
+        if loads:  # each layer's and expert's mean share over the runs that logged it
+            group.expert_load = {
+                layer: {e: statistics.fmean(load[layer][e] for load in loads) for e in experts}
+                for layer, experts in loads[0].items()
+            }
 
 
 def runs_table(groups: Sequence[Group]) -> str:
