@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.analysis.attention import head_statistics_figure
-from tinygpt.analysis.curves import EpochCurve, plot_epoch_curves, plot_val_bands, read_epoch_curve
+from tinygpt.analysis.curves import EpochCurve, plot_epoch_curves, read_epoch_curve
 from tinygpt.analysis.decoding import (
     NOTEBOOK_QUOTE,
     DecoderResult,
@@ -30,6 +30,7 @@ from tinygpt.analysis.decoding import (
     verdicts_table,
     write_decoding_report,
 )
+from tinygpt.analysis.plots import plot_val_curves
 from tinygpt.analysis.runs import Run, find_runs
 from tinygpt.analysis.verdicts import RULE, Stat, about, compare, noise
 from tinygpt.analysis.writing import (
@@ -463,7 +464,7 @@ def draw(settings: dict[str, Setting], out: Path) -> dict[str, Path]:
             "lowest val loss",
             mark_epoch=CONVERGENCE_EPOCH,
         ),
-        "val_loss": plot_val_bands(
+        "val_loss": plot_val_curves(
             {kind: [r.path for r in runs] for kind, runs in full.runs.items()},
             out / "val_loss.png",
             title="All of TinyShakespeare: val loss, mean ± std over seeds",

@@ -208,10 +208,7 @@ def write_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = {"report": out / "report.md", "val_curves": out / "val_loss.png"}
-    runs = [r for g in groups for r in g.runs]
-    labels = [f"{g.label} seed {r.seed}" for g in groups for r in g.runs]
-    title = "Validation loss by run"
-    plot_val_curves([r.path for r in runs], labels, written["val_curves"], title=title)
+    plot_val_curves({g.label: [r.path for r in g.runs] for g in groups}, written["val_curves"])
     results_of, source = None, ""
     if decoding:
         group = next((g for g in groups if g.runs[0].ffn == "dense"), groups[0])

@@ -11,6 +11,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from tinygpt.errors import DataError
+from tinygpt.files import atomic_write
 
 START_MARKER = "<!-- results:start -->"
 END_MARKER = "<!-- results:end -->"
@@ -49,10 +50,12 @@ def replace_section(text: str, body: str) -> str:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (its folder made); returns the path."""
+    """Write ``fig`` as a PNG at ``path`` (its folder made; a full disk leaves no half-written
+    PNG); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
     return path
 
 
