@@ -31,6 +31,7 @@ from tinygpt.analysis.decoding import (
     write_decoding_report,
 )
 from tinygpt.analysis.plots import plot_val_curves
+from tinygpt.analysis.report import Group, attention_table, runs_table, seeds_of
 from tinygpt.analysis.runs import Run, find_runs
 from tinygpt.analysis.verdicts import RULE, Stat, about, compare, noise
 from tinygpt.analysis.writing import (
@@ -258,28 +259,12 @@ def claims_table(claims: Sequence[Claim]) -> str:
     return markdown_table(header, rows)
 
 
-def seeds_of(runs: Sequence[Run]) -> str:
-    return f"{len(runs)} ({', '.join(str(r.seed) for r in runs)})"
-
-
-def full_table(setting: Setting) -> str:
-    header = "model | runs (seeds) | best val loss | final val loss | train tokens/s | "
-    header += "time per token × dense | wall s | parameters"
-    per_token = time_per_token_ratio(setting)
-    rows = [
-        [
-            kind,
-            seeds_of(runs),
-            setting.stat(kind, "best_val_loss").fmt(),
-            setting.stat(kind, "final_val_loss").fmt(),
-            setting.stat(kind, "train_tokens_per_second").fmt(0),
-            "1.00" if kind == "dense" else per_token.fmt(2),
-            setting.stat(kind, "wall_seconds").fmt(1),
-            f"{setting.stat(kind, 'parameters').mean:.0f}",
-        ]
+def groups(setting: Setting) -> list[Group]:
+    """The setting's runs per model kind, with their attention per head, as the report groups."""
+    return [
+        Group(f"{setting.name}, {kind}", runs, setting.heads.get(kind, []))
         for kind, runs in setting.runs.items()
     ]
-    return markdown_table(header, rows, left=2)
 
 
 def epochs_table(setting: Setting) -> str:
@@ -301,25 +286,6 @@ def epochs_table(setting: Setting) -> str:
         cells = [Stat.of(values).fmt(digits) for values, digits in columns]
         rows.append([kind, seeds_of(setting.runs[kind]), *cells])
     return markdown_table(header, rows, left=2)
-
-
-def attention_table(settings: Sequence[Setting]) -> str:
-    """Per setting, model kind and layer: each head measure's mean over the layer's heads, and
-    the standard deviation across them, each as mean ± std over seeds."""
-    header = "setting | model | layer | entropy (nats) | its std across heads | distance (chars) | "
-    header += "its std across heads | share on previous 1–3"
-    rows = []
-    for setting in settings:
-        for kind, runs in setting.heads.items():
-            for layer in range(runs[0]["entropy"].shape[0]):
-                cells = []
-                for key in ("entropy", "distance", "previous_3"):
-                    heads = [stats[key][layer] for stats in runs]  # per seed
-                    cells.append(Stat.of([float(h.mean()) for h in heads]).fmt(2))
-                    if key != "previous_3":  # and the spread across the layer's heads
-                        cells.append(Stat.of([float(h.std(unbiased=True)) for h in heads]).fmt(2))
-                rows.append([setting.name, kind, str(layer), *cells])
-    return markdown_table(header, rows, left=3)
 
 
 def timing_table(timings: dict[str, float | None], settings: Sequence[Setting]) -> str:
@@ -366,8 +332,8 @@ def page_body(
         "claims_table": claims_table(claims),
         "verdicts_table": verdicts_table(decoding_rows),
         "epochs_table": epochs_table(small),
-        "full_table": full_table(full),
-        "attention_table": attention_table(list(settings.values())),
+        "full_table": runs_table(groups(full)),
+        "attention_table": attention_table([g for s in settings.values() for g in groups(s)]),
         "notebook_quote": NOTEBOOK_QUOTE,
         "decoding_table": decoding_table(decoding),
         "timing_table": timing_table(timings, list(settings.values())),
