@@ -21,6 +21,7 @@ from tinygpt.analysis.likelihood import mean_nll, sampled_entropy
 from tinygpt.analysis.runs import training_text
 from tinygpt.analysis.text_metrics import known_word_share, self_similarity, word_set
 from tinygpt.analysis.verdicts import Stat
+from tinygpt.analysis.writing import code_block
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint
 from tinygpt.errors import DataError
 from tinygpt.generation import Decoder, intra_op_threads
@@ -106,9 +107,7 @@ def samples_markdown(record: dict[str, Any]) -> str:
     parts = [f"decoder **{decoder.get('name')}** ({settings})"]
     count = len(record["samples"])
     for i, sample in enumerate(record["samples"], start=1):
-        # Indented by four spaces: a Markdown code block keeps the line breaks and spacing.
-        body = "\n".join("    " + line for line in sample.split("\n"))
-        parts.append(f"sample {i} of {count}:\n\n{body}")
+        parts.append(f"sample {i} of {count}:\n\n{code_block(sample)}")
     return "\n\n".join(parts)
 
 

@@ -4,6 +4,7 @@ of a page between its results markers, PNG figures and JSON."""
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,12 @@ def replace_section(text: str, body: str) -> str:
             f"the README needs one {START_MARKER} line followed by one {END_MARKER} line"
         )
     return text[: start + len(START_MARKER)] + "\n" + body.strip("\n") + "\n" + text[end:]
+
+
+def code_block(text: str) -> str:
+    """``text`` indented by four spaces: a Markdown code block, which keeps its line breaks and
+    spacing (TensorBoard's Text tab renders Markdown)."""
+    return textwrap.indent(text, "    ", lambda line: True)
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
