@@ -66,11 +66,15 @@ QUOTES = {
 class Claim:
     """One row of the page: the notebook's words, what was measured, and the verdict."""
 
-    key: str
-    notebook: str
+    key: str  # of QUOTES
     measured: str
     verdict: str
     numbers: dict[str, Any] = field(default_factory=dict)
+    where: str = ""  # the setting, after the quote
+    notebook: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.notebook = QUOTES[self.key] + self.where
 
 
 @dataclass
@@ -158,7 +162,7 @@ def versus(
         f"(difference {stat_a.mean - stat_b.mean:+.3f}, noise {noise(stat_a, stat_b):.3f})"
     )
     numbers = {**(numbers or {}), name_a.lower(): asdict(stat_a), name_b.lower(): asdict(stat_b)}
-    return Claim(key, QUOTES[key] + where, measured, compare(stat_a, stat_b, claimed), numbers)
+    return Claim(key, measured, compare(stat_a, stat_b, claimed), numbers, where)
 
 
 def loss_claim(setting: Setting) -> Claim:
@@ -181,7 +185,6 @@ def epoch_claims(setting: Setting) -> list[Claim]:
     return [
         Claim(
             "converges",
-            QUOTES["converges"],
             f"lowest val loss at epoch {best.fmt(1)} (runs: {epochs}) of {last}; about 15 taken "
             f"as {low}–{high}",
             about(best, CONVERGENCE_EPOCH, CONVERGENCE_TOLERANCE),
@@ -189,7 +192,6 @@ def epoch_claims(setting: Setting) -> list[Claim]:
         ),
         Claim(
             "overfits",
-            QUOTES["overfits"],
             f"val loss over the last {tenth} epochs minus the {tenth} before: {change.fmt()} "
             f"(rising: overfitting); at epoch {last} it is {rise.fmt()} above its lowest, and "
             f"{gap.fmt()} above the train loss",
@@ -227,7 +229,6 @@ def time_claim(setting: Setting) -> Claim:
     low, high = TIME_RATIO - TIME_TOLERANCE, TIME_RATIO + TIME_TOLERANCE
     return Claim(
         "moe_time",
-        QUOTES["moe_time"],
         f"time per training token, MoE / dense, per seed: {per_token.fmt(2)} (about 1.40 taken "
         f"as {low:.2f}–{high:.2f}); whole runs' wall time {wall.fmt(2)}",
         about(per_token, TIME_RATIO, TIME_TOLERANCE),
