@@ -5,7 +5,6 @@ attention per head of its best checkpoint."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import yaml
 
 from tinygpt.analysis.attention import head_statistics
+from tinygpt.analysis.moe import expert_shares
 from tinygpt.analysis.plots import Series, read_scalars
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
 from tinygpt.data.text import read_text
@@ -24,7 +24,6 @@ from tinygpt.models import TinyGPT
 # Overrides that never make runs different models: seeds and where things are read or written
 # (these, and hydra.* and paths.* keys).
 NEUTRAL_KEYS = ("seed", "data.path", "data.cache_dir", "ckpt_path", "trainer.default_root_dir")
-EXPERT_LOAD = re.compile(r"^moe/layer(\d+)/load/expert(\d+)$")
 
 
 @dataclass
@@ -171,9 +170,4 @@ def logged_expert_load(run: Run) -> dict[int, dict[int, float]]:
         scalars = read_scalars(run.path)
     except (FileNotFoundError, ValueError):
         return {}
-    load: dict[int, dict[int, float]] = {}
-    for tag, points in scalars.items():
-        match = EXPERT_LOAD.match(tag)
-        if match and points:
-            load.setdefault(int(match[1]), {})[int(match[2])] = points[-1][1]
-    return {layer: dict(sorted(experts.items())) for layer, experts in sorted(load.items())}
+    return expert_shares({tag: points[-1][1] for tag, points in scalars.items() if points})
