@@ -6,6 +6,8 @@ The notebook API, torch only (importing it loads neither Lightning, Hydra nor ma
     model = load_model("outputs/runs/<run>/checkpoints/best.ckpt")
     print(generate(model, "To be", 200, temperature=0.8, seed=1))
 
+and ``train``, which loads them on first use: ``run = tinygpt.train(["model=moe"])``.
+
 Subpackages: ``models`` (config, GPT, MoE, KV cache), ``data`` (tokenizer, download,
 DataModule), ``training`` (Lightning), ``generation`` (sampling, the token loop, fast steps),
 ``analysis`` (pictures, metrics, reports) and ``cli`` (Hydra: what train.py and generate.py run).
@@ -24,6 +26,7 @@ from tinygpt.generation import (
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
 __all__ = [
+    "train",
     "TinyGPT",
     "TinyGPTConfig",
     "generate",
@@ -35,3 +38,15 @@ __all__ = [
     "load_model",
     "stream_generate",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "train":  # Lightning and Hydra: loaded when training is asked for
+        from tinygpt.cli.in_process import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "train"])

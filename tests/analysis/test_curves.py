@@ -13,9 +13,9 @@ from tinygpt.analysis.curves import (
     EpochCurve,
     mean_band,
     plot_epoch_curves,
-    plot_val_bands,
     read_epoch_curve,
 )
+from tinygpt.analysis.plots import plot_val_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -88,7 +88,7 @@ def test_pictures_are_written(tmp_path):
         {"dense": curves, "moe": curves[:1]}, tmp_path / "e.png", mark_epoch=15
     )
     assert path.read_bytes().startswith(PNG_MAGIC)
-    path = plot_val_bands({"dense": runs}, tmp_path / "v.png")
+    path = plot_val_curves({"dense": runs}, tmp_path / "v.png")
     assert path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 10_000
     with pytest.raises(ValueError, match="logged no"):
-        plot_val_bands({"dense": runs}, tmp_path / "x.png", tag="no/such")
+        plot_val_curves({"dense": runs}, tmp_path / "x.png", tag="no/such")

@@ -4,6 +4,7 @@ hyperparameters and its metrics, checked against the project's own metric functi
 import math
 
 import pytest
+import torch
 from helpers import read_session, save_checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -13,11 +14,11 @@ from tinygpt.analysis.generation_dashboard import (
     generation_metrics,
     log_generation_run,
 )
-from tinygpt.analysis.likelihood import mean_nll
+from tinygpt.analysis.likelihood import mean_nll, sampled_entropy
 from tinygpt.analysis.plots import read_scalars
-from tinygpt.analysis.sweep_summary import diversity
-from tinygpt.analysis.text_metrics import known_word_share, word_set
+from tinygpt.analysis.text_metrics import known_word_share, self_similarity, word_set
 from tinygpt.checkpoint import load_model
+from tinygpt.generation import generate, named_decoder
 
 PROMPT = "To be"
 
@@ -99,9 +100,12 @@ def test_a_generate_run_logs_its_samples_and_session(ckpt, tmp_path, tiny_text_f
     nll = sum(mean_nll(model, c) for c in continuations) / 2
     known = known_word_share(continuations, word_set(tiny_text_file.read_text()))
     assert 0 < known < 1  # "speak", "all", "rather", ... are in the text; "quux" is not
+    decoder = named_decoder("temperature", temperature=0.7)
+    entropy = sum(sampled_entropy(model, c, decoder) for c in continuations) / 2
     expected = {
-        **{f"samples/{k}": v for k, v in diversity(record).items()},  # as summary.md has them
         "samples/nll_per_char": nll,
+        "samples/sampled_entropy": entropy,
+        "samples/self_similarity": self_similarity(continuations, 4, unit="char"),
         "samples/known_word_share": known,
         "samples/tokens_per_second": 1234.5,
     }
@@ -125,14 +129,47 @@ def test_without_its_training_text_the_known_word_share_is_left_out_with_a_note(
 def test_empty_continuations_score_nan_which_sessions_leave_out(ckpt):
     record = make_record(ckpt, [PROMPT], max_new_tokens=0)
     metrics = generation_metrics(record, load_model(ckpt), vocabulary={"to", "be"})
-    assert math.isnan(metrics["samples/nll_per_char"])
-    assert math.isnan(metrics["samples/known_word_share"])
+    for tag in ("nll_per_char", "sampled_entropy", "self_similarity", "known_word_share"):
+        assert math.isnan(metrics[f"samples/{tag}"]), tag
 
 
 def test_the_nll_is_averaged_over_the_first_samples_only(ckpt, monkeypatch):
-    monkeypatch.setattr(generation_dashboard, "NLL_SAMPLES", 1)
+    monkeypatch.setattr(generation_dashboard, "SCORED_SAMPLES", 1)
     model = load_model(ckpt)
     record = make_record(ckpt, [PROMPT + " speak, speak", PROMPT + "zzzzqqqq xxx"])
     metrics = generation_metrics(record, model, vocabulary=None)
     assert metrics["samples/nll_per_char"] == pytest.approx(mean_nll(model, " speak, speak"))
     assert "samples/known_word_share" not in metrics
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny checkpoint's model after 150 steps on one repeated verse: enough for its
+    distributions to be sharp where the verse is predictable."""
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("trained") / "last.ckpt")
+    model = load_model(ckpt).train()
+    ids = model.tokenizer.encode("But soft, what light through yonder window breaks?\n" * 20)
+    windows = ids.unfold(0, 17, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(150):
+        batch = windows[torch.randint(len(windows), (16,))].contiguous()
+        _, loss = model(batch[:, :-1], batch[:, 1:].contiguous())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return ckpt, model.eval()
+
+
+def test_nll_sampled_entropy_and_self_similarity_separate_temperatures_0_5_and_1_5(trained):
+    ckpt, model = trained
+    metrics = {}
+    for temperature in (0.5, 1.5):
+        samples = generate(model, [PROMPT] * 4, 60, temperature=temperature, seed=1)
+        record = make_record(ckpt, samples)
+        record["decoder"]["temperature"] = temperature
+        metrics[temperature] = generation_metrics(record, model, vocabulary=None)
+    cold, hot = metrics[0.5], metrics[1.5]
+    assert cold["samples/nll_per_char"] < hot["samples/nll_per_char"]  # likelier text
+    assert cold["samples/sampled_entropy"] < hot["samples/sampled_entropy"]  # less choice
+    assert cold["samples/self_similarity"] > hot["samples/self_similarity"]  # samples alike

@@ -98,12 +98,10 @@ def test_plot_run_skips_what_was_not_logged(tmp_path):
 def test_plot_val_curves_overlays_runs(tmp_path):
     dense = write_run(tmp_path / "dense", [3.0, 2.5, 2.25])
     moe = write_run(tmp_path / "moe", [2.9, 2.4, 2.1])
-    path = plot_val_curves([dense, moe], ["dense", "moe"], tmp_path / "val.png")
+    path = plot_val_curves({"dense": [dense], "moe": [moe]}, tmp_path / "val.png")
     assert_png(path)
-    with pytest.raises(ValueError, match="labels"):
-        plot_val_curves([dense, moe], ["dense"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="logged no"):
-        plot_val_curves([dense], ["dense"], tmp_path / "x.png", tag="val/nope")
+        plot_val_curves({"dense": [dense]}, tmp_path / "x.png", tag="val/nope")
 
 
 def write_csv_run(run_dir: Path, *sessions: dict[int, dict[str, float]]) -> Path:

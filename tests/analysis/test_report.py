@@ -250,7 +250,8 @@ def test_run_trains_the_sweep_in_this_process_then_writes_the_pages(
     ):
         assert (out / name).is_file(), name
     text = (out / "report.md").read_text()
-    assert "| dense | 2 (1, 2) | 10 |" in text and "L0H0" in text and "Expert load" not in text
+    assert "| dense | 2 (1, 2) | 10 |" in text and "Expert load" not in text
+    assert "| dense | 0 | " in text  # the attention table, layer 0
     assert "python -m tinygpt claims" in text  # where the notebook's claims are
     new = readme.read_text()
     assert new.startswith(

@@ -5,7 +5,6 @@ import math
 import pytest
 
 from tinygpt.analysis.text_metrics import (
-    char_ngrams,
     distinct_n,
     known_word_share,
     mean_distinct_n,
@@ -103,7 +102,7 @@ def test_self_similarity_by_hand_with_clipped_counts():
 
 
 def test_char_ngrams_and_shared_share():
-    assert char_ngrams("abcd", 3) == ["abc", "bcd"]
-    assert char_ngrams("ab", 3) == []
+    assert ngrams("abcd", 3) == [("a", "b", "c"), ("b", "c", "d")]  # a string's characters
+    assert ngrams("ab", 3) == []
     assert shared_share(["x", "x", "y"], ["x"]) == pytest.approx(1 / 3)
     assert math.isnan(shared_share([], ["x"]))

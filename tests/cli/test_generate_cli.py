@@ -10,6 +10,9 @@ import pytest
 import torch
 from helpers import CreatesFile, one_error_line, run_generate, save_checkpoint
 
+from tinygpt.analysis.generation_dashboard import METRICS
+from tinygpt.analysis.plots import read_scalars
+from tinygpt.analysis.sweep_summary import markdown
 from tinygpt.checkpoint import load_model
 from tinygpt.cli import generate as generate_cli
 from tinygpt.cli.errors import USER_ERROR_EXIT_CODE
@@ -100,8 +103,14 @@ def test_multirun_writes_one_directory_per_value_and_a_summary(ckpt, tmp_path):
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert [job["job_dir"] for job in summary] == list(jobs)
     assert all(len(job["samples"]) == 2 for job in summary)
-    assert all(0 <= job["diversity"]["pooled_distinct_1"] <= 1 for job in summary)
+    for job in summary:  # what each job logged to its tb/, read back
+        logged = {
+            tag: points[-1][1] for tag, points in read_scalars(sweep_dir / job["job_dir"]).items()
+        }
+        assert job["measures"] == {tag: logged[tag] for tag in METRICS if tag in logged}
+        assert job["measures"]["samples/sampled_entropy"] > 0
     table = (sweep_dir / "summary.md").read_text()
+    assert "| sampled entropy (nats/char) | self-similarity (char 4-grams) |" in table
     assert "decoder.temperature=0.5" in table and "decoder.temperature=1.5" in table
 
 
@@ -187,25 +196,18 @@ def test_bad_input_is_one_error_line_without_traceback(
     assert not (tmp_path / "run" / "samples.json").exists()  # nothing half-written
 
 
-def test_sweep_summary_measures_diversity_of_the_continuations():
-    from tinygpt.analysis.sweep_summary import diversity, markdown
-
+def test_the_sweep_summary_table_shows_each_jobs_measures_and_n_a_where_none_was_logged():
     record = {
-        "prompt": "To be",
-        "samples": ["To be the cat the cat the cat", "To be a b c d e"],
+        "samples": ["To be |or\nnot"],
         "job_dir": "0",
         "overrides": ["decoder.temperature=0.5"],
-        "tokens_per_s": 1.0,
+        "measures": {"samples/nll_per_char": 2.5, "samples/tokens_per_second": 10.0},
     }
-    record["diversity"] = measured = diversity(record)
-    # Words: the cat x3 | a b c d e -> 7 unique of 11; bigrams 2 of 5 | 4 of 4 -> 6 of 9;
-    # 4-grams: sample 1 repeats one of 3 (1/3), sample 2 none (0) -> mean 1/6.
-    assert measured == {
-        "pooled_distinct_1": 0.6364,
-        "pooled_distinct_2": 0.6667,
-        "repeated_4gram_share": 0.1667,
-    }
-    assert "| 0 | decoder.temperature=0.5 | 1.0 | 0.6364 | 0.6667 | 0.1667 |" in markdown([record])
+    row = markdown([record]).splitlines()[2]
+    assert (
+        row
+        == "| 0 | decoder.temperature=0.5 | 2.500 | n/a | n/a | n/a | 10.000 | To be \\|or\\nnot |"
+    )
 
 
 def test_a_quoted_prompt_with_a_comma_and_a_stop_string_on_the_command_line(ckpt, tmp_path, capsys):

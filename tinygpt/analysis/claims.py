@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.analysis.attention import head_statistics_figure
-from tinygpt.analysis.curves import EpochCurve, plot_epoch_curves, plot_val_bands, read_epoch_curve
+from tinygpt.analysis.curves import EpochCurve, plot_epoch_curves, read_epoch_curve
 from tinygpt.analysis.decoding import (
     NOTEBOOK_QUOTE,
     DecoderResult,
@@ -30,6 +30,8 @@ from tinygpt.analysis.decoding import (
     verdicts_table,
     write_decoding_report,
 )
+from tinygpt.analysis.plots import plot_val_curves
+from tinygpt.analysis.report import Group, attention_table, runs_table, seeds_of
 from tinygpt.analysis.runs import Run, find_runs
 from tinygpt.analysis.verdicts import RULE, Stat, about, compare, noise
 from tinygpt.analysis.writing import (
@@ -64,11 +66,15 @@ QUOTES = {
 class Claim:
     """One row of the page: the notebook's words, what was measured, and the verdict."""
 
-    key: str
-    notebook: str
+    key: str  # of QUOTES
     measured: str
     verdict: str
     numbers: dict[str, Any] = field(default_factory=dict)
+    where: str = ""  # the setting, after the quote
+    notebook: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.notebook = QUOTES[self.key] + self.where
 
 
 @dataclass
@@ -156,7 +162,7 @@ def versus(
         f"(difference {stat_a.mean - stat_b.mean:+.3f}, noise {noise(stat_a, stat_b):.3f})"
     )
     numbers = {**(numbers or {}), name_a.lower(): asdict(stat_a), name_b.lower(): asdict(stat_b)}
-    return Claim(key, QUOTES[key] + where, measured, compare(stat_a, stat_b, claimed), numbers)
+    return Claim(key, measured, compare(stat_a, stat_b, claimed), numbers, where)
 
 
 def loss_claim(setting: Setting) -> Claim:
@@ -179,7 +185,6 @@ def epoch_claims(setting: Setting) -> list[Claim]:
     return [
         Claim(
             "converges",
-            QUOTES["converges"],
             f"lowest val loss at epoch {best.fmt(1)} (runs: {epochs}) of {last}; about 15 taken "
             f"as {low}–{high}",
             about(best, CONVERGENCE_EPOCH, CONVERGENCE_TOLERANCE),
@@ -187,7 +192,6 @@ def epoch_claims(setting: Setting) -> list[Claim]:
         ),
         Claim(
             "overfits",
-            QUOTES["overfits"],
             f"val loss over the last {tenth} epochs minus the {tenth} before: {change.fmt()} "
             f"(rising: overfitting); at epoch {last} it is {rise.fmt()} above its lowest, and "
             f"{gap.fmt()} above the train loss",
@@ -225,7 +229,6 @@ def time_claim(setting: Setting) -> Claim:
     low, high = TIME_RATIO - TIME_TOLERANCE, TIME_RATIO + TIME_TOLERANCE
     return Claim(
         "moe_time",
-        QUOTES["moe_time"],
         f"time per training token, MoE / dense, per seed: {per_token.fmt(2)} (about 1.40 taken "
         f"as {low:.2f}–{high:.2f}); whole runs' wall time {wall.fmt(2)}",
         about(per_token, TIME_RATIO, TIME_TOLERANCE),
@@ -257,28 +260,12 @@ def claims_table(claims: Sequence[Claim]) -> str:
     return markdown_table(header, rows)
 
 
-def seeds_of(runs: Sequence[Run]) -> str:
-    return f"{len(runs)} ({', '.join(str(r.seed) for r in runs)})"
-
-
-def full_table(setting: Setting) -> str:
-    header = "model | runs (seeds) | best val loss | final val loss | train tokens/s | "
-    header += "time per token × dense | wall s | parameters"
-    per_token = time_per_token_ratio(setting)
-    rows = [
-        [
-            kind,
-            seeds_of(runs),
-            setting.stat(kind, "best_val_loss").fmt(),
-            setting.stat(kind, "final_val_loss").fmt(),
-            setting.stat(kind, "train_tokens_per_second").fmt(0),
-            "1.00" if kind == "dense" else per_token.fmt(2),
-            setting.stat(kind, "wall_seconds").fmt(1),
-            f"{setting.stat(kind, 'parameters').mean:.0f}",
-        ]
+def groups(setting: Setting) -> list[Group]:
+    """The setting's runs per model kind, with their attention per head, as the report groups."""
+    return [
+        Group(f"{setting.name}, {kind}", runs, setting.heads.get(kind, []))
         for kind, runs in setting.runs.items()
     ]
-    return markdown_table(header, rows, left=2)
 
 
 def epochs_table(setting: Setting) -> str:
@@ -302,25 +289,6 @@ def epochs_table(setting: Setting) -> str:
     return markdown_table(header, rows, left=2)
 
 
-def attention_table(settings: Sequence[Setting]) -> str:
-    """Per setting, model kind and layer: each head measure's mean over the layer's heads, and
-    the standard deviation across them, each as mean ± std over seeds."""
-    header = "setting | model | layer | entropy (nats) | its std across heads | distance (chars) | "
-    header += "its std across heads | share on previous 1–3"
-    rows = []
-    for setting in settings:
-        for kind, runs in setting.heads.items():
-            for layer in range(runs[0]["entropy"].shape[0]):
-                cells = []
-                for key in ("entropy", "distance", "previous_3"):
-                    heads = [stats[key][layer] for stats in runs]  # per seed
-                    cells.append(Stat.of([float(h.mean()) for h in heads]).fmt(2))
-                    if key != "previous_3":  # and the spread across the layer's heads
-                        cells.append(Stat.of([float(h.std(unbiased=True)) for h in heads]).fmt(2))
-                rows.append([setting.name, kind, str(layer), *cells])
-    return markdown_table(header, rows, left=3)
-
-
 def timing_table(timings: dict[str, float | None], settings: Sequence[Setting]) -> str:
     """The time each part took: each sweep's runs (the sum of their wall_seconds, whichever
     process ran them), and this command's measuring and writing."""
@@ -335,6 +303,8 @@ def timing_table(timings: dict[str, float | None], settings: Sequence[Setting]) 
 
 
 # --- the page ------------------------------------------------------------------------------
+
+PAGE_TEMPLATE = Path(__file__).with_name("results_page.md")  # its text, with {placeholders}
 
 PAGE_INTRO = f"""# Results
 
@@ -354,88 +324,48 @@ def page_body(
     link: str,
     command: str,
 ) -> str:
-    """The generated part of the results page; ``link`` prefixes the pictures' paths."""
-    prefix = f"{link.rstrip('/')}/" if link else ""
+    """The generated part of the results page: :data:`PAGE_TEMPLATE` filled in; ``link``
+    prefixes the pictures' paths."""
     full, small = settings["full"], settings["notebook_100k"]
-    n_seeds = len(full.runs["dense"])
-    models = len({c["model"] for c in decoding[0].cells})
-    cells = len(decoding[0].cells)
-    samples = len(decoding[0].samples) // cells
-    chars = len(decoding[0].samples[0]["text"])
+    cells, models = len(decoding[0].cells), len({c["model"] for c in decoding[0].cells})
     train_share = small.value("data.train_fraction")
-    train_chars = int(train_share * small.value("data.max_chars"))
-    about_epochs = (
-        CONVERGENCE_EPOCH - CONVERGENCE_TOLERANCE,
-        CONVERGENCE_EPOCH + CONVERGENCE_TOLERANCE,
+    tables = {
+        "claims_table": claims_table(claims),
+        "verdicts_table": verdicts_table(decoding_rows),
+        "epochs_table": epochs_table(small),
+        "full_table": runs_table(groups(full)),
+        "attention_table": attention_table([g for s in settings.values() for g in groups(s)]),
+        "notebook_quote": NOTEBOOK_QUOTE,
+        "decoding_table": decoding_table(decoding),
+        "timing_table": timing_table(timings, list(settings.values())),
+    }
+    return PAGE_TEMPLATE.read_text().format(
+        command=command,
+        prefix=f"{link.rstrip('/')}/" if link else "",
+        rule=RULE,
+        n_seeds=len(full.runs["dense"]),
+        epochs_low=CONVERGENCE_EPOCH - CONVERGENCE_TOLERANCE,
+        epochs_high=CONVERGENCE_EPOCH + CONVERGENCE_TOLERANCE,
+        time_low=TIME_RATIO - TIME_TOLERANCE,
+        time_high=TIME_RATIO + TIME_TOLERANCE,
+        cells=cells,
+        models=models,
+        prompts=cells // models,
+        samples=len(decoding[0].samples) // cells,
+        chars=len(decoding[0].samples[0]["text"]),
+        max_chars=small.value("data.max_chars"),
+        train_share=train_share,
+        val_share=1 - train_share,
+        train_chars=int(train_share * small.value("data.max_chars")),
+        epoch_steps=small.value("trainer.val_check_interval"),
+        batch_size=small.value("data.batch_size"),
+        small_block=small.value("model.block_size"),
+        full_block=full.value("model.block_size"),
+        max_steps=full.value("trainer.max_steps"),
+        val_every=full.value("trainer.val_check_interval"),
+        speed=setting_line(small),
+        **{name: table.strip("\n") for name, table in tables.items()},
     )
-    about_time = (TIME_RATIO - TIME_TOLERANCE, TIME_RATIO + TIME_TOLERANCE)
-    parts = [
-        f"Regenerate with `{command}`: it trains what is missing (dense and MoE, {n_seeds} "
-        "seeds, in two settings) and writes this page and its pictures; the time each part "
-        "took is [at the end](#regeneration).",
-        "## The notebook's claims, measured",
-        f'{RULE} "About 15 epochs" is taken as {about_epochs[0]}–{about_epochs[1]} epochs, '
-        f'"about 40% more" as {about_time[0]:.2f}–{about_time[1]:.2f} times the time per '
-        "training token. The attention claims are measured on the models trained on all of "
-        "TinyShakespeare (both settings are in the [attention table](#attention-per-head)).",
-        claims_table(claims),
-        "**Decoding strategies.** The notebook rates each strategy's coherence and diversity "
-        "low, medium or high (its table is [quoted below](#decoding-strategies)). Each pair of "
-        "strategies it rates differently on an axis is judged on each measure of that axis "
-        "(by NLL and by self-similarity, lower counts as more coherent and more diverse): "
-        "*concordant* when the one rated higher measures higher by more than the noise (as "
-        f"above; the spread is over the {cells} cells of {models} dense models × "
-        f"{cells // models} prompts), *discordant* when it measures lower by more than the "
-        "noise, *within noise* otherwise. A discordant pair reads `A > B`: the notebook rates A "
-        "above B, the measure puts it below.",
-        verdicts_table(decoding_rows),
-        "## The 100k setting: loss per epoch",
-        f"`experiment=notebook_100k`: the first {small.value('data.max_chars'):,} characters of "
-        f"TinyShakespeare, split {train_share:.0%} / {1 - train_share:.0%}, the notebook's size; "
-        f"an epoch is one pass over the {train_chars:,} training characters "
-        f"({small.value('trainer.val_check_interval')} steps of "
-        f"{small.value('data.batch_size')} × {small.value('model.block_size')} characters), "
-        "validation after each, and a constant learning rate after the warm-up. Train loss "
-        "per epoch is the mean over the epoch's steps.",
-        f"![loss per epoch]({prefix}epochs.png)",
-        epochs_table(small),
-        f"Training speed in this setting: {setting_line(small)}.",
-        "## All of TinyShakespeare: dense vs MoE",
-        f"The notebook's size, {full.value('trainer.max_steps')} steps, validation every "
-        f"{full.value('trainer.val_check_interval')} steps.",
-        f"![val loss]({prefix}val_loss.png)",
-        full_table(full),
-        "## Attention per head",
-        f"Each run's best checkpoint, on up to 64 windows of {full.value('model.block_size')} "
-        "characters spread "
-        "over its validation text. Entropy: of a query's attention, in nats (uniform attention "
-        "over the visible characters has the most); distance: how far back the attended "
-        "characters are, on average; share on previous 1–3: the attention on the three "
-        "characters before the query (queries with three before them). Per layer: the mean "
-        "over its heads and the standard deviation across them, each as mean ± std over seeds.",
-        f"![attention per head]({prefix}attention.png)",
-        attention_table(list(settings.values())),
-        "## Decoding strategies",
-        "The notebook's table, as written:",
-        NOTEBOOK_QUOTE,
-        f"Measured on the best checkpoints of the {models} dense runs on all of "
-        f"TinyShakespeare: per model and prompt, a batch of {samples} samples of {chars} "
-        "characters (seed 1). Each measure is the mean over a cell's samples (self-similarity: "
-        f"over its pairs of samples), shown as mean ± std over the {cells} cells. Sampled "
-        "entropy: of the distribution each character was drawn from, after temperature and "
-        "filtering; self-similarity: the share of a sample's character 4-grams that another "
-        "sample of its cell holds (1: identical samples). Mean distinct-2 is near 1 for every "
-        "sampling strategy, so it cannot rank them.",
-        decoding_table(decoding),
-        f"![decoding]({prefix}decoding.png)",
-        f"Samples: [decoding_samples.json]({prefix}decoding_samples.json); every number on "
-        f"this page: [claims.json]({prefix}claims.json).",
-        "## Regeneration",
-        timing_table(timings, list(settings.values())),
-        "Training times are the runs' own wall time, as each run's summary.json records it; "
-        "this machine was shared with other work while they ran, so they are upper bounds.",
-    ]
-    return "\n\n".join(part.strip("\n") for part in parts) + "\n"
 
 
 def setting_line(setting: Setting) -> str:
@@ -501,7 +431,7 @@ def draw(settings: dict[str, Setting], out: Path) -> dict[str, Path]:
             "lowest val loss",
             mark_epoch=CONVERGENCE_EPOCH,
         ),
-        "val_loss": plot_val_bands(
+        "val_loss": plot_val_curves(
             {kind: [r.path for r in runs] for kind, runs in full.runs.items()},
             out / "val_loss.png",
             title="All of TinyShakespeare: val loss, mean ± std over seeds",

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from tinygpt.analysis.plots import Series, read_scalars
+from tinygpt.analysis.plots import mean_band, read_scalars
 from tinygpt.analysis.writing import save_figure
 
 TRAIN_TAG = "epoch/train_loss"
@@ -74,18 +73,6 @@ def read_epoch_curve(run_dir: str | Path) -> EpochCurve:
     return EpochCurve(epochs, [train[e] for e in epochs], [val[e] for e in epochs])
 
 
-def mean_band(ax: Axes, series: Sequence[Series], label: str, color: str, style: str = "-") -> None:
-    """Draw the mean of ``series`` (``[(x, y), ...]`` each) over the x values they all share,
-    with a band of ± one standard deviation (none for a single series)."""
-    shared = set.intersection(*(set(dict(s)) for s in series))
-    xs = sorted(shared)
-    values = np.array([[dict(s)[x] for x in xs] for s in series])
-    mean = values.mean(0)
-    std = values.std(0, ddof=1) if len(series) > 1 else np.zeros_like(mean)
-    ax.plot(xs, mean, style, color=color, label=label)
-    ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
-
-
 def plot_epoch_curves(
     groups: dict[str, Sequence[EpochCurve]],
     path: str | Path,
@@ -113,30 +100,4 @@ def plot_epoch_curves(
     ax.legend(fontsize=8)
     low = min(min(c.train + c.val) for curves in groups.values() for c in curves)
     ax.set_ylim(low - 0.05, low + 1.0)  # the first epochs' high losses would flatten the rest
-    return save_figure(fig, path)
-
-
-def plot_val_bands(
-    groups: dict[str, Sequence[str | Path]],
-    path: str | Path,
-    tag: str = "val/loss",
-    title: str = "",
-) -> Path:
-    """``tag`` against the step for each group of runs: its mean with ± one std band."""
-    fig = Figure(figsize=(7.0, 4.2), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    for i, (label, runs) in enumerate(groups.items()):
-        series = []
-        for run in runs:
-            points = read_scalars(run).get(tag)
-            if not points:
-                raise ValueError(f"{run} logged no {tag!r}")
-            series.append(points)
-        best = np.mean([min(v for _, v in s) for s in series])
-        mean_band(ax, series, f"{label} (n={len(runs)}, mean best {best:.3f})", f"C{i}", "-o")
-    ax.set_xlabel("step")
-    ax.set_ylabel(tag)
-    ax.set_title(title or f"{tag}: mean ± std over seeds", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     return save_figure(fig, path)

@@ -34,7 +34,7 @@ from tinygpt.analysis.text_metrics import (
     word_set,
 )
 from tinygpt.analysis.verdicts import CONCORDANT, DISCORDANT, WITHIN_NOISE, Stat, judge_pairs
-from tinygpt.analysis.writing import jsonable, markdown_table, number, save_figure
+from tinygpt.analysis.writing import code_block, jsonable, markdown_table, number, save_figure
 from tinygpt.checkpoint import load_model
 from tinygpt.errors import ConfigError
 from tinygpt.generation import (
@@ -326,9 +326,8 @@ def log_samples(results: Sequence[DecoderResult], log_dir: str | Path) -> None:
         for r in results:
             parts = []
             for s in r.samples:
-                body = "\n".join("    " + line for line in (s["prompt"] + s["text"]).splitlines())
                 heading = f"{s['model']}, prompt {s['prompt'].strip()!r}, sample {s['sample']}"
-                parts.append(f"**{heading}**\n\n{body}")
+                parts.append(f"**{heading}**\n\n{code_block(s['prompt'] + s['text'])}")
             tag = "decoding/" + r.row.name.replace(" ", "_")
             writer.add_text(tag, "\n\n".join(parts), global_step=0)
 

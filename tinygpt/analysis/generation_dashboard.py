@@ -2,33 +2,41 @@
 
 The run's ``tb/`` directory gets the samples (Text tab, ``samples/text_summary``) and a
 session (:mod:`tinygpt.analysis.hparams`): the decoder settings, prompt, length, seed and
-checkpoint as hyperparameters, and as metrics scores of the continuations (prompt left out):
-``samples/pooled_distinct_1``, ``_2`` and ``samples/repeated_4gram_share`` (diversity, as a
-sweep's ``summary.md`` has it), ``samples/known_word_share`` (generated words found in the
-training text, left out with a note when it is not found), ``samples/nll_per_char`` (the
-model's own NLL, over the first :data:`NLL_SAMPLES` samples: scoring runs each sample alone)
-and ``samples/tokens_per_second``. So ``python generate.py -m decoder=temperature
-decoder.temperature=0.5,1.0,1.5`` gives three rows to compare next to the training runs.
+checkpoint as hyperparameters, and as metrics (:data:`METRICS`) the measures that separate
+decoders in docs/results.md, on the continuations (prompt left out) of the first
+:data:`SCORED_SAMPLES` samples: the model's NLL, the sampled entropy and the self-similarity
+across samples (char 4-grams); then the known-word share (left out, with a note, when the
+training text is not found) and tokens/s. A sweep's ``summary.md`` shows the same values.
 """
 
 from __future__ import annotations
 
-import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from tinygpt.analysis.hparams import HParamValue, flatten, log_session, override_hparams
-from tinygpt.analysis.likelihood import mean_nll
+from tinygpt.analysis.likelihood import mean_nll, sampled_entropy
 from tinygpt.analysis.runs import training_text
-from tinygpt.analysis.sweep_summary import continuations_of, diversity
-from tinygpt.analysis.text_metrics import known_word_share, word_set
+from tinygpt.analysis.text_metrics import known_word_share, self_similarity, word_set
+from tinygpt.analysis.verdicts import Stat
+from tinygpt.analysis.writing import code_block
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint
 from tinygpt.errors import DataError
-from tinygpt.generation import intra_op_threads
+from tinygpt.generation import Decoder, intra_op_threads
 from tinygpt.models import TinyGPT
 
-NLL_SAMPLES = 100
+SCORED_SAMPLES = 100  # the model scores each sample alone, and self-similarity every pair
+SELF_SIMILARITY_CHARS = 4  # as the decoding comparison: samples share few word pairs
+# metric tag -> title, in a sweep's summary.md
+METRICS = {
+    "samples/nll_per_char": "NLL (nats/char)",
+    "samples/sampled_entropy": "sampled entropy (nats/char)",
+    "samples/self_similarity": "self-similarity (char 4-grams)",
+    "samples/known_word_share": "known-word share",
+    "samples/tokens_per_second": "tokens/s",
+}
 TEXT_TAG = "samples"  # torch's SummaryWriter.add_text appends "/text_summary"
 # The generate.yaml keys that shape the samples.
 GENERATION_SECTIONS = (
@@ -55,16 +63,27 @@ def generation_hparams(record: dict[str, Any]) -> dict[str, HParamValue]:
     }
 
 
+def continuations_of(record: dict[str, Any]) -> list[str]:
+    """Each sample of a ``samples.json`` record without its prompt."""
+    return [sample[len(record["prompt"]) :] for sample in record["samples"]]
+
+
 def generation_metrics(
     record: dict[str, Any], model: TinyGPT, vocabulary: set[str] | None
 ) -> dict[str, float | None]:
-    """The run's metrics (see the module docstring); ``vocabulary`` None leaves out the
-    known-word share. Empty continuations give ``nan``, which the session leaves out."""
+    """The run's :data:`METRICS`; ``vocabulary`` None leaves out the known-word share. Too few
+    characters or samples give ``nan``, which the session leaves out."""
     texts = continuations_of(record)
+    scored = texts[:SCORED_SAMPLES]
+    decoder = Decoder(**{f.name: record["decoder"][f.name] for f in fields(Decoder)})
     with intra_op_threads(1):  # tiny forwards: a second thread costs more than it gains
-        nlls = [mean_nll(model, text) for text in texts[:NLL_SAMPLES] if len(text) >= 2]
-    metrics = {f"samples/{key}": value for key, value in diversity(record).items()}
-    metrics["samples/nll_per_char"] = sum(nlls) / len(nlls) if nlls else math.nan
+        nll = Stat.of([mean_nll(model, text) for text in scored if len(text) >= 2])
+        entropy = Stat.of([sampled_entropy(model, t, decoder) for t in scored if len(t) >= 2])
+    metrics = {
+        "samples/nll_per_char": nll.mean,
+        "samples/sampled_entropy": entropy.mean,
+        "samples/self_similarity": self_similarity(scored, SELF_SIMILARITY_CHARS, unit="char"),
+    }
     if vocabulary is not None:
         metrics["samples/known_word_share"] = known_word_share(texts, vocabulary)
     metrics["samples/tokens_per_second"] = record["tokens_per_s"]
@@ -88,9 +107,7 @@ def samples_markdown(record: dict[str, Any]) -> str:
     parts = [f"decoder **{decoder.get('name')}** ({settings})"]
     count = len(record["samples"])
     for i, sample in enumerate(record["samples"], start=1):
-        # Indented by four spaces: a Markdown code block keeps the line breaks and spacing.
-        body = "\n".join("    " + line for line in sample.split("\n"))
-        parts.append(f"sample {i} of {count}:\n\n{body}")
+        parts.append(f"sample {i} of {count}:\n\n{code_block(sample)}")
     return "\n\n".join(parts)
 
 

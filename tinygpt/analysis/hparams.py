@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 from torch.utils.tensorboard import SummaryWriter
+
+from tinygpt.analysis.moe import expert_shares
 
 HParamValue = bool | int | float | str
 
@@ -50,7 +51,6 @@ NOT_SHAPING = frozenset(
 )
 
 INSTANTIATE_KEYS = frozenset({"_target_", "_convert_", "_recursive_", "_partial_", "_args_"})
-EXPERT_LOAD_TAG = re.compile(r"^moe/layer(\d+)/load/expert(\d+)$")
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, HParamValue]:
@@ -121,14 +121,10 @@ def expert_load_balance(metrics: Mapping[str, Any]) -> dict[str, float]:
     """``{"expert_load_min_over_max": ...}`` from logged ``moe/layer{l}/load/expert{e}`` values:
     the smallest expert share over the largest, in the most uneven layer. 1 is perfectly even;
     0 means an expert got no token (where max / min would be infinite). Empty without experts."""
-    layers: dict[int, list[float]] = {}
-    for tag, value in metrics.items():
-        match = EXPERT_LOAD_TAG.match(tag)
-        if match:
-            layers.setdefault(int(match[1]), []).append(float(value))
+    layers = [list(shares.values()) for shares in expert_shares(metrics).values()]
     if not layers:
         return {}
-    return {"expert_load_min_over_max": round(min(min(s) / max(s) for s in layers.values()), 4)}
+    return {"expert_load_min_over_max": round(min(min(s) / max(s) for s in layers), 4)}
 
 
 def log_session(

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 import torch
 from matplotlib.figure import Figure
 
 from tinygpt.analysis.attention import text_windows, visible
 from tinygpt.models import TinyGPT, evaluating
+
+EXPERT_LOAD_TAG = re.compile(r"^moe/layer(\d+)/load/expert(\d+)$")
+
+
+def expert_shares(values: Mapping[str, float]) -> dict[int, dict[int, float]]:
+    """The ``moe/layer{l}/load/expert{e}`` entries of ``values`` (logged scalars by tag) as
+    ``{layer: {expert: share}}``, sorted; empty for a dense model."""
+    load: dict[int, dict[int, float]] = {}
+    for tag, value in sorted(values.items()):
+        match = EXPERT_LOAD_TAG.match(tag)
+        if match:
+            load.setdefault(int(match[1]), {})[int(match[2])] = float(value)
+    return {layer: dict(sorted(experts.items())) for layer, experts in sorted(load.items())}
 
 
 @torch.no_grad()

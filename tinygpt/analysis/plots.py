@@ -13,10 +13,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tinygpt.files import atomic_write
+from tinygpt.analysis.writing import save_figure
 
 Series = list[tuple[int, float]]
 
@@ -159,10 +161,7 @@ def plot_series(
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend()
-    path = Path(path)
-    with atomic_write(path) as f:  # a full disk leaves no half-written PNG
-        fig.savefig(f, format="png", dpi=100)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -182,21 +181,39 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     return written
 
 
+def mean_band(ax: Axes, series: Sequence[Series], label: str, color: str, style: str = "-") -> None:
+    """Draw the mean of ``series`` (``[(x, y), ...]`` each) over the x values they all share,
+    with a band of ± one standard deviation (none for a single series)."""
+    shared = set.intersection(*(set(dict(s)) for s in series))
+    xs = sorted(shared)
+    values = np.array([[dict(s)[x] for x in xs] for s in series])
+    mean = values.mean(0)
+    std = values.std(0, ddof=1) if len(series) > 1 else np.zeros_like(mean)
+    ax.plot(xs, mean, style, color=color, label=label)
+    ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+
+
 def plot_val_curves(
-    run_dirs: Sequence[str | Path],
-    labels: Sequence[str],
+    groups: dict[str, Sequence[str | Path]],
     path: str | Path,
     tag: str = "val/loss",
-    title: str | None = None,
+    title: str = "",
 ) -> Path:
-    """One PNG overlaying ``tag`` (default ``val/loss``) of several runs, e.g. dense vs MoE."""
-    if len(run_dirs) != len(labels):
-        raise ValueError(f"{len(run_dirs)} run directories but {len(labels)} labels")
-    series = {}
-    for run_dir, label in zip(run_dirs, labels, strict=True):
-        points = read_scalars(run_dir).get(tag)
-        if not points:
-            raise ValueError(f"{run_dir} logged no {tag!r}")
-        # The legend carries each run's best value: the number a comparison is about.
-        series[f"{label} (min {min(v for _, v in points):.3f})"] = points
-    return plot_series(series, path, title or f"{tag} by run", tag)
+    """``tag`` (default ``val/loss``) against the step for each group of runs (label -> run
+    directories, e.g. dense and MoE over seeds): its mean with a band of ± one std."""
+    fig = Figure(figsize=(7.0, 4.2), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for i, (label, runs) in enumerate(groups.items()):
+        series = []
+        for run in runs:
+            if not (points := read_scalars(run).get(tag)):
+                raise ValueError(f"{run} logged no {tag!r}")
+            series.append(points)
+        best = np.mean([min(v for _, v in s) for s in series])
+        mean_band(ax, series, f"{label} (n={len(runs)}, mean best {best:.3f})", f"C{i}", "-o")
+    ax.set_xlabel("step")
+    ax.set_ylabel(tag)
+    ax.set_title(title or f"{tag}: mean ± std over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

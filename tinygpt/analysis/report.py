@@ -17,8 +17,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from tinygpt.analysis.attention import head_statistics_figure
 from tinygpt.analysis.decoding import (
     DEFAULT_MAX_NEW_TOKENS,
     DecoderResult,
@@ -29,7 +29,7 @@ from tinygpt.analysis.decoding import (
 from tinygpt.analysis.plots import plot_val_curves
 from tinygpt.analysis.runs import Run, find_runs, logged_expert_load
 from tinygpt.analysis.verdicts import Stat
-from tinygpt.analysis.writing import markdown_table, number, replace_section
+from tinygpt.analysis.writing import markdown_table, number, replace_section, save_figure
 from tinygpt.errors import DataError
 
 SUMMARY_STATS = (
@@ -46,9 +46,12 @@ SUMMARY_STATS = (
 class Group:
     label: str
     runs: list[Run]
-    stats: dict[str, Stat] = field(default_factory=dict)  # SUMMARY_STATS over the runs
-    entropy: list[list[float]] | None = None  # [layer][head], mean over runs
+    heads: list[dict] = field(default_factory=list)  # per run: head_statistics' (L, H) tensors
     expert_load: dict[int, dict[int, float]] | None = None  # layer -> expert -> mean share
+    stats: dict[str, Stat] = field(init=False)  # SUMMARY_STATS over the runs
+
+    def __post_init__(self) -> None:
+        self.stats = {k: Stat.of([r.summary.get(k) for r in self.runs]) for k in SUMMARY_STATS}
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -72,8 +75,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
                 if o not in common and not (len(kinds) > 1 and o.startswith("model="))
             )
             label = f"{ffn} {differing}".strip() if len(kinds) > 1 else differing or "(defaults)"
-        stats = {key: Stat.of([r.summary.get(key) for r in members]) for key in SUMMARY_STATS}
-        groups.append(Group(label, members, stats))
+        groups.append(Group(label, members))
     return sorted(groups, key=lambda g: g.runs[0].ffn != "dense")  # stable: dense first
 
 
@@ -81,24 +83,21 @@ def ratio(value: float, reference: float) -> float:
     return value / reference if reference else float("nan")
 
 
-def mean_nested(tables: Sequence[Any]) -> Any:
-    """Element-wise mean of equally shaped nested lists or dicts of numbers."""
-    first = tables[0]
-    if isinstance(first, dict):
-        return {k: mean_nested([t[k] for t in tables if k in t]) for k in first}
-    if isinstance(first, list):
-        return [mean_nested([t[i] for t in tables]) for i in range(len(first))]
-    return statistics.fmean(tables)
-
-
 def analyse(groups: Sequence[Group], train_text: str | Path | None = None) -> None:
-    """Fill each group's attention entropy per head (on windows of each run's validation text)
-    and expert load, means over its runs."""
+    """Fill each group's attention per head (on windows of each run's validation text) and
+    expert load, its mean over the runs."""
     for group in groups:
-        entropies = [r.head_statistics(train_text)["entropy"].tolist() for r in group.runs]
-        group.entropy = mean_nested(entropies)
+        group.heads = [r.head_statistics(train_text) for r in group.runs]
         loads = [load for load in map(logged_expert_load, group.runs) if load]
-        group.expert_load = mean_nested(loads) if loads else None
+        if loads:  # each layer's and expert's mean share over the runs that logged it
+            group.expert_load = {
+                layer: {e: statistics.fmean(load[layer][e] for load in loads) for e in experts}
+                for layer, experts in loads[0].items()
+            }
+
+
+def seeds_of(runs: Sequence[Run]) -> str:
+    return f"{len(runs)} ({', '.join(str(r.seed) for r in runs)})"
 
 
 def runs_table(groups: Sequence[Group]) -> str:
@@ -111,7 +110,7 @@ def runs_table(groups: Sequence[Group]) -> str:
         rows.append(
             [
                 g.label,
-                f"{len(g.runs)} ({', '.join(str(r.seed) for r in g.runs)})",
+                seeds_of(g.runs),
                 number(s["steps"].mean, 0),
                 s["best_val_loss"].fmt(),
                 s["final_val_loss"].fmt(),
@@ -125,19 +124,22 @@ def runs_table(groups: Sequence[Group]) -> str:
     return markdown_table(header, rows, left=2)
 
 
-def entropy_table(groups: Sequence[Group]) -> str:
-    shaped = [g for g in groups if g.entropy]
-    if not shaped:
-        return ""
-    n_layer = max(len(g.entropy) for g in shaped)
-    n_head = max(len(row) for g in shaped for row in g.entropy)
-    heads = [f"L{layer}H{head}" for layer in range(n_layer) for head in range(n_head)]
+def attention_table(groups: Sequence[Group]) -> str:
+    """Per group and layer: each head measure's mean over the layer's heads, and the standard
+    deviation across them, each as mean ± std over seeds."""
+    header = "runs | layer | entropy (nats) | its std across heads | distance (chars) | "
+    header += "its std across heads | share on previous 1–3"
     rows = []
-    for g in shaped:
-        flat = [v for row in g.entropy for v in row]
-        cells = [f"{v:.2f}" for v in flat] + [""] * (len(heads) - len(flat))
-        rows.append([g.label, *cells, f"{min(flat):.2f}–{max(flat):.2f}"])
-    return markdown_table(["group", *heads, "min–max spread"], rows, left=1)
+    for group in (g for g in groups if g.heads):
+        for layer in range(group.heads[0]["entropy"].shape[0]):
+            cells = []
+            for key in ("entropy", "distance", "previous_3"):
+                heads = [stats[key][layer] for stats in group.heads]  # per seed
+                cells.append(Stat.of([float(h.mean()) for h in heads]).fmt(2))
+                if key != "previous_3":  # and the spread across the layer's heads
+                    cells.append(Stat.of([float(h.std(unbiased=True)) for h in heads]).fmt(2))
+            rows.append([group.label, str(layer), *cells])
+    return markdown_table(header, rows, left=2)
 
 
 def expert_load_section(groups: Sequence[Group]) -> str:
@@ -173,10 +175,13 @@ def report_markdown(
         "Mean ± sample std over seeds; ratios are to the first group.\n",
         runs_table(groups),
         f"![val loss]({prefix}val_loss.png)\n",
-        f"{heading} Attention entropy per head\n",
-        "Nats, mean over seeds, best checkpoint, on up to 64 windows of the validation text "
-        "(0 = one key per query; higher = spread out).\n",
-        entropy_table(groups),
+        f"{heading} Attention per head\n",
+        "Best checkpoints, on up to 64 windows of the validation text. Entropy in nats (0 = one "
+        "key per query; higher = spread out); distance: how far back the attended characters "
+        "are. Per layer: the mean over its heads and the std across them, each as mean ± std "
+        "over seeds.\n",
+        f"![attention per head]({prefix}attention.png)\n",
+        attention_table(groups),
     ]
     experts = expert_load_section(groups)
     if experts:
@@ -212,11 +217,15 @@ def write_report(
     analyse(groups, train_text)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = {"report": out / "report.md", "val_curves": out / "val_loss.png"}
-    runs = [r for g in groups for r in g.runs]
-    labels = [f"{g.label} seed {r.seed}" for g in groups for r in g.runs]
-    title = "Validation loss by run"
-    plot_val_curves([r.path for r in runs], labels, written["val_curves"], title=title)
+    written = {
+        "report": out / "report.md",
+        "val_curves": plot_val_curves(
+            {g.label: [r.path for r in g.runs] for g in groups}, out / "val_loss.png"
+        ),
+        "attention": save_figure(
+            head_statistics_figure({g.label: g.heads for g in groups}), out / "attention.png"
+        ),
+    }
     results_of, source = None, ""
     if decoding:
         group = next((g for g in groups if g.runs[0].ffn == "dense"), groups[0])

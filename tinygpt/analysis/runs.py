@@ -5,7 +5,6 @@ attention per head of its best checkpoint."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +14,16 @@ import torch
 import yaml
 
 from tinygpt.analysis.attention import head_statistics
-from tinygpt.analysis.plots import read_scalars
+from tinygpt.analysis.moe import expert_shares
+from tinygpt.analysis.plots import Series, read_scalars
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
 from tinygpt.data.text import read_text
 from tinygpt.errors import DataError
+from tinygpt.models import TinyGPT
 
 # Overrides that never make runs different models: seeds and where things are read or written
 # (these, and hydra.* and paths.* keys).
 NEUTRAL_KEYS = ("seed", "data.path", "data.cache_dir", "ckpt_path", "trainer.default_root_dir")
-EXPERT_LOAD = re.compile(r"^moe/layer(\d+)/load/expert(\d+)$")
 
 
 @dataclass
@@ -32,6 +32,18 @@ class Run:
     summary: dict[str, Any]
     config: dict[str, Any]
     overrides: list[str]
+
+    @property
+    def dir(self) -> Path:
+        return self.path
+
+    def load_model(self) -> TinyGPT:
+        """Its best checkpoint's model (else its last), ready for ``generate``."""
+        return load_model(self.checkpoint())
+
+    def scalars(self) -> dict[str, Series]:
+        """Every logged scalar: tag -> [(step, value), ...], as its loggers wrote them."""
+        return read_scalars(self.path)
 
     @property
     def seed(self) -> Any:
@@ -73,7 +85,7 @@ class Run:
         validation text (of ``train_text`` where given)."""
         config = self.trained_config()
         text = validation_text(training_text(config, train_text), config)
-        return head_statistics(load_model(self.checkpoint()), text)
+        return head_statistics(self.load_model(), text)
 
 
 def load_run(path: Path) -> Run:
@@ -158,9 +170,4 @@ def logged_expert_load(run: Run) -> dict[int, dict[int, float]]:
         scalars = read_scalars(run.path)
     except (FileNotFoundError, ValueError):
         return {}
-    load: dict[int, dict[int, float]] = {}
-    for tag, points in scalars.items():
-        match = EXPERT_LOAD.match(tag)
-        if match and points:
-            load.setdefault(int(match[1]), {})[int(match[2])] = points[-1][1]
-    return {layer: dict(sorted(experts.items())) for layer, experts in sorted(load.items())}
+    return expert_shares({tag: points[-1][1] for tag, points in scalars.items() if points})

@@ -1,11 +1,11 @@
-"""A Hydra callback that gathers every job's samples of a multirun into one summary.
+"""A Hydra callback that gathers a ``generate.py -m`` sweep into one summary.
 
-Each ``generate.py`` job writes ``samples.json`` into its own directory; at the end of the
-sweep this writes ``summary.json`` (all jobs) and ``summary.md`` (a table) into the sweep dir,
-with each job's diversity measured on the generated continuations (prompt left out), so a sweep
-over temperatures reads as numbers: pooled distinct-1/2 over words (the n-grams of all the job's
-samples pooled, :func:`~tinygpt.analysis.text_metrics.distinct_n`) and
-the mean share of repeated word 4-grams within a sample.
+Each job writes ``samples.json`` and logs its measures to its own ``tb/``
+(:mod:`tinygpt.analysis.generation_dashboard`). At the end of the sweep this writes
+``summary.json`` (every job's record, with its measures read back from ``tb/``) and
+``summary.md`` (a table) into the sweep directory. The measures are those that separate decoding
+strategies in docs/results.md: the model's NLL of the continuations, the sampled entropy and
+the self-similarity across samples; pooled distinct-n would read 1.0 at any temperature.
 """
 
 from __future__ import annotations
@@ -17,57 +17,36 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tinygpt.analysis.text_metrics import distinct_n, repeated_ngram_share
+from tinygpt.analysis.generation_dashboard import METRICS
+from tinygpt.analysis.plots import read_scalars
+from tinygpt.analysis.writing import markdown_table, number
 
 SAMPLES_FILE = "samples.json"
 PREVIEW_CHARS = 60
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every job's ``samples.json`` under ``sweep_dir``, in job-number order."""
+    """Every job's ``samples.json`` under ``sweep_dir`` with its logged ``measures`` (by
+    metric tag), in job-number order."""
     jobs = []
     for path in sweep_dir.glob(f"*/{SAMPLES_FILE}"):
         record = json.loads(path.read_text())
         record["job_dir"] = path.parent.name
-        record["diversity"] = diversity(record)
+        logged = read_scalars(path.parent / "tb")
+        record["measures"] = {tag: logged[tag][-1][1] for tag in METRICS if tag in logged}
         jobs.append(record)
     return sorted(jobs, key=lambda job: (len(job["job_dir"]), job["job_dir"]))
 
 
-def continuations_of(record: dict[str, Any]) -> list[str]:
-    """Each sample of a ``samples.json`` record without its prompt (``prompt=`` or the text of
-    ``prompt_file=``)."""
-    prompt = record["prompt"]
-    return [sample[len(prompt) :] for sample in record["samples"]]
-
-
-def diversity(record: dict[str, Any]) -> dict[str, float]:
-    continuations = continuations_of(record)
-    repeated = [repeated_ngram_share(text, 4) for text in continuations]
-    return {
-        "pooled_distinct_1": round(distinct_n(continuations, 1), 4),
-        "pooled_distinct_2": round(distinct_n(continuations, 2), 4),
-        "repeated_4gram_share": round(sum(repeated) / max(len(repeated), 1), 4),
-    }
-
-
 def markdown(jobs: list[dict[str, Any]]) -> str:
-    lines = [
-        "| job | overrides | tokens/s | pooled distinct-1 | pooled distinct-2 | repeated 4-grams "
-        "| sample |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """One row per job: its overrides, measures ("n/a" where not logged) and a sample's start."""
+    rows = []
     for job in jobs:
         preview = job["samples"][0][:PREVIEW_CHARS] if job["samples"] else ""
         preview = preview.replace("\n", "\\n").replace("|", "\\|")
-        overrides = " ".join(job["overrides"]) or "(none)"
-        d = job["diversity"]
-        lines.append(
-            f"| {job['job_dir']} | {overrides} | {job['tokens_per_s']} | "
-            f"{d['pooled_distinct_1']} | {d['pooled_distinct_2']} | {d['repeated_4gram_share']} | "
-            f"{preview} |"
-        )
-    return "\n".join(lines) + "\n"
+        measures = [number(job["measures"].get(tag)) for tag in METRICS]
+        rows.append([job["job_dir"], " ".join(job["overrides"]) or "(none)", *measures, preview])
+    return markdown_table(["job", "overrides", *METRICS.values(), "sample"], rows)
 
 
 class SweepSummary(Callback):

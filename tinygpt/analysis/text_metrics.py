@@ -32,7 +32,8 @@ def word_set(text: str) -> set[str]:
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    """Contiguous n-grams of a token sequence; none when it is shorter than ``n``."""
+    """Contiguous n-grams of a token sequence (a list of words, or a string's characters, spaces
+    and line breaks included); none when it is shorter than ``n``."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
@@ -90,13 +91,6 @@ def known_word_share(texts: str | Iterable[str], vocabulary: set[str]) -> float:
     return sum(w in vocabulary for w in generated) / len(generated)
 
 
-def char_ngrams(text: str, n: int) -> list[str]:
-    """Contiguous character n-grams of ``text``, spaces and line breaks included."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return [text[i : i + n] for i in range(len(text) - n + 1)]
-
-
 def shared_share(grams: Sequence, reference: Sequence) -> float:
     """The share of ``grams`` also found in ``reference``, each n-gram counted at most as often
     as ``reference`` holds it (BLEU's clipped n-gram precision, for one n); ``nan`` if
@@ -116,12 +110,9 @@ def self_similarity(texts: Sequence[str], n: int = 4, unit: str = "word") -> flo
     does not count, only repetition across samples. ``nan`` with fewer than two samples that
     have an n-gram.
     """
-    if unit == "word":
-        grams = [ngrams(words(text), n) for text in texts]
-    elif unit == "char":
-        grams = [char_ngrams(text, n) for text in texts]
-    else:
+    if unit not in ("word", "char"):
         raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+    grams = [ngrams(words(text) if unit == "word" else text, n) for text in texts]
     grams = [g for g in grams if g]
     pairs = [shared_share(a, b) for i, a in enumerate(grams) for j, b in enumerate(grams) if i != j]
     return sum(pairs) / len(pairs) if pairs else math.nan

@@ -4,6 +4,7 @@ of a page between its results markers, PNG figures and JSON."""
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from tinygpt.errors import DataError
+from tinygpt.files import atomic_write
 
 START_MARKER = "<!-- results:start -->"
 END_MARKER = "<!-- results:end -->"
@@ -48,11 +50,19 @@ def replace_section(text: str, body: str) -> str:
     return text[: start + len(START_MARKER)] + "\n" + body.strip("\n") + "\n" + text[end:]
 
 
+def code_block(text: str) -> str:
+    """``text`` indented by four spaces: a Markdown code block, which keeps its line breaks and
+    spacing (TensorBoard's Text tab renders Markdown)."""
+    return textwrap.indent(text, "    ", lambda line: True)
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (its folder made); returns the path."""
+    """Write ``fig`` as a PNG at ``path`` (its folder made; a full disk leaves no half-written
+    PNG); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
     return path
 
 

@@ -48,9 +48,9 @@ UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT
 
 
 def _user_error(exc: BaseException | None) -> BaseException | None:
-    """The user error behind ``exc``: a TinyGPTError, Lightning's refusal of a setting (any
+    """The user error behind ``exc``: a TinyGPTError or Lightning's refusal of a setting (any
     error of the Trainer's constructor), which Hydra wraps when a ``_target_`` raises it, and
-    OmegaConf when a resolver does; or a place the OS refuses to write."""
+    OmegaConf when a resolver does; or a place the OS refuses to write, as a WriteError."""
     # Lightning's exception, if Lightning is loaded: generate.py never imports it.
     lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
     trainer = False
@@ -61,9 +61,7 @@ def _user_error(exc: BaseException | None) -> BaseException | None:
     if isinstance(exc, TinyGPTError):
         return exc
     if trainer or (lightning and isinstance(exc, lightning.MisconfigurationException)):
-        torch = sys.modules.get("torch")
-        no_gpu = torch is not None and not torch.cuda.is_available()
-        return ConfigError(f"trainer: {exc}{NO_GPU_HINT if no_gpu else ''}")
+        return exc
     os_error = os_error_behind(exc)
     if os_error is not None and os_error.errno in UNWRITABLE and os_error.filename:
         return write_error(os_error.filename, os_error)
@@ -72,9 +70,12 @@ def _user_error(exc: BaseException | None) -> BaseException | None:
 
 def exit_with_user_error(message: object, code: int = USER_ERROR_EXIT_CODE) -> NoReturn:
     """Print ``error: <message>`` on stderr, one line, and exit with ``code`` (2: bad input)."""
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    print(f"error: {' '.join(lines)}", file=sys.stderr, flush=True)
+    print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def one_line(message: object) -> str:
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 @contextmanager
@@ -83,33 +84,29 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        cause = _user_error(exc)
+        cause = user_error(exc)
         if cause is None:
             raise
-        exit_with_user_error(cause, getattr(cause, "exit_code", USER_ERROR_EXIT_CODE))
+        exit_with_user_error(cause, cause.exit_code)
 
 
-def run_hydra_app(
-    main: Callable[[], object], argv: Sequence[str] | None = None, script: Path | None = None
-) -> None:
-    """Run a ``@hydra.main`` function, turning Hydra's own composition errors into one line.
+def user_error(exc: BaseException) -> TinyGPTError | None:
+    """The user error behind ``exc``, as a TinyGPTError (Lightning's refusal of a Trainer setting
+    becomes a ConfigError naming the trainer); None for a bug."""
+    cause = _user_error(exc)
+    if cause is None or isinstance(cause, TinyGPTError):
+        return cause
+    torch = sys.modules.get("torch")
+    no_gpu = torch is not None and not torch.cuda.is_available()
+    return ConfigError(f"trainer: {cause}{NO_GPU_HINT if no_gpu else ''}")
 
-    With ``argv``, it runs as ``python SCRIPT ARGV`` would (Hydra reads ``sys.argv``, restored
-    afterwards), else with this process's command line. HYDRA_FULL_ERROR is set while it runs,
-    so that Hydra raises its errors for this function to print; bugs keep their traceback.
-    """
-    saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    if argv is not None:
-        sys.argv = [str(script or saved_argv[0]), *argv]
-    try:
-        with user_errors():  # raised outside the job: a resolver's, a run directory's mkdir
-            main()
-    except OverrideParseException as exc:
-        exit_with_user_error(f"{_parse_error(exc)}; {quoting_hint(exc.override)}")
-    except (ConfigCompositionException, MissingConfigException) as exc:
+
+def hydra_error_message(exc: BaseException) -> str | None:
+    """The one line for an error Hydra raises composing a config from overrides (an override it
+    cannot parse ends with how to quote it); None for any other error."""
+    if isinstance(exc, OverrideParseException):
+        return f"{_parse_error(exc)}; {quoting_hint(exc.override)}"
+    if isinstance(exc, (ConfigCompositionException, MissingConfigException)):
         # Hydra appends its search path to a missing option; the options before it are enough.
         message = str(exc.args[0] if exc.args else exc).split("\nConfig search path")[0]
         if exc.__cause__ is not None:
@@ -118,24 +115,61 @@ def run_hydra_app(
         ambiguous = re.match(r"Ambiguous value for argument '(.*)'$", message, re.MULTILINE)
         if ambiguous:
             message += f"; {quoting_hint(ambiguous.group(1))}"
-        exit_with_user_error(_missing_plugin(message) or message)
-    except ValueError as exc:
-        # Hydra's defaults list refuses e.g. `logger=null` with a bare ValueError.
-        if f"{os.sep}hydra{os.sep}" not in traceback.extract_tb(exc.__traceback__)[-1].filename:
-            raise
-        exit_with_user_error(f"{exc} (a config group takes one of its options; ~GROUP drops it)")
+        return _missing_plugin(message) or message
+    # Hydra's defaults list refuses e.g. `logger=null` with a bare ValueError.
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, ValueError) and frames and f"{os.sep}hydra{os.sep}" in frames[-1].filename:
+        return f"{exc} (a config group takes one of its options; ~GROUP drops it)"
+    return None
+
+
+@contextmanager
+def hydra_scope() -> Iterator[None]:
+    """Hydra raising its errors (HYDRA_FULL_ERROR) while it runs, and logging as it was before
+    afterwards: Hydra points it at the job's log file, and a caller may go on."""
+    saved_env = os.environ.get("HYDRA_FULL_ERROR")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
     finally:
-        sys.argv = saved_argv
         if saved_env is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
-        # Hydra points logging at the job's log file; a caller that goes on (a report after its
-        # sweep) logs where it did before.
         for handler in set(root.handlers) - set(handlers):
             handler.close()
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def run_hydra_app(
+    main: Callable[[], object], argv: Sequence[str] | None = None, script: Path | None = None
+) -> None:
+    """Run a ``@hydra.main`` function, turning Hydra's own composition errors into one line.
+
+    With ``argv``, it runs as ``python SCRIPT ARGV`` would (Hydra reads ``sys.argv``, restored
+    afterwards), else with this process's command line; bugs keep their traceback.
+    """
+    saved_argv = sys.argv
+    if argv is not None:
+        sys.argv = [str(script or saved_argv[0]), *argv]
+    try:
+        with hydra_scope(), user_errors():  # user_errors: a resolver's, a run directory's mkdir
+            main()
+    except (
+        OverrideParseException,
+        ConfigCompositionException,
+        MissingConfigException,
+        ValueError,
+    ) as exc:
+        message = hydra_error_message(exc)
+        if message is None:
+            raise
+        exit_with_user_error(message)
+    finally:
+        sys.argv = saved_argv
 
 
 def _missing_plugin(message: str) -> str | None:

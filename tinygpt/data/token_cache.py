@@ -16,6 +16,7 @@ sees the old file or the complete new one, never a partial one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -238,12 +239,7 @@ def _build_somewhere(
 
 @contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (no lock where the OS has no flock)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: concurrent builds stay correct (atomic renames), only wasteful
-        yield
-        return
+    """Hold an exclusive advisory lock on ``path``."""
     with path.open("rb") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

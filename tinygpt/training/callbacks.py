@@ -94,13 +94,8 @@ def tensorboard_dir(trainer: L.Trainer) -> Path | None:
 def metrics_dir(trainer: L.Trainer) -> Path | None:
     """Where the run's logged scalars are read back: the first TensorBoard logger's event
     directory, else the first CSV logger's directory (each version a resumed run added)."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return Path(logger.log_dir)
-    for logger in trainer.loggers:
-        if isinstance(logger, CSVLogger):
-            return Path(logger.root_dir)
-    return None
+    csv = [Path(lg.root_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+    return tensorboard_dir(trainer) or (csv[0] if csv else None)
 
 
 def prompt_in_vocabulary(prompt: str, trainer: L.Trainer, pl_module: L.LightningModule) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,8 @@ class LastCheckpoint(ModelCheckpoint):
         self._install_handlers(trainer)
 
     def _install_handlers(self, trainer: L.Trainer) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python takes signal handlers on the main thread only (a notebook's thread)
         for sig in STOP_SIGNALS:
             self._previous_handlers.setdefault(sig, signal.getsignal(sig))
             signal.signal(sig, self._on_stop_signal)
