@@ -141,7 +141,8 @@ def small_disk():
     try:
         yield where
     finally:
-        subprocess.run(["umount", str(where)], capture_output=True)
+        # --lazy: this process may still hold a file of the in-process resume open there
+        subprocess.run(["umount", "--lazy", str(where)], capture_output=True)
         shutil.rmtree(where, ignore_errors=True)
 
 
