@@ -2,7 +2,6 @@ r"""The run behind ``python generate.py``: sample text from a checkpoint, stream
 
     python generate.py ckpt_path=outputs/.../last.ckpt prompt="To be" max_new_tokens=200 \
         decoder=nucleus decoder.top_p=0.9 seed=1
-    python generate.py "prompt='To be, or not'" decoder.stop=$'"\n\n"'  # quoting: README
     python generate.py prompt_file=speech.txt   # the file's whole text, line breaks included
     python generate.py -m decoder=temperature decoder.temperature=0.5,1.0,1.5
 

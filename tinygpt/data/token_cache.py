@@ -1,8 +1,7 @@
 """The token cache: a text encoded once into a file of token ids, then read as a memory map.
 
-A training run never holds the text or its ids in RAM: windows are gathered from the map, and
-the operating system pages in only what they touch (shared by every process mapping the file,
-such as DDP ranks).
+A run never holds the text or its ids in RAM: windows are gathered from the map, whose pages
+the operating system shares between every process mapping it (DDP ranks).
 
 Where: beside the text as ``<name>.tokens``; where that directory cannot be written, in
 ``<cache_dir>/tokens/`` (the data cache, ``data.cache_dir``) under a name that also encodes the

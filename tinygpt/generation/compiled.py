@@ -10,8 +10,8 @@ weight updates, and draws the noise from the caller's generator as eager samplin
 
 A build takes tens of seconds, so it is kept: in memory for the process's life, and on disk
 under :func:`package_dir`, named by a hash of the shape key, the machine and the torch version.
-A package that cannot be loaded is rebuilt; a cache that cannot be written costs a build.
-Dense feed-forwards only: ``torch.export`` cannot capture MoE routing's data-dependent shapes.
+A package that cannot be loaded is rebuilt, a cache that cannot be written costs a build. Dense
+only: ``torch.export`` cannot capture MoE routing's data-dependent shapes.
 """
 
 from __future__ import annotations
