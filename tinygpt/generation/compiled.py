@@ -1,11 +1,10 @@
 """The compiled decoding step: the model's one-token cached forward and the token's choice,
 exported with ``torch.export`` and built by AOTInductor into a shared library.
 
-A batch-1 step of a small model is a few dozen tiny ops, so its cost is calling them;
-``torch.compile``'s guards and wrappers cost as much per call as the ops they replace, while
-an AOTInductor library is one C++ call. The weights, the KV cache, the sampling settings
-(:func:`~tinygpt.generation.sampling.sampling_tensors`) and the sampling noise are its inputs,
-so one build serves every model and setting of the same :func:`shape_key`, follows in-place
+A batch-1 step is a few dozen tiny ops: ``torch.compile``'s guards cost as much per call as
+the ops, while an AOTInductor library is one C++ call. The weights, the KV cache, the sampling
+settings (:func:`~tinygpt.generation.sampling.sampling_tensors`) and the sampling noise are its
+inputs, so one build serves every model and setting of the same :func:`shape_key`, follows in-place
 weight updates, and draws the noise from the caller's generator as eager sampling does.
 
 A build takes tens of seconds, so it is kept: in memory for the process's life, and on disk
