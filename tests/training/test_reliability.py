@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,7 +124,9 @@ def test_a_killed_runs_logs_past_its_checkpoint_are_dropped_on_resume(text, tmp_
     assert killed.wait(timeout=300) == -signal.SIGKILL
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 10
     assert max(step for step, _ in read_scalars(run_dir, logger="csv")["train/loss"]) == 14
-
+    # TensorBoard reads event files in name order: the second they were opened, then the pid. A
+    # resume within the killed run's first second, from a lower pid, would sort before it.
+    time.sleep(1.1)
     train_cli.main([*RUN, *args, f"hydra.run.dir={run_dir}", "ckpt_path=last"])
     assert_same_events(run_dir, reference_dir)  # TensorBoard's reader honours purge_step
     resumed, reference = read_scalars(run_dir, "csv"), read_scalars(reference_dir, "csv")
