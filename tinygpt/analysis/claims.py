@@ -32,7 +32,7 @@ from tinygpt.analysis.decoding import (
 )
 from tinygpt.analysis.plots import plot_val_curves
 from tinygpt.analysis.report import Group, attention_table, runs_table, seeds_of
-from tinygpt.analysis.runs import Run, find_runs
+from tinygpt.analysis.runs import find_runs
 from tinygpt.analysis.verdicts import RULE, Stat, about, compare, noise
 from tinygpt.analysis.writing import (
     END_MARKER,
@@ -77,55 +77,29 @@ class Claim:
         self.notebook = QUOTES[self.key] + self.where
 
 
-@dataclass
-class Setting:
-    """A sweep's runs by model kind, with what was measured on each run."""
-
-    name: str
-    sweep: Path
-    runs: dict[str, list[Run]]
-    curves: dict[str, list[EpochCurve]] = field(default_factory=dict)
-    heads: dict[str, list[dict]] = field(default_factory=dict)  # kind -> per run: (L, H) tensors
-    config: dict[str, Any] = field(default_factory=dict)  # a run's resolved config
-
-    def value(self, dotted: str) -> Any:
-        """A value of the runs' resolved config, e.g. ``data.batch_size``."""
-        node: Any = self.config
-        for key in dotted.split("."):
-            node = (node or {}).get(key)
-        return node
-
-    def stat(self, kind: str, key: str) -> Stat:
-        """A summary.json value of this kind's runs over seeds."""
-        return Stat.of([r.summary.get(key) for r in self.runs[kind]])
+Setting = dict[str, Group]  # a sweep's runs: one group per model kind
+Curves = dict[str, list[EpochCurve]]  # the 100k setting's losses per epoch, per kind and run
 
 
-def load_setting(name: str, sweep: Path, jobs: Collection[frozenset[str]] | None = None) -> Setting:
-    """A sweep's runs, dense and MoE apart; each kind must have run. ``jobs``: the overrides of
-    the runs to keep (``ckpt_path`` aside), leaving out runs of other settings in the sweep."""
-    runs = [r for r in find_runs([sweep]) if jobs is None or r.job in jobs]
-    by_kind = {kind: [r for r in runs if r.ffn == kind] for kind in KINDS}
-    for kind, found in by_kind.items():
+def load_setting(name: str, sweep: Path, jobs: Collection[frozenset[str]]) -> Setting:
+    """A sweep's runs of ``jobs`` (their overrides, ``ckpt_path`` aside: other settings' runs in
+    the sweep are left out), one group per model kind with each run's attention per head; each
+    kind must have run."""
+    runs = [r for r in find_runs([sweep]) if r.job in jobs]
+    setting = {}
+    for kind in KINDS:
+        found = [r for r in runs if r.ffn == kind]
         if not found:
             raise DataError(f"{sweep} holds no {kind} runs (python -m tinygpt claims trains them)")
-    return Setting(name, sweep, by_kind)
+        setting[kind] = Group(f"{name}, {kind}", found, [r.head_statistics() for r in found])
+    return setting
 
 
-def measure_setting(setting: Setting) -> None:
-    """Per run: the attention per head on its validation text; for runs that logged losses per
-    epoch, their curves."""
-    for kind, runs in setting.runs.items():
-        setting.config = setting.config or runs[0].trained_config()
-        setting.heads[kind] = [run.head_statistics() for run in runs]
-        if setting.name == "notebook_100k":
-            setting.curves[kind] = [read_epoch_curve(r.path) for r in runs]
-
-
-def head_measure(setting: Setting, kind: str, key: str, over: str = "mean") -> Stat:
+def head_measure(group: Group, key: str, over: str = "mean") -> Stat:
     """Over seeds: each run's mean over its heads (``over="mean"``) or their standard deviation
     across heads (``over="spread"``) of a head measure."""
     values = []
-    for stats in setting.heads[kind]:
+    for stats in group.heads:
         flat = stats[key].flatten()
         values.append(float(flat.mean() if over == "mean" else flat.std(unbiased=True)))
     return Stat.of(values)
@@ -133,8 +107,8 @@ def head_measure(setting: Setting, kind: str, key: str, over: str = "mean") -> S
 
 def paired_ratios(setting: Setting, key: str) -> list[float]:
     """MoE's value of ``key`` over dense's, for each seed both kinds ran."""
-    dense = {r.seed: r.summary.get(key) for r in setting.runs["dense"]}
-    moe = {r.seed: r.summary.get(key) for r in setting.runs["moe"]}
+    dense = {r.seed: r.summary.get(key) for r in setting["dense"].runs}
+    moe = {r.seed: r.summary.get(key) for r in setting["moe"].runs}
     return [moe[s] / dense[s] for s in sorted(set(dense) & set(moe)) if moe[s] and dense[s]]
 
 
@@ -165,15 +139,14 @@ def versus(
     return Claim(key, measured, compare(stat_a, stat_b, claimed), numbers, where)
 
 
-def loss_claim(setting: Setting) -> Claim:
-    where = "all of TinyShakespeare" if setting.name == "full" else "the 100k setting"
-    moe = ("MoE", setting.stat("moe", "best_val_loss"))
-    dense = ("dense", setting.stat("dense", "best_val_loss"))
+def loss_claim(setting: Setting, where: str) -> Claim:
+    moe = ("MoE", setting["moe"].stats["best_val_loss"])
+    dense = ("dense", setting["dense"].stats["best_val_loss"])
     return versus("moe_loss", "best val loss", moe, dense, "lower", where=f" ({where})")
 
 
-def epoch_claims(setting: Setting) -> list[Claim]:
-    curves = setting.curves["dense"]
+def epoch_claims(curves: Sequence[EpochCurve]) -> list[Claim]:
+    """Convergence and overfitting, from the dense runs' losses per epoch."""
     best = Stat.of([c.best_epoch for c in curves])
     change = Stat.of([c.late_change for c in curves])
     rise = Stat.of([c.rise for c in curves])
@@ -203,7 +176,7 @@ def epoch_claims(setting: Setting) -> list[Claim]:
 
 def attention_claims(setting: Setting) -> list[Claim]:
     def kinds(key: str, over: str = "mean") -> tuple[tuple[str, Stat], tuple[str, Stat]]:
-        dense, moe = (head_measure(setting, kind, key, over) for kind in KINDS)
+        dense, moe = (head_measure(setting[kind], key, over) for kind in KINDS)
         return ("dense", dense), ("MoE", moe)
 
     claims = []
@@ -236,22 +209,19 @@ def time_claim(setting: Setting) -> Claim:
     )
 
 
-def measure_claims(settings: dict[str, Setting]) -> list[Claim]:
+def measure_claims(settings: dict[str, Setting], curves: Curves) -> list[Claim]:
     """Every claim but the decoding table's, in the page's order: the 100k setting's epochs,
     MoE's val loss in both settings, then attention and speed on all of TinyShakespeare."""
     full, small = settings["full"], settings["notebook_100k"]
     attention = attention_claims(full)
     return [
-        *epoch_claims(small),
-        loss_claim(full),
-        loss_claim(small),
+        *epoch_claims(curves["dense"]),
+        loss_claim(full, "all of TinyShakespeare"),
+        loss_claim(small, "the 100k setting"),
         *attention[:2],
         time_claim(full),
         *attention[2:],
     ]
-
-
-COMMAND = "python -m tinygpt claims"
 
 
 def claims_table(claims: Sequence[Claim]) -> str:
@@ -260,57 +230,61 @@ def claims_table(claims: Sequence[Claim]) -> str:
     return markdown_table(header, rows)
 
 
-def groups(setting: Setting) -> list[Group]:
-    """The setting's runs per model kind, with their attention per head, as the report groups."""
-    return [
-        Group(f"{setting.name}, {kind}", runs, setting.heads.get(kind, []))
-        for kind, runs in setting.runs.items()
-    ]
-
-
-def epochs_table(setting: Setting) -> str:
+def epochs_table(setting: Setting, curves: Curves) -> str:
     header = "model | runs (seeds) | epoch of lowest val loss | lowest val loss | last epoch | "
     header += "val loss there | rise after the lowest | change over the last tenth | "
     header += "train loss there | train/val gap there"
     rows = []
-    for kind, curves in setting.curves.items():
+    for kind, kind_curves in curves.items():
         columns = [
-            ([c.best_epoch for c in curves], 1),
-            ([c.best_val for c in curves], 3),
-            ([c.epochs[-1] for c in curves], 0),
-            ([c.val[-1] for c in curves], 3),
-            ([c.rise for c in curves], 3),
-            ([c.late_change for c in curves], 3),
-            ([c.train[-1] for c in curves], 3),
-            ([c.final_gap for c in curves], 3),
+            ([c.best_epoch for c in kind_curves], 1),
+            ([c.best_val for c in kind_curves], 3),
+            ([c.epochs[-1] for c in kind_curves], 0),
+            ([c.val[-1] for c in kind_curves], 3),
+            ([c.rise for c in kind_curves], 3),
+            ([c.late_change for c in kind_curves], 3),
+            ([c.train[-1] for c in kind_curves], 3),
+            ([c.final_gap for c in kind_curves], 3),
         ]
         cells = [Stat.of(values).fmt(digits) for values, digits in columns]
-        rows.append([kind, seeds_of(setting.runs[kind]), *cells])
+        rows.append([kind, seeds_of(setting[kind].runs), *cells])
     return markdown_table(header, rows, left=2)
 
 
-def timing_table(timings: dict[str, float | None], settings: Sequence[Setting]) -> str:
+def timing_table(timings: dict[str, float | None], settings: dict[str, Setting]) -> str:
     """The time each part took: each sweep's runs (the sum of their wall_seconds, whichever
     process ran them), and this command's measuring and writing."""
     rows = []
-    for setting in settings:
-        for kind, runs in setting.runs.items():
-            total = sum(r.summary.get("wall_seconds") or 0.0 for r in runs)
-            rows.append([f"training: {setting.name}, {kind}, {len(runs)} runs", f"{total:.0f}"])
+    for name, setting in settings.items():
+        for kind, group in setting.items():
+            total = sum(r.summary.get("wall_seconds") or 0.0 for r in group.runs)
+            rows.append([f"training: {name}, {kind}, {len(group.runs)} runs", f"{total:.0f}"])
     for part, seconds in timings.items():
         rows.append([part, "n/a" if seconds is None else f"{seconds:.0f}"])
     return markdown_table(["part", "seconds"], rows, left=1)
+
+
+def setting_line(setting: Setting) -> str:
+    parts = []
+    for kind in KINDS:
+        stats = setting[kind].stats
+        parts.append(
+            f"{kind} {stats['train_tokens_per_second'].fmt(0)} train tokens/s, "
+            f"{stats['wall_seconds'].fmt(1)} s per run"
+        )
+    per_token = time_per_token_ratio(setting)
+    return "; ".join(parts) + f"; time per token MoE / dense {per_token.fmt(2)}"
 
 
 # --- the page ------------------------------------------------------------------------------
 
 PAGE_TEMPLATE = Path(__file__).with_name("results_page.md")  # its text, with {placeholders}
 
-PAGE_INTRO = f"""# Results
+PAGE_INTRO = """# Results
 
 The TinyGPT notebook's claims, each beside what this project measures and a verdict. Everything
 between the two `results` markers below, and everything in [results/](results/), is written by
-`{COMMAND}` ([how it works](analysis.md#the-notebooks-claims)).
+`python -m tinygpt claims` ([how it works](analysis.md#the-notebooks-claims)).
 
 """
 
@@ -320,30 +294,33 @@ def page_body(
     decoding_rows: Sequence[dict[str, Any]],
     decoding: Sequence[DecoderResult],
     settings: dict[str, Setting],
+    curves: Curves,
     timings: dict[str, float | None],
     link: str,
     command: str,
 ) -> str:
     """The generated part of the results page: :data:`PAGE_TEMPLATE` filled in; ``link``
-    prefixes the pictures' paths."""
+    prefixes the pictures' paths. The template reads each setting's config as ``{small[...]}``
+    and ``{full[...]}``."""
     full, small = settings["full"], settings["notebook_100k"]
+    small_config = small["dense"].runs[0].trained_config()
     cells, models = len(decoding[0].cells), len({c["model"] for c in decoding[0].cells})
-    train_share = small.value("data.train_fraction")
+    train_share = small_config["data"]["train_fraction"]
     tables = {
         "claims_table": claims_table(claims),
         "verdicts_table": verdicts_table(decoding_rows),
-        "epochs_table": epochs_table(small),
-        "full_table": runs_table(groups(full)),
-        "attention_table": attention_table([g for s in settings.values() for g in groups(s)]),
+        "epochs_table": epochs_table(small, curves),
+        "full_table": runs_table(list(full.values())),
+        "attention_table": attention_table([g for s in settings.values() for g in s.values()]),
         "notebook_quote": NOTEBOOK_QUOTE,
         "decoding_table": decoding_table(decoding),
-        "timing_table": timing_table(timings, list(settings.values())),
+        "timing_table": timing_table(timings, settings),
     }
     return PAGE_TEMPLATE.read_text().format(
         command=command,
         prefix=f"{link.rstrip('/')}/" if link else "",
         rule=RULE,
-        n_seeds=len(full.runs["dense"]),
+        n_seeds=len(full["dense"].runs),
         epochs_low=CONVERGENCE_EPOCH - CONVERGENCE_TOLERANCE,
         epochs_high=CONVERGENCE_EPOCH + CONVERGENCE_TOLERANCE,
         time_low=TIME_RATIO - TIME_TOLERANCE,
@@ -353,58 +330,34 @@ def page_body(
         prompts=cells // models,
         samples=len(decoding[0].samples) // cells,
         chars=len(decoding[0].samples[0]["text"]),
-        max_chars=small.value("data.max_chars"),
-        train_share=train_share,
+        small=small_config,
+        full=full["dense"].runs[0].trained_config(),
         val_share=1 - train_share,
-        train_chars=int(train_share * small.value("data.max_chars")),
-        epoch_steps=small.value("trainer.val_check_interval"),
-        batch_size=small.value("data.batch_size"),
-        small_block=small.value("model.block_size"),
-        full_block=full.value("model.block_size"),
-        max_steps=full.value("trainer.max_steps"),
-        val_every=full.value("trainer.val_check_interval"),
+        train_chars=int(train_share * small_config["data"]["max_chars"]),
         speed=setting_line(small),
         **{name: table.strip("\n") for name, table in tables.items()},
     )
-
-
-def setting_line(setting: Setting) -> str:
-    parts = []
-    for kind in KINDS:
-        parts.append(
-            f"{kind} {setting.stat(kind, 'train_tokens_per_second').fmt(0)} train tokens/s, "
-            f"{setting.stat(kind, 'wall_seconds').fmt(1)} s per run"
-        )
-    per_token = time_per_token_ratio(setting)
-    return "; ".join(parts) + f"; time per token MoE / dense {per_token.fmt(2)}"
-
-
-def write_page(page: Path, body: str) -> None:
-    """Replace the page's part between the results markers, or write a new page."""
-    text = page.read_text() if page.is_file() else PAGE_INTRO + f"{START_MARKER}\n{END_MARKER}\n"
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(replace_section(text, body))
 
 
 def numbers(
     claims: Sequence[Claim],
     decoding_rows: Sequence[dict[str, Any]],
     settings: dict[str, Setting],
+    curves: Curves,
     timings: dict[str, float | None],
 ) -> dict[str, Any]:
     """Everything the page states, for claims.json: claims, decoding verdicts, every run."""
-    runs = {}
+    runs: dict[str, dict[str, list]] = {}
     for name, setting in settings.items():
-        runs[name] = {}
-        for kind, kind_runs in setting.runs.items():
-            runs[name][kind] = []
-            for i, run in enumerate(kind_runs):
+        for kind, group in setting.items():
+            entries = runs.setdefault(name, {}).setdefault(kind, [])
+            for i, run in enumerate(group.runs):
                 entry = {"run": run.path.name, "seed": run.seed, "summary": run.summary}
-                entry["attention"] = setting.heads[kind][i]
-                if kind in setting.curves:
-                    curve = setting.curves[kind][i]
+                entry["attention"] = group.heads[i]
+                if name == "notebook_100k":
+                    curve = curves[kind][i]
                     entry["epochs"] = asdict(curve) | {"best_epoch": curve.best_epoch}
-                runs[name][kind].append(entry)
+                entries.append(entry)
     return jsonable(
         {
             "rule": RULE,
@@ -416,23 +369,23 @@ def numbers(
     )
 
 
-def draw(settings: dict[str, Setting], out: Path) -> dict[str, Path]:
-    full, small = settings["full"], settings["notebook_100k"]
+def draw(settings: dict[str, Setting], curves: Curves, out: Path) -> dict[str, Path]:
+    full = settings["full"]
     figure = head_statistics_figure(
-        full.heads,
+        {kind: group.heads for kind, group in full.items()},
         title="Attention per head, all of TinyShakespeare: dots are heads, one colour per seed; "
         "bars: means",
     )
     return {
         "epochs": plot_epoch_curves(
-            small.curves,
+            curves,
             out / "epochs.png",
             title="The 100k setting: loss per epoch, mean ± std over seeds; dots: each run's "
             "lowest val loss",
             mark_epoch=CONVERGENCE_EPOCH,
         ),
         "val_loss": plot_val_curves(
-            {kind: [r.path for r in runs] for kind, runs in full.runs.items()},
+            {kind: [r.path for r in group.runs] for kind, group in full.items()},
             out / "val_loss.png",
             title="All of TinyShakespeare: val loss, mean ± std over seeds",
         ),
@@ -456,26 +409,29 @@ def write_results(
     given; the rest measured here, ``started`` being when the command started)."""
     measuring = time.time()
     settings = {name: load_setting(name, *sweep) for name, sweep in sweeps.items()}
-    for setting in settings.values():
-        measure_setting(setting)
+    small = settings["notebook_100k"]
+    curves = {kind: [read_epoch_curve(r.path) for r in g.runs] for kind, g in small.items()}
     timings["measuring: attention and loss curves"] = time.time() - measuring
 
     decoding_started = time.time()
-    dense = settings["full"].runs["dense"]
+    dense = settings["full"]["dense"].runs
     decoding = compare_runs(dense, num_samples=num_samples, max_new_tokens=max_new_tokens)
     decoding_rows = decoding_verdicts(decoding)
     timings["decoding comparison"] = time.time() - decoding_started
 
-    claims = measure_claims(settings)
+    claims = measure_claims(settings, curves)
     writing = time.time()
-    written = draw(settings, out)
+    written = draw(settings, curves, out)
     written.update(write_decoding_report(decoding, out))
     timings["pictures and pages"] = time.time() - writing
     timings["this command, in all"] = time.time() - started
     link = os.path.relpath(out.resolve(), page.resolve().parent)
-    body = page_body(claims, decoding_rows, decoding, settings, timings, link, command)
-    write_page(page, body)
+    body = page_body(claims, decoding_rows, decoding, settings, curves, timings, link, command)
+    # Replace the page's part between the results markers, or write a new page.
+    text = page.read_text() if page.is_file() else f"{PAGE_INTRO}{START_MARKER}\n{END_MARKER}\n"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(replace_section(text, body))
     written["results"], written["numbers"] = page, out / "claims.json"
-    report = numbers(claims, decoding_rows, settings, timings)
+    report = numbers(claims, decoding_rows, settings, curves, timings)
     write_text_atomic(written["numbers"], json.dumps(report, indent=1) + "\n")
     return written
