@@ -22,9 +22,11 @@ from tinygpt.analysis.writing import save_figure
 
 Series = list[tuple[int, float]]
 
-EVENTS_GLOB = "events.out.tfevents.*"
-CSV_METRICS = "metrics.csv"
-LOGGERS = ("tensorboard", "csv")
+# logger -> (its metrics files, what they are)
+LOGGERS = {
+    "tensorboard": ("events.out.tfevents.*", "TensorBoard event files"),
+    "csv": ("metrics.csv", "CSV logger metrics.csv"),
+}
 
 # file name -> (tags drawn as lines, title, y label); a tag also matches the tags under it.
 RUN_PLOTS: dict[str, tuple[tuple[str, ...], str, str]] = {
@@ -35,38 +37,22 @@ RUN_PLOTS: dict[str, tuple[tuple[str, ...], str, str]] = {
 }
 
 
-def event_dir(run_dir: str | Path) -> Path:
-    """The one directory under ``run_dir`` (itself included) that holds event files."""
-    run_dir = Path(run_dir)
-    dirs = sorted({p.parent for p in run_dir.rglob(EVENTS_GLOB)})
-    if not dirs:
-        raise FileNotFoundError(f"no TensorBoard event files under {run_dir}")
-    if len(dirs) > 1:
-        # Several event directories mean several runs (e.g. a sweep directory): never mix them.
-        names = ", ".join(str(d.relative_to(run_dir)) for d in dirs)
-        raise ValueError(f"{run_dir} holds several runs' events ({names}); pass one run")
-    return dirs[0]
+def _version(file: Path) -> int:
+    number = re.fullmatch(r"version_(\d+)", file.parent.name)
+    return int(number.group(1)) if number else -1
 
 
-def csv_files(run_dir: str | Path) -> list[Path]:
-    """The CSV logger's metrics files of one run under ``run_dir`` (itself included), oldest
-    version first: Lightning's CSVLogger writes ``<name>/version_<n>/metrics.csv``, a new version
-    each time a run is resumed."""
-    run_dir = Path(run_dir)
-    files = list(run_dir.rglob(CSV_METRICS))
-    if not files:
-        raise FileNotFoundError(f"no CSV logger metrics ({CSV_METRICS}) under {run_dir}")
-    roots = sorted({f.parent.parent for f in files})
+def logger_files(run_dir: str | Path, logger: str) -> list[Path]:
+    """One run's files of ``logger`` under ``run_dir`` (itself included), oldest first: event
+    files share a directory; Lightning's CSVLogger writes ``<name>/version_<n>/metrics.csv``, a
+    new version each time a run is resumed. Several such directories are several runs (e.g. a
+    sweep directory): refused, never mixed."""
+    files = sorted(Path(run_dir).rglob(LOGGERS[logger][0]), key=_version)
+    roots = {f.parent if logger == "tensorboard" else f.parent.parent for f in files}
     if len(roots) > 1:
-        # As with event directories: several loggers' directories are several runs.
-        names = ", ".join(str(f.parent.relative_to(run_dir)) for f in sorted(files))
-        raise ValueError(f"{run_dir} holds several runs' CSV metrics ({names}); pass one run")
-
-    def version(file: Path) -> tuple[int, str]:
-        number = re.fullmatch(r"version_(\d+)", file.parent.name)
-        return (int(number.group(1)) if number else -1, file.parent.name)
-
-    return sorted(files, key=version)
+        names = ", ".join(dict.fromkeys(str(f.parent.relative_to(run_dir)) for f in files))
+        raise ValueError(f"{run_dir} holds several runs' {logger} metrics ({names}); pass one run")
+    return files
 
 
 def read_scalars(run_dir: str | Path, logger: str | None = None) -> dict[str, Series]:
@@ -77,21 +63,14 @@ def read_scalars(run_dir: str | Path, logger: str | None = None) -> dict[str, Se
     the event files where the run has them, else the CSV files. Where a step was logged twice (a
     resumed run repeats steps after its last checkpoint), the value written last wins.
     """
-    if logger is None:
-        if any(Path(run_dir).rglob(EVENTS_GLOB)):
-            logger = "tensorboard"
-        elif any(Path(run_dir).rglob(CSV_METRICS)):
-            logger = "csv"
-        else:
-            raise FileNotFoundError(
-                f"no metrics under {run_dir}: no TensorBoard event files, no CSV logger "
-                f"{CSV_METRICS}"
-            )
-    if logger == "tensorboard":
-        return _read_events(event_dir(run_dir))
-    if logger == "csv":
-        return _read_csv(csv_files(run_dir))
-    raise ValueError(f"logger must be one of {', '.join(LOGGERS)}, got {logger!r}")
+    if logger not in (None, *LOGGERS):
+        raise ValueError(f"logger must be one of {', '.join(LOGGERS)}, got {logger!r}")
+    loggers = [logger] if logger else list(LOGGERS)
+    for name in loggers:
+        if files := logger_files(run_dir, name):
+            return _read_events(files[0].parent) if name == "tensorboard" else _read_csv(files)
+    missing = ", ".join(f"no {LOGGERS[name][1]}" for name in loggers)
+    raise FileNotFoundError(f"no metrics under {run_dir}: {missing}")
 
 
 def _read_events(directory: Path) -> dict[str, Series]:
@@ -142,22 +121,16 @@ def matching_series(scalars: dict[str, Series], tag: str) -> dict[str, Series]:
     return distinct
 
 
-def plot_series(
-    series: dict[str, Series],
-    path: str | Path,
-    title: str,
-    ylabel: str,
-) -> Path:
-    """Line plot of labelled ``(step, value)`` series against the training step, as a PNG."""
+def plot_series(series: dict[str, Series], path: str | Path, title: str, ylabel: str) -> Path:
+    """Line plot of labelled ``(step, value)`` series (none empty) against the training step,
+    as a PNG."""
     fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
     ax = fig.subplots()
     for label, points in series.items():
-        steps, values = zip(*points, strict=True) if points else ((), ())
         # Markers where points are few (validations), so single points stay visible.
-        ax.plot(steps, values, label=label, marker="o" if len(points) <= 30 else None, ms=3)
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
+        marker = "o" if len(points) <= 30 else None
+        ax.plot(*zip(*points, strict=True), label=label, marker=marker, ms=3)
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend()
@@ -211,8 +184,7 @@ def plot_val_curves(
             series.append(points)
         best = np.mean([min(v for _, v in s) for s in series])
         mean_band(ax, series, f"{label} (n={len(runs)}, mean best {best:.3f})", f"C{i}", "-o")
-    ax.set_xlabel("step")
-    ax.set_ylabel(tag)
+    ax.set(xlabel="step", ylabel=tag)
     ax.set_title(title or f"{tag}: mean ± std over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
