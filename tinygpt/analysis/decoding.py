@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
 
 from tinygpt.analysis.likelihood import SampledEntropy, mean_nll
 from tinygpt.analysis.runs import Run, training_text
@@ -36,7 +37,6 @@ from tinygpt.analysis.text_metrics import (
 from tinygpt.analysis.verdicts import CONCORDANT, DISCORDANT, WITHIN_NOISE, Stat, judge_pairs
 from tinygpt.analysis.writing import code_block, jsonable, markdown_table, number, save_figure
 from tinygpt.checkpoint import load_model
-from tinygpt.errors import ConfigError
 from tinygpt.generation import (
     Decoder,
     generate_ids,
@@ -50,7 +50,7 @@ from tinygpt.models import TinyGPT
 DEFAULT_PROMPTS = ("ROMEO:\n", "First Citizen:\n", "KING RICHARD III:\n")
 DEFAULT_NUM_SAMPLES = 8  # per prompt and model, decoded as one batch
 DEFAULT_MAX_NEW_TOKENS = 400
-DEFAULT_SEED = 1
+SEED = 1
 SELF_SIMILARITY_CHARS = 4  # character n-grams: a character model's samples share few word pairs
 
 
@@ -58,7 +58,8 @@ SELF_SIMILARITY_CHARS = 4  # character n-grams: a character model's samples shar
 class NotebookRow:
     """A row of the TinyGPT notebook's table of decoding strategies (:data:`NOTEBOOK_QUOTE`): its
     label there, the notebook's coherence and diversity ratings and recommended use; our short
-    name for it, and a named decoder with the settings the row changes."""
+    name for it, the named decoder it is, and how it decodes (that decoder with the row's
+    settings)."""
 
     label: str
     coherence: str
@@ -66,17 +67,7 @@ class NotebookRow:
     use: str
     name: str
     decoder: str
-    settings: dict[str, Any]
-
-    @property
-    def params(self) -> Decoder:
-        """How the row decodes: the named decoder with the row's settings."""
-        return named_decoder(self.decoder, **self.settings)
-
-    @property
-    def rating(self) -> str:
-        """The notebook's ratings as its table reads, coherence / diversity: ``high / low``."""
-        return f"{self.coherence} / {self.diversity}"
+    params: Decoder
 
 
 # The TinyGPT notebook's table, quoted as it is written.
@@ -100,8 +91,10 @@ DECODED_AS = (
     ("combined", "combined", {}),
 )
 NOTEBOOK_TABLE = tuple(
-    NotebookRow(*line.strip("| ").split(" | "), *ours)
-    for line, ours in zip(NOTEBOOK_QUOTE.splitlines()[2:], DECODED_AS, strict=True)
+    NotebookRow(*line.strip("| ").split(" | "), name, decoder, named_decoder(decoder, **settings))
+    for line, (name, decoder, settings) in zip(
+        NOTEBOOK_QUOTE.splitlines()[2:], DECODED_AS, strict=True
+    )
 )
 
 # metric key -> (column title, what a higher value means)
@@ -135,14 +128,13 @@ class DecoderResult:
         return {key: self.stat(key).mean for key in METRICS}
 
 
-def choose_prompts(
-    model: TinyGPT, text: str, prompts: Sequence[str] = DEFAULT_PROMPTS
-) -> list[str]:
-    """``prompts``, each replaced by a line start of ``text`` when the vocabulary lacks a
-    character of it (a model trained on another text), so the set stays fixed and usable."""
+def choose_prompts(model: TinyGPT, text: str) -> list[str]:
+    """:data:`DEFAULT_PROMPTS`, each replaced by a line start of ``text`` when the vocabulary
+    lacks a character of it (a model trained on another text), so the set stays fixed and
+    usable."""
     vocab = set(model.tokenizer.chars)
     spare = (line + "\n" for line in dict.fromkeys(text.splitlines()) if line.strip())
-    return [prompt if set(prompt) <= vocab else next(spare, "\n") for prompt in prompts]
+    return [prompt if set(prompt) <= vocab else next(spare, "\n") for prompt in DEFAULT_PROMPTS]
 
 
 def score_cell(
@@ -165,31 +157,26 @@ def score_cell(
 def compare_decoding(
     models: TinyGPT | Sequence[tuple[str, TinyGPT]],
     train_text: str,
-    prompts: Sequence[str] = DEFAULT_PROMPTS,
     num_samples: int = DEFAULT_NUM_SAMPLES,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    rows: Sequence[NotebookRow] = NOTEBOOK_TABLE,
-    seed: int = DEFAULT_SEED,
 ) -> list[DecoderResult]:
-    """Per row, model (one, or ``(label, model)`` pairs) and prompt: ``num_samples``
-    continuations of ``max_new_tokens`` characters, decoded as one batch seeded with ``seed``,
-    and their cell's measures."""
+    """Per row of :data:`NOTEBOOK_TABLE`, model (one, or ``(label, model)`` pairs) and prompt:
+    ``num_samples`` continuations of ``max_new_tokens`` characters, decoded as one batch seeded
+    with :data:`SEED`, and their cell's measures."""
     check_int("max_new_tokens", max_new_tokens, 2)
     check_int("num_samples", num_samples, 1)
     if isinstance(models, TinyGPT):
         models = [("model", models)]
-    if not models:
-        raise ConfigError("compare_decoding needs at least one model")
     vocabulary = word_set(train_text)
     results = []
-    for row in rows:
+    for row in NOTEBOOK_TABLE:
         result = DecoderResult(row)
         for label, model in models:
-            for prompt in choose_prompts(model, train_text, prompts):
+            for prompt in choose_prompts(model, train_text):
                 ids = model.tokenizer.encode(prompt)[None].repeat(num_samples, 1)
                 ids = ids.to(model.wte.weight.device)
                 entropy = SampledEntropy()
-                generator = make_generator(seed, ids.device)
+                generator = make_generator(SEED, ids.device)
                 seq = generate_ids(
                     model, ids, max_new_tokens, row.params, generator, observe=entropy
                 )
@@ -218,7 +205,10 @@ def decoding_table(results: Sequence[DecoderResult]) -> str:
     """One row per decoder: the notebook's rating, and every metric as mean ± std over the
     cells."""
     titles = [title for title, _ in METRICS.values()]
-    rows = [[r.row.name, r.row.rating, *(r.stat(key).fmt() for key in METRICS)] for r in results]
+    rows = []
+    for r in results:
+        rating = f"{r.row.coherence} / {r.row.diversity}"
+        rows.append([r.row.name, rating, *(r.stat(key).fmt() for key in METRICS)])
     return markdown_table(
         ["strategy", "the notebook: coherence / diversity", *titles], rows, left=2
     )
@@ -261,7 +251,7 @@ def verdicts_table(rows: Sequence[dict[str, Any]]) -> str:
     return markdown_table(header, table, left=1)
 
 
-def plot_decoding(results: Sequence[DecoderResult], path: str | Path, title: str = "") -> Path:
+def plot_decoding(results: Sequence[DecoderResult], path: str | Path) -> Path:
     """One panel per metric, one column per decoder: each cell's value a dot, the mean a bar,
     ± one standard deviation over the cells a black line."""
     names = [r.row.name for r in results]
@@ -291,20 +281,29 @@ def plot_decoding(results: Sequence[DecoderResult], path: str | Path, title: str
         ax.set_ylim(0, 1.12 if key in SHARES else ax.get_ylim()[1] * 1.08)
         ax.grid(axis="y", alpha=0.3)
     axes[-1].axis("off")
-    n_cells = len(results[0].cells) if results else 0
-    n_samples = len(results[0].samples) if results else 0
+    n_cells, n_samples = len(results[0].cells), len(results[0].samples)
     fig.suptitle(
-        title
-        or f"Decoding strategies: {n_samples} samples each in {n_cells} cells (model x prompt); "
+        f"Decoding strategies: {n_samples} samples each in {n_cells} cells (model x prompt); "
         "dots: cells, bars: mean, lines: ± std over cells",
         fontsize=11,
     )
     return save_figure(fig, path)
 
 
-def decoding_json(results: Sequence[DecoderResult]) -> list[dict[str, Any]]:
-    """Every row's settings, the notebook's ratings, its metrics, cells and samples."""
-    return [
+def write_decoding_report(
+    results: Sequence[DecoderResult], out_dir: str | Path, log_dir: str | Path | None = None
+) -> dict[str, Path]:
+    """Write ``decoding.md``, ``decoding.png`` and ``decoding_samples.json`` (every row's
+    settings, the notebook's ratings, its metrics, cells and samples) into ``out_dir``; with
+    ``log_dir``, the samples as text in TensorBoard there, one tag per decoder."""
+    out_dir = Path(out_dir)
+    paths = {
+        "table": out_dir / "decoding.md",
+        "plot": plot_decoding(results, out_dir / "decoding.png"),
+        "samples": out_dir / "decoding_samples.json",
+    }
+    paths["table"].write_text(decoding_table(results))
+    rows = [
         {
             "strategy": r.row.name,
             "notebook_label": r.row.label,
@@ -316,37 +315,14 @@ def decoding_json(results: Sequence[DecoderResult]) -> list[dict[str, Any]]:
         }
         for r in results
     ]
-
-
-def log_samples(results: Sequence[DecoderResult], log_dir: str | Path) -> None:
-    """The samples as text in TensorBoard, one tag per decoder (``decoding/<name>``)."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(log_dir)) as writer:
-        for r in results:
-            parts = []
-            for s in r.samples:
-                heading = f"{s['model']}, prompt {s['prompt'].strip()!r}, sample {s['sample']}"
-                parts.append(f"**{heading}**\n\n{code_block(s['prompt'] + s['text'])}")
-            tag = "decoding/" + r.row.name.replace(" ", "_")
-            writer.add_text(tag, "\n\n".join(parts), global_step=0)
-
-
-def write_decoding_report(
-    results: Sequence[DecoderResult],
-    out_dir: str | Path,
-    log_dir: str | Path | None = None,
-    title: str = "",
-) -> dict[str, Path]:
-    """Write ``decoding.md``, ``decoding.png`` and ``decoding_samples.json`` into ``out_dir``."""
-    out_dir = Path(out_dir)
-    paths = {
-        "table": out_dir / "decoding.md",
-        "plot": plot_decoding(results, out_dir / "decoding.png", title),
-        "samples": out_dir / "decoding_samples.json",
-    }
-    paths["table"].write_text(decoding_table(results))
-    paths["samples"].write_text(json.dumps(jsonable(decoding_json(results)), indent=1) + "\n")
+    paths["samples"].write_text(json.dumps(jsonable(rows), indent=1) + "\n")
     if log_dir is not None:
-        log_samples(results, log_dir)
+        with SummaryWriter(str(log_dir)) as writer:
+            for r in results:
+                parts = []
+                for s in r.samples:
+                    heading = f"{s['model']}, prompt {s['prompt'].strip()!r}, sample {s['sample']}"
+                    parts.append(f"**{heading}**\n\n{code_block(s['prompt'] + s['text'])}")
+                tag = "decoding/" + r.row.name.replace(" ", "_")
+                writer.add_text(tag, "\n\n".join(parts), global_step=0)
     return paths
