@@ -97,15 +97,15 @@ def sweep(tmp_path: Path) -> Path:
 
 def test_groups_and_statistics_over_seeds(sweep):
     runs = find_runs([sweep])
-    assert [r.path.name.split("_")[0] for r in runs] == ["0", "1", "2", "3", "10"]
+    assert [r.dir.name.split("_")[0] for r in runs] == ["0", "1", "2", "3", "10"]
     dense, moe = report.group_runs(runs)
     assert (dense.label, moe.label) == ("dense", "moe")
     assert [r.seed for r in dense.runs] == [1, 2, 3]
-    assert dense.stats["best_val_loss"] == Stat(2.0, 1.0, 3)
-    assert dense.stats["final_val_loss"] == Stat(2.5, 1.0, 3)
-    assert dense.stats["wall_seconds"] == Stat(20.0, 10.0, 3)
-    assert moe.stats["best_val_loss"].std == pytest.approx(math.sqrt(0.5))
-    assert moe.stats["train_tokens_per_second"] == Stat(600.0, 0.0, 2)
+    assert dense.stat("best_val_loss") == Stat(2.0, 1.0, 3)
+    assert dense.stat("final_val_loss") == Stat(2.5, 1.0, 3)
+    assert dense.stat("wall_seconds") == Stat(20.0, 10.0, 3)
+    assert moe.stat("best_val_loss").std == pytest.approx(math.sqrt(0.5))
+    assert moe.stat("train_tokens_per_second") == Stat(600.0, 0.0, 2)
     table = report.runs_table([dense, moe])
     assert (
         "| dense | 3 (1, 2, 3) | 10 | 2.000 ± 1.000 | 2.500 ± 1.000 | 20.0 ± 10.0 | 1.00 |" in table

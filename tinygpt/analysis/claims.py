@@ -140,8 +140,8 @@ def versus(
 
 
 def loss_claim(setting: Setting, where: str) -> Claim:
-    moe = ("MoE", setting["moe"].stats["best_val_loss"])
-    dense = ("dense", setting["dense"].stats["best_val_loss"])
+    moe = ("MoE", setting["moe"].stat("best_val_loss"))
+    dense = ("dense", setting["dense"].stat("best_val_loss"))
     return versus("moe_loss", "best val loss", moe, dense, "lower", where=f" ({where})")
 
 
@@ -267,11 +267,8 @@ def timing_table(timings: dict[str, float | None], settings: dict[str, Setting])
 def setting_line(setting: Setting) -> str:
     parts = []
     for kind in KINDS:
-        stats = setting[kind].stats
-        parts.append(
-            f"{kind} {stats['train_tokens_per_second'].fmt(0)} train tokens/s, "
-            f"{stats['wall_seconds'].fmt(1)} s per run"
-        )
+        speed, wall = (setting[kind].stat(k) for k in ("train_tokens_per_second", "wall_seconds"))
+        parts.append(f"{kind} {speed.fmt(0)} train tokens/s, {wall.fmt(1)} s per run")
     per_token = time_per_token_ratio(setting)
     return "; ".join(parts) + f"; time per token MoE / dense {per_token.fmt(2)}"
 
@@ -352,7 +349,7 @@ def numbers(
         for kind, group in setting.items():
             entries = runs.setdefault(name, {}).setdefault(kind, [])
             for i, run in enumerate(group.runs):
-                entry = {"run": run.path.name, "seed": run.seed, "summary": run.summary}
+                entry = {"run": run.dir.name, "seed": run.seed, "summary": run.summary}
                 entry["attention"] = group.heads[i]
                 if name == "notebook_100k":
                     curve = curves[kind][i]
@@ -385,7 +382,7 @@ def draw(settings: dict[str, Setting], curves: Curves, out: Path) -> dict[str, P
             mark_epoch=CONVERGENCE_EPOCH,
         ),
         "val_loss": plot_val_curves(
-            {kind: [r.path for r in group.runs] for kind, group in full.items()},
+            {kind: [r.dir for r in group.runs] for kind, group in full.items()},
             out / "val_loss.png",
             title="All of TinyShakespeare: val loss, mean ± std over seeds",
         ),
@@ -410,7 +407,7 @@ def write_results(
     measuring = time.time()
     settings = {name: load_setting(name, *sweep) for name, sweep in sweeps.items()}
     small = settings["notebook_100k"]
-    curves = {kind: [read_epoch_curve(r.path) for r in g.runs] for kind, g in small.items()}
+    curves = {kind: [read_epoch_curve(r.dir) for r in g.runs] for kind, g in small.items()}
     timings["measuring: attention and loss curves"] = time.time() - measuring
 
     decoding_started = time.time()

@@ -28,14 +28,12 @@ NEUTRAL_KEYS = ("seed", "data.path", "data.cache_dir", "ckpt_path", "trainer.def
 
 @dataclass
 class Run:
-    path: Path
+    """A finished run: its directory, summary.json, and Hydra's config.yaml and overrides.yaml."""
+
+    dir: Path
     summary: dict[str, Any]
     config: dict[str, Any]
     overrides: list[str]
-
-    @property
-    def dir(self) -> Path:
-        return self.path
 
     def load_model(self) -> TinyGPT:
         """Its best checkpoint's model (else its last), ready for ``generate``."""
@@ -43,7 +41,7 @@ class Run:
 
     def scalars(self) -> dict[str, Series]:
         """Every logged scalar: tag -> [(step, value), ...], as its loggers wrote them."""
-        return read_scalars(self.path)
+        return read_scalars(self.dir)
 
     @property
     def seed(self) -> Any:
@@ -71,10 +69,10 @@ class Run:
     def checkpoint(self) -> Path:
         """Its ``best.ckpt``, else its ``last.ckpt``."""
         for name in ("best.ckpt", "last.ckpt"):
-            path = self.path / "checkpoints" / name
+            path = self.dir / "checkpoints" / name
             if path.is_file():
                 return path
-        raise DataError(f"{self.path}: no checkpoints/best.ckpt or last.ckpt")
+        raise DataError(f"{self.dir}: no checkpoints/best.ckpt or last.ckpt")
 
     def trained_config(self) -> dict[str, Any]:
         """The resolved config its checkpoint holds (else its ``.hydra/config.yaml``)."""
@@ -89,20 +87,17 @@ class Run:
 
 
 def load_run(path: Path) -> Run:
-    summary_path = path / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{summary_path}: not a readable summary ({exc})") from None
-    if not isinstance(summary, dict):
-        raise DataError(f"{summary_path}: not a summary (expected a JSON object)")
+    """The run in ``path``; a DataError where its summary.json or Hydra files are unreadable."""
     hydra = {"config.yaml": {}, "overrides.yaml": []}
-    for name in hydra:
-        try:
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+        for name in hydra:
             if (path / ".hydra" / name).is_file():
                 hydra[name] = yaml.safe_load((path / ".hydra" / name).read_text()) or hydra[name]
-        except yaml.YAMLError as exc:
-            raise DataError(f"{path / '.hydra'}: unreadable Hydra config ({exc})") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: unreadable summary.json or Hydra files ({exc})") from None
+    if not isinstance(summary, dict):
+        raise DataError(f"{path / 'summary.json'}: not a summary (expected a JSON object)")
     return Run(path, summary, hydra["config.yaml"], [str(o) for o in hydra["overrides.yaml"]])
 
 
@@ -167,7 +162,7 @@ def logged_expert_load(run: Run) -> dict[int, dict[int, float]]:
     """The last logged share of tokens per expert, ``{layer: {expert: share}}``; empty when the
     run logged no ``moe/layer{l}/load/expert{e}`` scalars (or no events at all)."""
     try:
-        scalars = read_scalars(run.path)
+        scalars = read_scalars(run.dir)
     except (FileNotFoundError, ValueError):
         return {}
     return expert_shares({tag: points[-1][1] for tag, points in scalars.items() if points})
