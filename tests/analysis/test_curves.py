@@ -7,15 +7,15 @@ import pytest
 from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 
-from tinygpt.analysis.curves import (
+from tinygpt.analysis.plots import (
     TRAIN_TAG,
     VAL_TAG,
     EpochCurve,
     mean_band,
     plot_epoch_curves,
+    plot_val_curves,
     read_epoch_curve,
 )
-from tinygpt.analysis.plots import plot_val_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

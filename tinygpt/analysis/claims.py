@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.analysis.attention import head_statistics_figure
-from tinygpt.analysis.curves import EpochCurve, plot_epoch_curves, read_epoch_curve
 from tinygpt.analysis.decoding import (
     NOTEBOOK_QUOTE,
     DecoderResult,
@@ -30,7 +29,7 @@ from tinygpt.analysis.decoding import (
     verdicts_table,
     write_decoding_report,
 )
-from tinygpt.analysis.plots import plot_val_curves
+from tinygpt.analysis.plots import EpochCurve, plot_epoch_curves, plot_val_curves, read_epoch_curve
 from tinygpt.analysis.report import Group, attention_table, runs_table, seeds_of
 from tinygpt.analysis.runs import find_runs
 from tinygpt.analysis.verdicts import RULE, Stat, about, compare, noise

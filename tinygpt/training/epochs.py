@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from tinygpt.analysis.curves import TRAIN_TAG, VAL_TAG
+from tinygpt.analysis.plots import TRAIN_TAG, VAL_TAG
 from tinygpt.errors import require
 
 
