@@ -63,17 +63,12 @@ def generation_hparams(record: dict[str, Any]) -> dict[str, HParamValue]:
     }
 
 
-def continuations_of(record: dict[str, Any]) -> list[str]:
-    """Each sample of a ``samples.json`` record without its prompt."""
-    return [sample[len(record["prompt"]) :] for sample in record["samples"]]
-
-
 def generation_metrics(
     record: dict[str, Any], model: TinyGPT, vocabulary: set[str] | None
 ) -> dict[str, float | None]:
     """The run's :data:`METRICS`; ``vocabulary`` None leaves out the known-word share. Too few
     characters or samples give ``nan``, which the session leaves out."""
-    texts = continuations_of(record)
+    texts = [sample[len(record["prompt"]) :] for sample in record["samples"]]  # prompt left out
     scored = texts[:SCORED_SAMPLES]
     decoder = Decoder(**{f.name: record["decoder"][f.name] for f in fields(Decoder)})
     with intra_op_threads(1):  # tiny forwards: a second thread costs more than it gains

@@ -74,19 +74,6 @@ def ratio(value: float, reference: float) -> float:
     return value / reference if reference else float("nan")
 
 
-def analyse(groups: Sequence[Group], train_text: str | Path | None = None) -> None:
-    """Fill each group's attention per head (on windows of each run's validation text) and
-    expert load, its mean over the runs."""
-    for group in groups:
-        group.heads = [r.head_statistics(train_text) for r in group.runs]
-        loads = [load for load in map(logged_expert_load, group.runs) if load]
-        if loads:  # each layer's and expert's mean share over the runs that logged it
-            group.expert_load = {
-                layer: {e: statistics.fmean(load[layer][e] for load in loads) for e in experts}
-                for layer, experts in loads[0].items()
-            }
-
-
 def seeds_of(runs: Sequence[Run]) -> str:
     return f"{len(runs)} ({', '.join(str(r.seed) for r in runs)})"
 
@@ -205,7 +192,14 @@ def write_report(
     if readme and not Path(readme).is_file():
         raise DataError(f"README not found: {readme}")
     groups = group_runs(find_runs(paths))
-    analyse(groups, train_text)
+    for group in groups:  # attention per head on each run's validation text, and expert load
+        group.heads = [r.head_statistics(train_text) for r in group.runs]
+        loads = [load for load in map(logged_expert_load, group.runs) if load]
+        if loads:  # each layer's and expert's mean share over the runs that logged it
+            group.expert_load = {
+                layer: {e: statistics.fmean(load[layer][e] for load in loads) for e in experts}
+                for layer, experts in loads[0].items()
+            }
     out = Path(out)
     curves = {g.label: [r.dir for r in g.runs] for g in groups}
     figure = head_statistics_figure({g.label: g.heads for g in groups})
