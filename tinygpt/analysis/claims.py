@@ -274,18 +274,12 @@ def setting_line(setting: Setting) -> str:
 
 # --- the page ------------------------------------------------------------------------------
 
-PAGE_TEMPLATE = Path(__file__).with_name("results_page.md")  # its text, with {placeholders}
-
-PAGE_INTRO = """# Results
-
-The TinyGPT notebook's claims, each beside what this project measures and a verdict. Everything
-between the two `results` markers below, and everything in [results/](results/), is written by
-`python -m tinygpt claims` ([how it works](analysis.md#the-notebooks-claims)).
-
-"""
+# The page as a new one reads, with {placeholders}; an existing page gets its part between the
+# results markers.
+PAGE_TEMPLATE = Path(__file__).with_name("results_page.md")
 
 
-def page_body(
+def results_page(
     claims: Sequence[Claim],
     decoding_rows: Sequence[dict[str, Any]],
     decoding: Sequence[DecoderResult],
@@ -295,9 +289,8 @@ def page_body(
     link: str,
     command: str,
 ) -> str:
-    """The generated part of the results page: :data:`PAGE_TEMPLATE` filled in; ``link``
-    prefixes the pictures' paths. The template reads each setting's config as ``{small[...]}``
-    and ``{full[...]}``."""
+    """The results page: :data:`PAGE_TEMPLATE` filled in; ``link`` prefixes the pictures'
+    paths. The template reads each setting's config as ``{small[...]}`` and ``{full[...]}``."""
     full, small = settings["full"], settings["notebook_100k"]
     small_config = small["dense"].runs[0].trained_config()
     cells, models = len(decoding[0].cells), len({c["model"] for c in decoding[0].cells})
@@ -422,11 +415,10 @@ def write_results(
     timings["pictures and pages"] = time.time() - writing
     timings["this command, in all"] = time.time() - started
     link = os.path.relpath(out.resolve(), page.resolve().parent)
-    body = page_body(claims, decoding_rows, decoding, settings, curves, timings, link, command)
-    # Replace the page's part between the results markers, or write a new page.
-    text = page.read_text() if page.is_file() else f"{PAGE_INTRO}{START_MARKER}\n{END_MARKER}\n"
+    new = results_page(claims, decoding_rows, decoding, settings, curves, timings, link, command)
+    body = new.split(START_MARKER)[1].split(END_MARKER)[0]
     page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(replace_section(text, body))
+    page.write_text(replace_section(page.read_text() if page.is_file() else new, body))
     written["results"], written["numbers"] = page, out / "claims.json"
     report = numbers(claims, decoding_rows, settings, curves, timings)
     write_text_atomic(written["numbers"], json.dumps(report, indent=1) + "\n")
