@@ -172,8 +172,7 @@ def head_statistics_figure(
         ticks, names = [], []
         x = 0
         for group, runs in groups.items():
-            n_layer = runs[0][key].shape[0]
-            for layer in range(n_layer):
+            for layer in range(runs[0][key].shape[0]):
                 values = []
                 for r, stats in enumerate(runs):
                     heads = stats[key][layer].numpy()

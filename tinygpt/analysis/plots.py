@@ -272,8 +272,7 @@ def plot_epoch_curves(
         ax.plot(*zip(*best, strict=True), "o", color=color, ms=5, mec="black", mew=0.6)
     if mark_epoch is not None:
         ax.axvline(mark_epoch, color="grey", lw=1, ls=":", label=f"epoch {mark_epoch}")
-    ax.set_xlabel("epoch (one pass over the training characters)")
-    ax.set_ylabel("loss (nats/char)")
+    ax.set(xlabel="epoch (one pass over the training characters)", ylabel="loss (nats/char)")
     ax.set_title(title or "Loss per epoch; dots: each run's lowest val loss", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
