@@ -82,8 +82,9 @@ class Run:
         """:func:`~tinygpt.analysis.attention.head_statistics` of its best checkpoint on its
         validation text (of ``train_text`` where given)."""
         config = self.trained_config()
-        text = validation_text(training_text(config, train_text), config)
-        return head_statistics(self.load_model(), text)
+        text = training_text(config, train_text)
+        fraction = (config.get("data") or {}).get("train_fraction", 0.9)  # validation: after it
+        return head_statistics(self.load_model(), text[int(fraction * len(text)) :])
 
 
 def load_run(path: Path) -> Run:
@@ -150,12 +151,6 @@ def training_text(run_config: dict[str, Any], explicit: str | Path | None = None
         f"the training text {path} was not found (from the run's data config); "
         "pass it explicitly with --train-text"
     )
-
-
-def validation_text(text: str, run_config: dict[str, Any]) -> str:
-    """The validation split of ``text``: characters after ``data.train_fraction`` (default 0.9)."""
-    fraction = (run_config.get("data") or {}).get("train_fraction", 0.9)
-    return text[int(fraction * len(text)) :]
 
 
 def logged_expert_load(run: Run) -> dict[int, dict[int, float]]:

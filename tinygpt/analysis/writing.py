@@ -26,13 +26,9 @@ def markdown_table(
     ``left=0`` aligns every column left."""
     header = header.split(" | ") if isinstance(header, str) else header
     left = left or len(header)
-    rule = "|" + "---|" * left + "---:|" * (len(header) - left)
-    lines = [_row(header), rule, *(_row(cells) for cells in rows)]
+    lines = ["| " + " | ".join(cells) + " |" for cells in [header, *rows]]
+    lines.insert(1, "|" + "---|" * left + "---:|" * (len(header) - left))
     return "\n".join(lines) + "\n"
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def number(value: float | None, digits: int = 3) -> str:
