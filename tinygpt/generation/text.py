@@ -121,16 +121,12 @@ class StopStrings:
 
 def encode_prompt(tokenizer: Any, prompt: str) -> torch.Tensor:
     """Prompt ids ``(t,)``; an empty prompt starts from ``"\\n"`` (see the module docstring)."""
-    if not isinstance(prompt, str):
-        raise ConfigError(f"prompt must be a string, got {type(prompt).__name__}")
-    if prompt:
-        return tokenizer.encode(prompt)  # names any unknown characters
-    if EMPTY_PROMPT_START not in tokenizer.chars:
+    if not prompt and EMPTY_PROMPT_START not in tokenizer.chars:
         raise ConfigError(
             "the prompt is empty and the vocabulary has no line break to start from; "
             "give a non-empty prompt"
         )
-    return tokenizer.encode(EMPTY_PROMPT_START)
+    return tokenizer.encode(prompt or EMPTY_PROMPT_START)  # names any unknown characters
 
 
 def _batches(lengths: Sequence[int], block_size: int) -> list[list[int]]:
