@@ -25,7 +25,6 @@ from tinygpt.generation.loop import (
     decode_threads,
     decoding_settings,
     fill_columns,
-    one_step_at_a_time,
 )
 from tinygpt.generation.memory import check_generation_memory
 from tinygpt.generation.sampling import (
@@ -199,6 +198,18 @@ class _Request:
         per_prompt = [texts[i] if n == 1 else texts[i : i + n] for i in range(0, self.rows, n)]
         return per_prompt[0] if self.one_prompt else per_prompt
 
+    def stream(self) -> Iterator[Generated]:
+        """Each step's new characters, shaped; the steps run under :func:`decoding_settings`,
+        never while the consumer runs (a stream's reader runs in the mode it was called in)."""
+        steps = self.steps(1)
+        with closing(steps):  # an abandoned stream clears the model's KV cache now
+            while True:
+                with decoding_settings(self.threads):
+                    step = next(steps, None)
+                if step is None:
+                    return
+                yield self.shape(step)
+
     def steps(self, read_every: int | None) -> Iterator[list[str]]:
         """Decode every prompt's samples, batch by batch (:func:`_batches`); at each read, every
         ``read_every`` steps (``None``: once, at the end), yield what each sample gained since
@@ -299,8 +310,7 @@ def stream_generate(
     """
     arguments = inspect.signature(generate).bind(model, prompt, max_new_tokens, **kwargs)
     arguments.apply_defaults()  # generate's defaults, one source for both
-    request = _Request(**arguments.arguments)
-    return (request.shape(step) for step in one_step_at_a_time(request.steps(1), request.threads))
+    return _Request(**arguments.arguments).stream()
 
 
 def generate_greedy(

@@ -133,11 +133,8 @@ class TinyGPT(nn.Module):
 
     def moe_modules(self) -> dict[int, MoEFeedForward]:
         """The MoE feed-forward layers, by block index (empty for a dense model)."""
-        return {
-            i: block.ffn
-            for i, block in enumerate(self.blocks)
-            if isinstance(block.ffn, MoEFeedForward)
-        }
+        ffns = {i: block.ffn for i, block in enumerate(self.blocks)}
+        return {i: ffn for i, ffn in ffns.items() if isinstance(ffn, MoEFeedForward)}
 
     def moe_stats(self) -> dict[int, MoEStats]:
         """Routing statistics and losses of the last forward, by block index; tensors only."""
