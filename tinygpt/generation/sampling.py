@@ -262,7 +262,8 @@ def sampling_tensors(
     temperature, top_p = decoder.temperature or 1.0, decoder.top_p or 1.0
     values = [float(decoder.greedy), temperature, 1.0 - top_p, decoder.min_p or 0.0]
     top_k = min(decoder.top_k or vocab_size, vocab_size)
-    return torch.tensor(values, device=device), torch.tensor(top_k, device=device)
+    settings = torch.tensor(values, dtype=torch.float32, device=device)
+    return settings, torch.tensor(top_k, device=device)  # int64, as every Python int
 
 
 def choose(
