@@ -298,17 +298,17 @@ def generate(
 
 
 def stream_generate(
-    model: TinyGPT, prompt: Prompt, max_new_tokens: int = 200, **kwargs: Any
+    model: TinyGPT, prompt: Prompt, max_new_tokens: int = 200, *args: Any, **kwargs: Any
 ) -> Iterator[Generated]:
     """Yield, per step, each sample's new character, shaped as :func:`generate` returns texts;
-    other keywords as in :func:`generate`.
+    the other arguments, positional or keyword, as in :func:`generate`.
 
     A sample with nothing new this step (still reading a longer prompt of its batch, or
     stopped) yields ``""``; the stream ends when every sample has finished. Joining a
     sample's pieces after its prompt gives its text from :func:`generate` with the same
     arguments and seed. Arguments are validated when this is called.
     """
-    arguments = inspect.signature(generate).bind(model, prompt, max_new_tokens, **kwargs)
+    arguments = inspect.signature(generate).bind(model, prompt, max_new_tokens, *args, **kwargs)
     arguments.apply_defaults()  # generate's defaults, one source for both
     return _Request(**arguments.arguments).stream()
 
