@@ -10,7 +10,6 @@ from tinygpt.generation.sampling import (
     named_decoder,
 )
 from tinygpt.generation.text import (
-    encode_prompt,
     generate,
     generate_greedy,
     generate_nucleus,
@@ -23,7 +22,6 @@ from tinygpt.generation.text import (
 __all__ = [
     "DECODERS",
     "Decoder",
-    "encode_prompt",
     "filter_logits",
     "generate",
     "generateV2",

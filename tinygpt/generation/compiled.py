@@ -15,11 +15,11 @@ only: ``torch.export`` cannot capture MoE routing's data-dependent shapes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import warnings
@@ -55,12 +55,9 @@ def _hardware(device: torch.device) -> str:
     CPU (``-march=native``), so a cache in a shared home directory must tell machines apart."""
     if device.type == "cuda":
         return f"sm_{''.join(map(str, torch.cuda.get_device_capability(device)))}"
-    described = [torch.backends.cpu.get_cpu_capability(), platform.machine()]
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            described += [line for line in cpuinfo if line.startswith(("model name", "flags"))][:2]
-    except OSError:
-        described.append(platform.processor())
+    described = [torch.backends.cpu.get_cpu_capability(), platform.machine(), platform.processor()]
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        described += [line for line in cpuinfo if line.startswith(("model name", "flags"))][:2]
     return "|".join(described)
 
 
@@ -143,18 +140,16 @@ def _compile(module: _Step, inputs: list[torch.Tensor], key: tuple) -> _Runner:
         return run
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(dir=path.parent))
+        scratch = tempfile.TemporaryDirectory(dir=path.parent, ignore_cleanup_errors=True)
     except OSError as exc:  # an unwritable cache: build for this process only
         _not_kept(str(path.parent), exc.strerror or str(exc))
-        path, scratch = None, Path(tempfile.mkdtemp())
-    built = scratch / "step.pt2"
-    try:
+        path, scratch = None, tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
+    with scratch as directory:
+        built = Path(directory) / "step.pt2"
         _build(module, inputs, built)
         if path is not None:  # moved in whole: a concurrent reader never sees half a package
             os.replace(built, path)
         run = _load(path or built, device)  # the loader extracts what it needs elsewhere
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     if run is None:
         raise CompileError("the built decoding step could not be loaded; decode without compile")
     return run

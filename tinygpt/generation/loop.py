@@ -10,9 +10,8 @@ it changes.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Generator, Iterator
-from contextlib import closing, contextmanager
-from typing import TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -27,8 +26,6 @@ from tinygpt.generation.sampling import (
     next_token,
 )
 from tinygpt.models import TinyGPT, evaluating
-
-T = TypeVar("T")
 
 DECODE_THREADS = "auto"  # torch intra-op threads while decoding; see decode_threads
 # Where a second intra-op thread starts to pay: at the notebook's size (0.1M weights per token)
@@ -71,10 +68,7 @@ def intra_op_threads(num_threads: int | None) -> Iterator[None]:
     """Run the body with ``num_threads`` torch intra-op threads (process-wide), then restore
     the count. ``None`` leaves torch's setting alone."""
     previous = torch.get_num_threads()
-    if num_threads is None or num_threads == previous:
-        yield
-        return
-    torch.set_num_threads(num_threads)
+    torch.set_num_threads(num_threads or previous)  # under a microsecond when unchanged
     try:
         yield
     finally:
@@ -190,18 +184,6 @@ def fill_columns(
         finally:
             if use_cache:
                 model.clear_kv_cache()
-
-
-def one_step_at_a_time(steps: Generator[T, None, None], num_threads: int | None) -> Iterator[T]:
-    """``steps``, each taken under :func:`decoding_settings`, never while the consumer runs
-    (a stream's reader runs in the mode it was called in)."""
-    with closing(steps):  # an abandoned stream clears the model's KV cache now
-        while True:
-            with decoding_settings(num_threads):
-                step = next(steps, None)
-            if step is None:
-                return
-            yield step
 
 
 def generate_ids(

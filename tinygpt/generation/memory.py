@@ -2,7 +2,7 @@
 is allocated: a request too big is one clear error, not an allocator failure or a swapping host.
 
 The bound: 80% of the memory available when the request starts (``MemAvailable`` in
-/proc/meminfo, or the free physical pages where there is no /proc), and 80% of the GPU's free
+/proc/meminfo; no host bound where there is none), and 80% of the GPU's free
 memory for what lives there. The environment variable ``TINYGPT_GENERATION_MEMORY`` (bytes, or
 a number with K, M, G or T) replaces the host bound, e.g. to allow more on a machine that swaps
 by design or to keep a shared one safe.
@@ -10,6 +10,7 @@ by design or to keep a shared one safe.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -47,17 +48,11 @@ def parse_bytes(value: str) -> int:
 
 def available_memory() -> int | None:
     """Bytes of host memory available to a new allocation without swapping, if the OS says."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:  # Linux only
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
 
 
 def device_bytes(config: TinyGPTConfig, rows: int, columns: int, itemsize: int) -> int:

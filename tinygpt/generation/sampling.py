@@ -225,13 +225,12 @@ def next_token(
     """
     if history is not None:
         logits = repetition_penalty(logits, history, decoder.repetition_penalty)
-    if observe is not None:
-        probs = filter_logits(logits, decoder).softmax(dim=-1)
-        observe(probs)
-        return probs.argmax(dim=-1) if decoder.greedy else sample(probs, generator)
-    if decoder.greedy:
+    if decoder.greedy and observe is None:
         return logits.argmax(dim=-1)
-    return sample(filter_logits(logits, decoder).softmax(dim=-1), generator)
+    probs = filter_logits(logits, decoder).softmax(dim=-1)
+    if observe is not None:
+        observe(probs)
+    return probs.argmax(dim=-1) if decoder.greedy else sample(probs, generator)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -259,14 +258,12 @@ def sampling_tensors(
     Returns float32 ``(greedy, temperature, 1 - top_p, min_p)`` and int64 ``top_k``. A filter
     that is off gets the value that keeps every token (top-k the vocabulary, top-p 1, min-p 0).
     """
-    temperature = 1.0 if decoder.greedy else decoder.temperature
-    top_p = 1.0 if decoder.top_p is None else decoder.top_p
+    # Greedy divides by 1 (its choice is the argmax); top_p is never 0, so None reads as 1.
+    temperature, top_p = decoder.temperature or 1.0, decoder.top_p or 1.0
     values = [float(decoder.greedy), temperature, 1.0 - top_p, decoder.min_p or 0.0]
     top_k = min(decoder.top_k or vocab_size, vocab_size)
-    return (
-        torch.tensor(values, dtype=torch.float32, device=device),
-        torch.tensor(top_k, dtype=torch.long, device=device),
-    )
+    settings = torch.tensor(values, dtype=torch.float32, device=device)
+    return settings, torch.tensor(top_k, device=device)  # int64, as every Python int
 
 
 def choose(

@@ -10,6 +10,7 @@ return, how prompts share batches, and what stop strings do. An empty prompt sta
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from typing import Any
@@ -24,7 +25,6 @@ from tinygpt.generation.loop import (
     decode_threads,
     decoding_settings,
     fill_columns,
-    one_step_at_a_time,
 )
 from tinygpt.generation.memory import check_generation_memory
 from tinygpt.generation.sampling import (
@@ -77,12 +77,12 @@ def check_stop_characters(stops: Sequence[str], vocabulary: str) -> None:
     """
     for stop in stops:
         if missing := sorted(set(stop) - set(vocabulary)):
-            shown = ", ".join(repr(c) for c in missing)
             hint = ""
             if "\\" in stop:
                 hint = " (Hydra keeps \\n as two characters: docs/generation.md#quoting-prompt)"
             raise ConfigError(
-                f"stop string {stop!r} can never be generated: {shown} not in the vocabulary{hint}"
+                f"stop string {stop!r} can never be generated: {', '.join(map(repr, missing))} "
+                f"not in the vocabulary{hint}"
             )
 
 
@@ -120,16 +120,12 @@ class StopStrings:
 
 def encode_prompt(tokenizer: Any, prompt: str) -> torch.Tensor:
     """Prompt ids ``(t,)``; an empty prompt starts from ``"\\n"`` (see the module docstring)."""
-    if not isinstance(prompt, str):
-        raise ConfigError(f"prompt must be a string, got {type(prompt).__name__}")
-    if prompt:
-        return tokenizer.encode(prompt)  # names any unknown characters
-    if EMPTY_PROMPT_START not in tokenizer.chars:
+    if not prompt and EMPTY_PROMPT_START not in tokenizer.chars:
         raise ConfigError(
             "the prompt is empty and the vocabulary has no line break to start from; "
             "give a non-empty prompt"
         )
-    return tokenizer.encode(EMPTY_PROMPT_START)
+    return tokenizer.encode(prompt or EMPTY_PROMPT_START)  # names any unknown characters
 
 
 def _batches(lengths: Sequence[int], block_size: int) -> list[list[int]]:
@@ -147,33 +143,31 @@ def _batches(lengths: Sequence[int], block_size: int) -> list[list[int]]:
 
 
 class _Request:
-    """A text call, validated on construction before any model work (a call whose buffers
-    would not fit in memory is refused: :mod:`tinygpt.generation.memory`)."""
+    """A text call with :func:`generate`'s arguments, validated on construction before any
+    model work (a call whose buffers would not fit in memory is refused:
+    :mod:`tinygpt.generation.memory`)."""
 
     def __init__(
         self,
         model: TinyGPT,
         prompt: Prompt,
         max_new_tokens: int,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        min_p: float | None,
-        repetition_penalty: float,
         seed: int | torch.Generator | None,
         num_samples: int,
         stop: str | Sequence[str] | None,
         use_cache: bool,
         compile: bool,
         num_threads: int | str | None,
+        **decoder: Any,
     ) -> None:
-        self.decoder = Decoder(temperature, top_k, top_p, min_p, repetition_penalty)
+        self.decoder = Decoder(**decoder)
         self.prompts = check_strings("prompt", prompt)
         if not self.prompts:
             raise ConfigError("prompt must be a string or a non-empty list of strings, got []")
         check_int("max_new_tokens", max_new_tokens, 0, MAX_NEW_TOKENS_LIMIT)
         check_int("num_samples", num_samples, 1, MAX_NUM_SAMPLES)
-        if len(self.prompts) * num_samples > MAX_NUM_SAMPLES:
+        self.rows = len(self.prompts) * num_samples
+        if self.rows > MAX_NUM_SAMPLES:
             raise ConfigError(
                 f"prompts x num_samples must be at most {MAX_NUM_SAMPLES}, "
                 f"got {len(self.prompts)} x {num_samples}"
@@ -188,8 +182,8 @@ class _Request:
         check_stop_characters(self.stop, self.tokenizer.chars)
         device = model.wte.weight.device
         self.ids = [encode_prompt(self.tokenizer, text).to(device) for text in self.prompts]
-        rows, columns = len(self.prompts) * num_samples, max(map(len, self.ids)) + max_new_tokens
-        check_generation_memory(model, rows, columns, self.tokenizer.chars)
+        columns = max(map(len, self.ids)) + max_new_tokens
+        check_generation_memory(model, self.rows, columns, self.tokenizer.chars)
         self.generator = make_generator(seed, device)
         self.threads = decode_threads(model, num_threads)
         self.compile = compile_applies(model, compile)
@@ -197,17 +191,31 @@ class _Request:
         self.max_new_tokens, self.num_samples = max_new_tokens, num_samples
         self.one_prompt = isinstance(prompt, str)
 
-    def shape(self, texts: list[list[str]]) -> Generated:
-        """``texts[prompt][sample]`` in the shape the call promises: a prompt string gives a
-        ``str``, or a list of samples; a list of prompts a list of those, one per prompt."""
-        per_prompt = [samples[0] if self.num_samples == 1 else samples for samples in texts]
+    def shape(self, texts: list[str]) -> Generated:
+        """``texts``, one per sample, prompt by prompt, in the shape the call promises: a prompt
+        string gives a ``str``, or a list of samples; a list of prompts a list of those."""
+        n = self.num_samples
+        per_prompt = [texts[i] if n == 1 else texts[i : i + n] for i in range(0, self.rows, n)]
         return per_prompt[0] if self.one_prompt else per_prompt
 
-    def steps(self, read_every: int | None) -> Iterator[list[list[str]]]:
+    def stream(self) -> Iterator[Generated]:
+        """Each step's new characters, shaped; the steps run under :func:`decoding_settings`,
+        never while the consumer runs (a stream's reader runs in the mode it was called in)."""
+        steps = self.steps(1)
+        with closing(steps):  # an abandoned stream clears the model's KV cache now
+            while True:
+                with decoding_settings(self.threads):
+                    step = next(steps, None)
+                if step is None:
+                    return
+                yield self.shape(step)
+
+    def steps(self, read_every: int | None) -> Iterator[list[str]]:
         """Decode every prompt's samples, batch by batch (:func:`_batches`); at each read, every
         ``read_every`` steps (``None``: once, at the end), yield what each sample gained since
-        the last read, ``[prompt][sample]``: ``""`` for a sample with nothing new (still reading
-        its prompt, finished, or in another batch). Reads check the logits.
+        the last read, one entry per sample as :meth:`shape` takes them: ``""`` for a sample
+        with nothing new (still reading its prompt, finished, or in another batch). Reads check
+        the logits.
 
         A sample gains text from the end of its prompt for ``max_new_tokens`` characters, or up
         to and including its first stop string; a batch ends once each of its samples has. A
@@ -218,15 +226,15 @@ class _Request:
             return
         n, decode = self.num_samples, self.tokenizer.decode
         for batch in _batches([len(ids) for ids in self.ids], self.model.config.block_size):
-            rows = [(p, s) for p in batch for s in range(n)]
-            lengths = [len(self.ids[p]) for p, _ in rows]
+            samples = [p * n + s for p in batch for s in range(n)]  # this batch's rows
+            lengths = [len(self.ids[p]) for p in batch for _ in range(n)]
             shortest, total = min(lengths), max(lengths) + self.max_new_tokens
-            seq = torch.zeros(len(rows), total, dtype=torch.long, device=self.ids[0].device)
+            seq = torch.zeros(len(samples), total, dtype=torch.long, device=self.ids[0].device)
             for i, p in enumerate(batch):
                 seq[i * n : (i + 1) * n, : len(self.ids[p])] = self.ids[p]
             ends = [length + self.max_new_tokens for length in lengths]
-            finished = [False] * len(rows)
-            stops = StopStrings(self.stop, len(rows))
+            finished = [False] * len(samples)
+            stops = StopStrings(self.stop, len(samples))
             logits_sum = torch.zeros((), device=seq.device)
             differ = torch.tensor(lengths, device=seq.device) if max(lengths) > shortest else None
             columns = fill_columns(
@@ -239,14 +247,14 @@ class _Request:
                     if col + 1 < total and (col + 1 - shortest) % (read_every or total):
                         continue
                     check_finite(logits_sum)
-                    texts = [[""] * n for _ in self.prompts]
+                    texts = [""] * self.rows
                     for row, tokens in enumerate(seq[:, read : col + 1].tolist()):
                         if finished[row]:
                             continue
                         start, end = max(read, lengths[row]), min(col + 1, ends[row])
                         piece, stopped = stops.cut(row, decode(tokens[start - read : end - read]))
                         finished[row] = stopped or end == ends[row]
-                        texts[rows[row][0]][rows[row][1]] = piece
+                        texts[samples[row]] = piece
                     read = col + 1
                     yield texts
                     if all(finished):
@@ -281,40 +289,28 @@ def generate(
     raise UnknownCharactersError.
     """
     request = _Request(**locals())  # every argument, as given
-    texts = [[[text] for _ in range(num_samples)] for text in request.prompts]
+    texts = [[prompt] for prompt in request.prompts for _ in range(num_samples)]
     with decoding_settings(request.threads):
         for step in request.steps(STOP_READ_STEPS if request.stop else None):
-            for samples, pieces in zip(texts, step, strict=True):
-                for sample, piece in zip(samples, pieces, strict=True):
-                    sample.append(piece)
-    return request.shape([["".join(sample) for sample in samples] for samples in texts])
+            for text, piece in zip(texts, step, strict=True):
+                text.append(piece)
+    return request.shape(["".join(text) for text in texts])
 
 
 def stream_generate(
-    model: TinyGPT,
-    prompt: Prompt,
-    max_new_tokens: int = 200,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    seed: int | torch.Generator | None = None,
-    num_samples: int = 1,
-    stop: str | Sequence[str] | None = None,
-    use_cache: bool = True,
-    compile: bool = False,
-    num_threads: int | str | None = DECODE_THREADS,
+    model: TinyGPT, prompt: Prompt, max_new_tokens: int = 200, *args: Any, **kwargs: Any
 ) -> Iterator[Generated]:
-    """Yield, per step, each sample's new character, shaped as :func:`generate` returns texts.
+    """Yield, per step, each sample's new character, shaped as :func:`generate` returns texts;
+    the other arguments, positional or keyword, as in :func:`generate`.
 
     A sample with nothing new this step (still reading a longer prompt of its batch, or
     stopped) yields ``""``; the stream ends when every sample has finished. Joining a
     sample's pieces after its prompt gives its text from :func:`generate` with the same
     arguments and seed. Arguments are validated when this is called.
     """
-    request = _Request(**locals())  # every argument, as given
-    return (request.shape(step) for step in one_step_at_a_time(request.steps(1), request.threads))
+    arguments = inspect.signature(generate).bind(model, prompt, max_new_tokens, *args, **kwargs)
+    arguments.apply_defaults()  # generate's defaults, one source for both
+    return _Request(**arguments.arguments).stream()
 
 
 def generate_greedy(

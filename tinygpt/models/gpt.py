@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,21 +41,11 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train()
 
 
-class LayerTensors(NamedTuple):
-    ln_1: Affine
-    qkv: Affine
-    proj: Affine
-    ln_2: Affine
-    ffn: tuple[Affine, Affine] | nn.Module  # dense: fc and proj; else the MoE layer itself
-    cache: tuple[torch.Tensor, torch.Tensor] | None  # keys, values (batch, head, block, dim)
-
-
-class ModelTensors(NamedTuple):
-    wte: torch.Tensor  # also the output head (tied)
-    wpe: torch.Tensor
-    ln_f: Affine
-    layers: tuple[LayerTensors, ...]
-    cache_mask: torch.Tensor  # (block, block) additive: row p lets a query at p see keys 0 .. p
+# What the forward reads (TinyGPT.tensors): (wte, wpe, ln_f, layers, cache_mask), with per layer
+# (ln_1, qkv, proj, ln_2, ffn, cache): affines as (weight, bias), ffn the dense (fc, proj) or the
+# MoE layer itself, cache (keys, values) each (batch, head, block, dim), or None. wte is also the
+# output head (tied); cache_mask is (block, block) additive: row p lets a query at p see keys 0..p.
+ModelTensors = tuple
 
 
 def _affine(module: nn.Module) -> Affine:
@@ -106,13 +95,6 @@ class Block(nn.Module):
         self.ffn = MoEFeedForward(config) if config.is_moe_layer(layer) else MLP(config)
         self.register_load_state_dict_pre_hook(_renamed_mlp)
 
-    def tensors(self, cache: tuple[torch.Tensor, torch.Tensor] | None) -> LayerTensors:
-        attn, ffn = self.attn, self.ffn
-        if isinstance(ffn, MLP):
-            ffn = (_affine(ffn.fc), _affine(ffn.proj))
-        affines = (_affine(module) for module in (self.ln_1, attn.qkv, attn.proj, self.ln_2))
-        return LayerTensors(*affines, ffn, cache)
-
 
 class TinyGPT(nn.Module):
     """Token + position embeddings, ``n_layer`` blocks, final LayerNorm, tied output head."""
@@ -151,11 +133,8 @@ class TinyGPT(nn.Module):
 
     def moe_modules(self) -> dict[int, MoEFeedForward]:
         """The MoE feed-forward layers, by block index (empty for a dense model)."""
-        return {
-            i: block.ffn
-            for i, block in enumerate(self.blocks)
-            if isinstance(block.ffn, MoEFeedForward)
-        }
+        ffns = {i: block.ffn for i, block in enumerate(self.blocks)}
+        return {i: ffn for i, ffn in ffns.items() if isinstance(ffn, MoEFeedForward)}
 
     def moe_stats(self) -> dict[int, MoEStats]:
         """Routing statistics and losses of the last forward, by block index; tensors only."""
@@ -166,10 +145,8 @@ class TinyGPT(nn.Module):
 
         Zero for a dense model. The trainer adds it to the cross-entropy loss.
         """
-        total = torch.zeros((), device=self.wte.weight.device)
-        for moe in self.moe_modules().values():
-            total = total + moe.aux_loss()
-        return total
+        zero = torch.zeros((), device=self.wte.weight.device)
+        return sum((moe.aux_loss() for moe in self.moe_modules().values()), zero)
 
     @torch.no_grad()
     def expert_assignments(self, idx: torch.Tensor) -> torch.Tensor:
@@ -219,13 +196,14 @@ class TinyGPT(nn.Module):
     def tensors(self) -> ModelTensors:
         """The parameters, the KV cache (once set up) and the cache mask, as the forward reads
         them. They are the modules' own tensors, so in-place updates show; replaced ones do not."""
-        caches = self.kv_cache or [None] * len(self.blocks)
-        layers = tuple(
-            block.tensors(cache) for block, cache in zip(self.blocks, caches, strict=True)
-        )
-        return ModelTensors(
-            self.wte.weight, self.wpe.weight, _affine(self.ln_f), layers, self.cache_mask
-        )
+        caches, layers = self.kv_cache or [None] * len(self.blocks), []
+        for block, cache in zip(self.blocks, caches, strict=True):
+            ffn = block.ffn
+            if isinstance(ffn, MLP):
+                ffn = (_affine(ffn.fc), _affine(ffn.proj))
+            modules = (block.ln_1, block.attn.qkv, block.attn.proj, block.ln_2)
+            layers.append((*map(_affine, modules), ffn, cache))
+        return self.wte.weight, self.wpe.weight, _affine(self.ln_f), tuple(layers), self.cache_mask
 
     def forward_with(
         self,
@@ -238,10 +216,11 @@ class TinyGPT(nn.Module):
         ``need_weights`` each layer's attention weights.
 
         With ``input_pos`` each layer writes the keys and values of those positions into its
-        cache and its queries attend over the whole cache under ``t.cache_mask``: fixed shapes,
+        cache and its queries attend over the whole cache under the cache mask: fixed shapes,
         so the step can be compiled, and contiguous keys and values, which attention would
         otherwise copy at every call.
         """
+        wte, wpe, ln_f, layers, cache_mask = t
         B, T = idx.shape
         C, H = self.config.n_embd, self.config.n_head
         p = self.config.dropout if self.training else 0.0
@@ -252,19 +231,19 @@ class TinyGPT(nn.Module):
                 )
             pos, mask = torch.arange(T, device=idx.device), None
         else:
-            pos, mask = input_pos, t.cache_mask.index_select(0, input_pos)
-        x = t.wte.index_select(0, idx.reshape(-1)).view(B, T, C) + t.wpe.index_select(0, pos)
+            pos, mask = input_pos, cache_mask.index_select(0, input_pos)
+        x = wte.index_select(0, idx.reshape(-1)).view(B, T, C) + wpe.index_select(0, pos)
         x = x.view(B * T, C)
         x = F.dropout(x, p) if p else x
         attention = []
-        for layer in t.layers:
-            h = torch.layer_norm(x, (C,), *layer.ln_1)
+        for ln_1, qkv, attn_proj, ln_2, ffn, cache in layers:
+            h = torch.layer_norm(x, (C,), *ln_1)
             # Split on the (B, T, 3, head, head_dim) view: its gradient then stacks straight
             # into the layout of qkv's (a permuted split trains about 2% slower).
-            q, k, v = F.linear(h, *layer.qkv).view(B, T, 3, H, C // H).unbind(2)
+            q, k, v = F.linear(h, *qkv).view(B, T, 3, H, C // H).unbind(2)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, head, T, dim)
             if input_pos is not None:
-                keys, values = layer.cache
+                keys, values = cache
                 keys.index_copy_(2, input_pos, k)
                 values.index_copy_(2, input_pos, v)
                 y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
@@ -273,17 +252,17 @@ class TinyGPT(nn.Module):
                 attention.append(weights)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-            y = F.linear(y.transpose(1, 2).reshape(B * T, C), *layer.proj)
+            y = F.linear(y.transpose(1, 2).reshape(B * T, C), *attn_proj)
             x = x + (F.dropout(y, p) if p else y)
-            h = torch.layer_norm(x, (C,), *layer.ln_2)
-            if isinstance(layer.ffn, nn.Module):
-                x = x + layer.ffn(h)  # mixture of experts
+            h = torch.layer_norm(x, (C,), *ln_2)
+            if isinstance(ffn, nn.Module):
+                x = x + ffn(h)  # mixture of experts
             else:
-                fc, proj = layer.ffn
+                fc, proj = ffn
                 h = F.linear(F.gelu(F.linear(h, *fc)), *proj)
                 x = x + (F.dropout(h, p) if p else h)
-        x = torch.layer_norm(x, (C,), *t.ln_f)
-        return F.linear(x, t.wte).view(B, T, -1), attention
+        x = torch.layer_norm(x, (C,), *ln_f)
+        return F.linear(x, wte).view(B, T, -1), attention
 
     def setup_kv_cache(self, batch_size: int) -> None:
         """Allocate each layer's KV cache: ``block_size`` positions, in the dtype the keys will

@@ -46,12 +46,7 @@ class MoEFeedForward(nn.Module):
     def __init__(self, config: TinyGPTConfig) -> None:
         super().__init__()
         C, H, E = config.n_embd, 4 * config.n_embd, config.num_experts
-        self.num_experts = E
-        self.top_k = config.experts_per_token
-        self.aux_loss_coef = config.aux_loss_coef
-        self.z_loss_coef = config.z_loss_coef
-        self.capacity_factor = config.capacity_factor
-        self.router_jitter = config.router_jitter
+        self.config, self.num_experts, self.top_k = config, E, config.experts_per_token
         self.router = nn.Linear(C, E, bias=False)
         # Stacked expert weights, stored (in, out), as checkpoints hold them.
         self.w_fc = nn.Parameter(torch.empty(E, C, H))
@@ -81,16 +76,16 @@ class MoEFeedForward(nn.Module):
         """
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
-            if self.training and self.router_jitter > 0:
-                eps = self.router_jitter
+            if self.training and self.config.router_jitter > 0:
+                eps = self.config.router_jitter
                 x = x * torch.empty_like(x).uniform_(1.0 - eps, 1.0 + eps)
             return torch.mm(self.router.weight.float(), x.t())
 
     def capacity(self, num_tokens: int) -> int | None:
         """Assignments each expert accepts in a call of ``num_tokens`` tokens; None = dropless."""
-        if self.capacity_factor is None:
+        if self.config.capacity_factor is None:
             return None
-        return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
+        return math.ceil(self.config.capacity_factor * num_tokens * self.top_k / self.num_experts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under autocast the experts run in the autocast dtype, as F.linear would, and the
@@ -118,10 +113,10 @@ class MoEFeedForward(nn.Module):
         counts = torch.bincount(expert.reshape(-1), minlength=E)
         load = counts.float() / (N * k)
         # Switch: E * sum_i f_i * P_i; f_i has no gradient, P_i = mean router probability.
-        aux = torch.dot(load, probs.mean(dim=1)) * (self.aux_loss_coef * E)
+        aux = torch.dot(load, probs.mean(dim=1)) * (self.config.aux_loss_coef * E)
         # ST-MoE z-loss: mean of logsumexp(logits)^2; logsumexp = logit - log_softmax.
         lse = logits[0] - log_probs[0]
-        z = torch.dot(lse, lse) * (self.z_loss_coef / N)
+        z = torch.dot(lse, lse) * (self.config.z_loss_coef / N)
 
         # Assignments in token-major order (token i's choices at i*k .. i*k+k-1). A stable sort
         # groups them by expert and keeps each group in token order, the order capacity drops in.
