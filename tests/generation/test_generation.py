@@ -1,5 +1,7 @@
 """The generation loop (KV cache against no cache, past the window) and the text API."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -159,6 +161,9 @@ def test_stream_yields_the_same_text_as_generate(model):
     assert len(pieces) == 3 * BLOCK and all(len(step) == 2 for step in pieces)
     streamed = ["we " + "".join(step[i] for step in pieces) for i in range(2)]
     assert streamed == generate(model, "we ", 3 * BLOCK, **kwargs)
+    # help() and a notebook's completion list generate's parameters for the stream too
+    shown = inspect.signature(stream_generate).parameters
+    assert list(shown) == list(inspect.signature(generate).parameters)
 
 
 def test_named_variants_are_generate_with_their_parameters(model):

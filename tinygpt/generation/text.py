@@ -313,6 +313,12 @@ def stream_generate(
     return _Request(**arguments.arguments).stream()
 
 
+# help() and a notebook's completion show generate's parameters for the stream too.
+stream_generate.__signature__ = inspect.signature(generate).replace(  # type: ignore[attr-defined]
+    return_annotation=Iterator[Generated]
+)
+
+
 def generate_greedy(
     model: TinyGPT, prompt: Prompt, max_new_tokens: int = 200, **kwargs: Any
 ) -> Generated:
