@@ -83,23 +83,34 @@ def load_or_build(
     text_path = check_text_file(text_path)
     fingerprint = sha256_of(text_path)
     places = cache_locations(text_path, Path(cache_dir))
-    reasons = {}
-    for place in places:
-        try:
-            return read_cache(place, fingerprint)
-        except StaleCache as exc:
-            reasons[place] = str(exc)
-    # One process builds; others (DDP ranks started together) wait, then find its cache.
-    with _exclusive(text_path):
+    # One process builds; others (DDP ranks started together) wait, then find its cache. The
+    # lock is released when the file closes.
+    with text_path.open("rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         for place in places:
             try:
                 return read_cache(place, fingerprint)
-            except StaleCache:
-                pass
-        for place, reason in reasons.items():
-            if reason != "missing":
-                log.info("token cache %s is %s: rebuilding it", place, reason)
-        return _build_somewhere(text_path, fingerprint, places, progress)
+            except StaleCache as exc:
+                if str(exc) != "missing":
+                    log.info("token cache %s is %s: rebuilding it", place, exc)
+        # Build in the first place that can be written, saying so if it is not the first.
+        chars, length = scan_vocabulary(text_path, progress)
+        failures = []
+        for place in places:
+            try:
+                write_cache(place, text_path, fingerprint, chars, length, progress)
+            except OSError as exc:
+                failures.append(f"{place.parent}: {exc.strerror or exc}")
+                continue
+            if failures:
+                log.warning(
+                    "token cache: cannot write beside the text (%s); using %s", failures[0], place
+                )
+            return read_cache(place, fingerprint)
+    raise WriteError(
+        f"cannot write {'; nor '.join(failures)} (the token cache of {text_path}); "
+        "set data.cache_dir to a writable directory"
+    )
 
 
 def read_cache(path: Path, fingerprint: str) -> TokenCache:
@@ -210,41 +221,6 @@ def _encoder(chars: str, dtype: np.dtype) -> Callable[[bytes | np.ndarray], byte
         return None if len(ids) and ids.min() < 0 else ids.astype(dtype).tobytes()
 
     return encode
-
-
-def _build_somewhere(
-    text_path: Path, fingerprint: str, places: list[Path], progress: bool
-) -> TokenCache:
-    """Build the cache in the first of ``places`` that can be written, saying so if it is not
-    the first; one error line if none can."""
-    chars, length = scan_vocabulary(text_path, progress)
-    failures = []
-    for place in places:
-        try:
-            write_cache(place, text_path, fingerprint, chars, length, progress)
-        except OSError as exc:
-            failures.append(f"{place.parent}: {exc.strerror or exc}")
-            continue
-        if failures:
-            log.warning(
-                "token cache: cannot write beside the text (%s); using %s", failures[0], place
-            )
-        return read_cache(place, fingerprint)
-    raise WriteError(
-        f"cannot write {'; nor '.join(failures)} (the token cache of {text_path}); "
-        "set data.cache_dir to a writable directory"
-    )
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path``."""
-    with path.open("rb") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -74,8 +74,11 @@ class TinyGPTModule(L.LightningModule):
         logging_step = self._logging_step()
         # On CPU the check is free; on an accelerator it would stall the pipeline every step,
         # so there it runs at logging steps (and before every checkpoint, below).
-        if loss.device.type == "cpu" or logging_step:
-            self._check_finite(loss)
+        if (loss.device.type == "cpu" or logging_step) and not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at step {self.global_step}; stopped, keeping "
+                "the last good checkpoint (try a lower optim.lr)"
+            )
         self.log("train/loss", loss, prog_bar=True)
         if self.model.config.ffn == "moe":
             aux_loss = self.model.aux_loss()
@@ -106,13 +109,6 @@ class TinyGPTModule(L.LightningModule):
         # step makes it validate there too, so every run ends with an exact final val/loss.
         if self.global_step >= self.trainer.max_steps:
             self.trainer.should_stop = True
-
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss became {loss.item()} at step {self.global_step}; stopped, keeping "
-                "the last good checkpoint (try a lower optim.lr)"
-            )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         inputs, targets = batch
