@@ -219,7 +219,11 @@ class SampleText(EveryNValidations):
             return
         prompt = prompt_in_vocabulary(self.prompt, trainer, pl_module)
         self.last_text = generate(
-            pl_module.model, prompt, self.max_new_tokens, temperature=self.temperature, seed=self.seed
+            pl_module.model,
+            prompt,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            seed=self.seed,
         )
         step = trainer.global_step
         heading = f"step {step}, temperature {self.temperature:g}, seed {self.seed}:"
