@@ -104,18 +104,17 @@ class RunConfigText(Callback):
     """Logs the run's resolved config as text at the start of training, for TensorBoard's Text tab.
 
     The config is ``pl_module.run_config``, the dict that checkpoints store too. TensorBoard lists
-    it as ``<tag>/text_summary``: torch's ``SummaryWriter.add_text`` appends the suffix.
+    it as ``config/text_summary``.
     """
 
-    def __init__(self, tag: str = "config") -> None:
-        self.tag = tag
+    TAG = "config"  # torch's SummaryWriter.add_text appends "/text_summary"
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         text = code_block(OmegaConf.to_yaml(pl_module.run_config))
         for writer in _tensorboard_writers(trainer):
-            writer.add_text(self.tag, text, global_step=trainer.global_step)
+            writer.add_text(self.TAG, text, global_step=trainer.global_step)
 
 
 class EveryNValidations(Callback):

@@ -209,19 +209,15 @@ class TinyGPTModule(L.LightningModule):
         if differing:
             shown = ", ".join(f"model.{k}={theirs.get(k)!r}" for k in differing)
             raise CheckpointError(f"the checkpoint's model differs from this run's: {shown}")
-        self._check_same_text(entry.get("data_fingerprint"))
+        # Same vocabulary, other text: the batches after the resume would come from it.
+        theirs, ours = entry.get("data_fingerprint"), self.data_fingerprint
+        if None not in (theirs, ours) and theirs != ours and not self.allow_data_change:
+            raise CheckpointError(
+                f"the checkpoint was trained on another text than this run's data (same "
+                f"vocabulary; sha256 {theirs[:12]}..., this text {ours[:12]}...); add "
+                "resume_data_change=allow to continue training on this text anyway"
+            )
         self._check_same_schedule(entry.get("config") or {})
-
-    def _check_same_text(self, theirs: str | None) -> None:
-        """Same vocabulary, other text: the batches after the resume would come from it."""
-        ours = self.data_fingerprint
-        if theirs is None or ours is None or theirs == ours or self.allow_data_change:
-            return
-        raise CheckpointError(
-            f"the checkpoint was trained on another text than this run's data (same "
-            f"vocabulary; sha256 {theirs[:12]}..., this text {ours[:12]}...); add "
-            "resume_data_change=allow to continue training on this text anyway"
-        )
 
     def _check_same_schedule(self, saved: dict[str, Any]) -> None:
         """Another trainer.max_steps or optimizer setting: the restored optimizer and cosine
