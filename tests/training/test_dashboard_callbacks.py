@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
+from tinygpt.analysis.writing import code_block
 from tinygpt.errors import ConfigError
 from tinygpt.generation import generate
 from tinygpt.training.callbacks import CustomScalarsLayout, SampleText, scalar_layout
@@ -51,7 +52,7 @@ def test_a_seeded_sample_is_logged_at_each_validation_and_a_layout_at_the_start(
     heading, body = last.split("\n\n", 1)
     assert heading == "step 4, temperature 0.8, seed 3:"
     # The prompt and 40 new characters, as a Markdown code block (four spaces a line).
-    assert body == "\n".join("    " + line for line in sample.last_text.split("\n"))
+    assert body == code_block(sample.last_text)
     assert sample.last_text.startswith(prompt) and len(sample.last_text) == len(prompt) + 40
 
     # Reproducible: the same weights, prompt and seed give the same text.

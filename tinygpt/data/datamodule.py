@@ -132,15 +132,13 @@ class CharDataModule(DataConfig, L.LightningDataModule):
     def _recode(self, chars: str, tokens: np.ndarray) -> np.ndarray:
         """Ids of the vocabulary ``chars`` (the text's own) as ids of the given tokenizer. Only
         an evaluation takes this path, so the recoded ids may live in RAM."""
-        assert self.tokenizer is not None
         if chars == self.tokenizer.chars:
             return tokens
-        known = set(self.tokenizer.chars)
-        unknown = [c for c in chars if c not in known]
-        if unknown and not self.skip_unknown:
-            raise UnknownCharactersError.naming(unknown, str(self.text_path))
         index = {c: i for i, c in enumerate(self.tokenizer.chars)}
         lookup = np.array([index.get(c, -1) for c in chars], dtype=np.int64)
+        unknown = [c for c, i in zip(chars, lookup, strict=True) if i < 0]
+        if unknown and not self.skip_unknown:
+            raise UnknownCharactersError.naming(unknown, str(self.text_path))
         ids = lookup[np.asarray(tokens)]
         kept = ids[ids >= 0]
         self.skipped = len(ids) - len(kept)

@@ -5,9 +5,9 @@ the operating system shares between every process mapping it (DDP ranks).
 
 Where: beside the text as ``<name>.tokens``; where that directory cannot be written, in
 ``<cache_dir>/tokens/`` (the data cache, ``data.cache_dir``) under a name that also encodes the
-text's full path. The file: ``MAGIC``, the header's length (8 bytes, little-endian), a JSON
-header (format, fingerprint, vocabulary, dtype, length) padded so that the ids start on a
-64-byte boundary, then the ids in the smallest dtype that holds the vocabulary. A cache is used
+text's full path. The file: one header line, ``MAGIC`` and a JSON object (format, fingerprint,
+vocabulary, dtype, length) padded with spaces so that the ids start on a 64-byte boundary, then
+the ids in the smallest dtype that holds the vocabulary. A cache is used
 only if its header parses, its fingerprint is the text's and its size matches the header;
 otherwise it is rebuilt. It is written to a temporary file and renamed into place, so a reader
 sees the old file or the complete new one, never a partial one.
@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from tinygpt.errors import DataError, WriteError
 log = logging.getLogger(__name__)
 
 MAGIC = b"TGTOKENS"
-FORMAT = 1  # bump when the ids a text encodes to change, so older caches are rebuilt
+FORMAT = 2  # bump when the ids a text encodes to change, so older caches are rebuilt
 ALIGN = 64
 MAX_HEADER_BYTES = 16 << 20  # the largest vocabulary, every character JSON-escaped, fits
 UNICODE_SIZE = 0x110000
@@ -83,23 +82,34 @@ def load_or_build(
     text_path = check_text_file(text_path)
     fingerprint = sha256_of(text_path)
     places = cache_locations(text_path, Path(cache_dir))
-    reasons = {}
-    for place in places:
-        try:
-            return read_cache(place, fingerprint)
-        except StaleCache as exc:
-            reasons[place] = str(exc)
-    # One process builds; others (DDP ranks started together) wait, then find its cache.
-    with _exclusive(text_path):
+    # One process builds; others (DDP ranks started together) wait, then find its cache. The
+    # lock is released when the file closes.
+    with text_path.open("rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         for place in places:
             try:
                 return read_cache(place, fingerprint)
-            except StaleCache:
-                pass
-        for place, reason in reasons.items():
-            if reason != "missing":
-                log.info("token cache %s is %s: rebuilding it", place, reason)
-        return _build_somewhere(text_path, fingerprint, places, progress)
+            except StaleCache as exc:
+                if str(exc) != "missing":
+                    log.info("token cache %s is %s: rebuilding it", place, exc)
+        # Build in the first place that can be written, saying so if it is not the first.
+        chars, length = scan_vocabulary(text_path, progress)
+        failures = []
+        for place in places:
+            try:
+                write_cache(place, text_path, fingerprint, chars, length, progress)
+            except OSError as exc:
+                failures.append(f"{place.parent}: {exc.strerror or exc}")
+                continue
+            if failures:
+                log.warning(
+                    "token cache: cannot write beside the text (%s); using %s", failures[0], place
+                )
+            return read_cache(place, fingerprint)
+    raise WriteError(
+        f"cannot write {'; nor '.join(failures)} (the token cache of {text_path}); "
+        "set data.cache_dir to a writable directory"
+    )
 
 
 def read_cache(path: Path, fingerprint: str) -> TokenCache:
@@ -107,13 +117,10 @@ def read_cache(path: Path, fingerprint: str) -> TokenCache:
     names; else raise StaleCache."""
     try:
         with path.open("rb") as f:
-            head = f.read(len(MAGIC) + 8)
-            if len(head) < len(MAGIC) + 8 or not head.startswith(MAGIC):
+            if f.read(len(MAGIC)) != MAGIC:
                 raise StaleCache("not a token cache")
-            (header_bytes,) = struct.unpack("<Q", head[len(MAGIC) :])
-            if header_bytes > MAX_HEADER_BYTES:
-                raise StaleCache("corrupt (header length)")
-            header = json.loads(f.read(header_bytes))
+            header = json.loads(f.readline(MAX_HEADER_BYTES))  # cut short: a ValueError
+            offset = f.tell()
         size = path.stat().st_size
     except FileNotFoundError:
         raise StaleCache("missing") from None
@@ -127,7 +134,6 @@ def read_cache(path: Path, fingerprint: str) -> TokenCache:
     if not isinstance(chars, str) or not chars or not isinstance(length, int) or length < 1:
         raise StaleCache("corrupt (header)")
     dtype = token_dtype(len(chars))
-    offset = len(MAGIC) + 8 + header_bytes
     if header.get("dtype") != dtype.str or size != offset + length * dtype.itemsize:
         raise StaleCache("incomplete or corrupt (its size does not match its header)")
     tokens = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(length,))
@@ -158,18 +164,11 @@ def write_cache(
 ) -> None:
     """Encode the text into ``dest``, atomically: a temporary file beside it, then a rename."""
     dtype = token_dtype(len(chars))
-    header = json.dumps(
-        {
-            "format": FORMAT,
-            "fingerprint": fingerprint,
-            "chars": chars,
-            "dtype": dtype.str,
-            "length": length,
-        },  # fmt: skip
-        ensure_ascii=False,
-    ).encode()
-    padded = -(-(len(MAGIC) + 8 + len(header)) // ALIGN) * ALIGN - len(MAGIC) - 8
-    header = header.ljust(padded)
+    header = dict(
+        format=FORMAT, fingerprint=fingerprint, chars=chars, dtype=dtype.str, length=length
+    )
+    line = MAGIC + json.dumps(header, ensure_ascii=False).encode()  # newlines escaped
+    line = line.ljust(-(-(len(line) + 1) // ALIGN) * ALIGN - 1) + b"\n"
     encode = _encoder(chars, dtype)
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{dest.name}.*.part"):  # left by a killed build
@@ -178,7 +177,7 @@ def write_cache(
     try:
         written = 0
         with os.fdopen(fd, "wb") as out, _progress(text_path, "tokenizing", progress) as advance:
-            out.write(MAGIC + struct.pack("<Q", len(header)) + header)
+            out.write(line)
             for chunk in code_point_chunks(text_path, on_bytes=advance):
                 ids = encode(chunk)
                 if ids is None:  # a character outside the vocabulary it was scanned for
@@ -210,41 +209,6 @@ def _encoder(chars: str, dtype: np.dtype) -> Callable[[bytes | np.ndarray], byte
         return None if len(ids) and ids.min() < 0 else ids.astype(dtype).tobytes()
 
     return encode
-
-
-def _build_somewhere(
-    text_path: Path, fingerprint: str, places: list[Path], progress: bool
-) -> TokenCache:
-    """Build the cache in the first of ``places`` that can be written, saying so if it is not
-    the first; one error line if none can."""
-    chars, length = scan_vocabulary(text_path, progress)
-    failures = []
-    for place in places:
-        try:
-            write_cache(place, text_path, fingerprint, chars, length, progress)
-        except OSError as exc:
-            failures.append(f"{place.parent}: {exc.strerror or exc}")
-            continue
-        if failures:
-            log.warning(
-                "token cache: cannot write beside the text (%s); using %s", failures[0], place
-            )
-        return read_cache(place, fingerprint)
-    raise WriteError(
-        f"cannot write {'; nor '.join(failures)} (the token cache of {text_path}); "
-        "set data.cache_dir to a writable directory"
-    )
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path``."""
-    with path.open("rb") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -36,7 +36,6 @@ class CharTokenizer:
         if list(chars) != sorted(set(chars)):
             raise ValueError("the vocabulary must be sorted characters without repeats")
         self.chars = chars
-        self._stoi = {c: i for i, c in enumerate(chars)}
         # Sorted code points let encode() look up a whole text with one searchsorted.
         self._codepoints = torch.tensor([ord(c) for c in chars], dtype=torch.int64)
 

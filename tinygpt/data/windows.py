@@ -8,6 +8,8 @@ windows come out as int64 tensors, as the model's embedding and loss take them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
@@ -33,6 +35,7 @@ def _gather(data: np.ndarray, starts: np.ndarray, width: int) -> torch.Tensor:
     return torch.from_numpy(windows.astype(np.int64))
 
 
+@dataclass(eq=False)
 class RandomWindows(IterableDataset):
     """An endless stream of batches of random windows, starting at batch ``start``.
 
@@ -43,29 +46,22 @@ class RandomWindows(IterableDataset):
     ``start``, so every epoch trains on the same batches (``trainer.overfit_batches``).
     """
 
-    def __init__(
-        self,
-        data: np.ndarray | torch.Tensor,
-        block_size: int,
-        batch_size: int,
-        seed: int,
-        rank: int,
-        start: int,
-        repeat: bool = False,
-    ) -> None:
-        self.data = _as_array(data)
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.start = start
-        self.repeat = repeat
-        self.next_index = start  # of the batch the next iteration begins with
-        self.num_starts = len(self.data) - block_size
+    data: np.ndarray | torch.Tensor
+    block_size: int
+    batch_size: int
+    seed: int
+    rank: int
+    start: int
+    repeat: bool = False
+
+    def __post_init__(self) -> None:
+        self.data = _as_array(self.data)
+        self.next_index = self.start  # of the batch the next iteration begins with
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(batch_seed(self.seed, index, self.rank))
-        starts = torch.randint(self.num_starts, (self.batch_size,), generator=generator)
+        num_starts = len(self.data) - self.block_size
+        starts = torch.randint(num_starts, (self.batch_size,), generator=generator)
         windows = _gather(self.data, starts.numpy(), self.block_size + 1)
         return windows[:, :-1], windows[:, 1:].contiguous()
 
@@ -78,24 +74,22 @@ class RandomWindows(IterableDataset):
             yield batch
 
 
+@dataclass(eq=False)
 class ValidationBatches(Dataset):
     """Every non-overlapping window of ``data``, in order, in batches of ``batch_size``, so the
     val loss is exact. With ``world`` > 1, rank ``rank`` takes every world-th window (no
     padding, no window twice); the ranks' shares together are every window once."""
 
-    def __init__(
-        self,
-        data: np.ndarray | torch.Tensor,
-        block_size: int,
-        batch_size: int,
-        rank: int = 0,
-        world: int = 1,
-    ) -> None:
-        self.data = _as_array(data)
-        self.block_size = block_size
-        self.batch_size = batch_size
+    data: np.ndarray | torch.Tensor
+    block_size: int
+    batch_size: int
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        self.data = _as_array(self.data)
         # Window w covers data[w * block_size : (w + 1) * block_size], its targets one further.
-        self.windows = range(rank, (len(self.data) - 1) // block_size, world)
+        self.windows = range(self.rank, (len(self.data) - 1) // self.block_size, self.world)
 
     def __len__(self) -> int:
         return -(-len(self.windows) // self.batch_size)

@@ -26,8 +26,8 @@ from tinygpt.analysis.moe import (
     text_windows,
 )
 from tinygpt.analysis.plots import plot_run
+from tinygpt.analysis.writing import code_block, save_figure
 from tinygpt.errors import require
-from tinygpt.files import atomic_write
 from tinygpt.generation import generate
 from tinygpt.generation.sampling import MAX_NEW_TOKENS_LIMIT, check_float, check_int
 
@@ -91,59 +91,44 @@ def tensorboard_dir(trainer: L.Trainer) -> Path | None:
     return Path(dirs[0]) if dirs else None
 
 
-def metrics_dir(trainer: L.Trainer) -> Path | None:
-    """Where the run's logged scalars are read back: the first TensorBoard logger's event
-    directory, else the first CSV logger's directory (each version a resumed run added)."""
-    csv = [Path(lg.root_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)]
-    return tensorboard_dir(trainer) or (csv[0] if csv else None)
-
-
 def prompt_in_vocabulary(prompt: str, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
     """``prompt`` if the model's vocabulary covers it, else as many characters from the start
     of the validation text (a model trained on another text than the configured prompt's)."""
     tokenizer = pl_module.model.tokenizer
     if set(prompt) <= set(tokenizer.chars):
         return prompt
-    val_data = getattr(trainer.datamodule, "val_data", None)
-    if val_data is None:
-        raise ValueError(
-            f"prompt {prompt!r} uses characters outside the vocabulary and the datamodule has "
-            "no val_data to fall back on"
-        )
-    return tokenizer.decode(val_data[: len(prompt)])
+    return tokenizer.decode(trainer.datamodule.val_data[: len(prompt)])
 
 
 class RunConfigText(Callback):
     """Logs the run's resolved config as text at the start of training, for TensorBoard's Text tab.
 
     The config is ``pl_module.run_config``, the dict that checkpoints store too. TensorBoard lists
-    it as ``<tag>/text_summary``: torch's ``SummaryWriter.add_text`` appends the suffix.
+    it as ``config/text_summary``.
     """
 
-    def __init__(self, tag: str = "config") -> None:
-        self.tag = tag
+    TAG = "config"  # torch's SummaryWriter.add_text appends "/text_summary"
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        config = getattr(pl_module, "run_config", None) or {}
-        # Indented by four spaces: a Markdown code block, so the YAML keeps its layout.
-        text = "\n".join("    " + line for line in OmegaConf.to_yaml(config).splitlines())
+        text = code_block(OmegaConf.to_yaml(pl_module.run_config))
         for writer in _tensorboard_writers(trainer):
-            writer.add_text(self.tag, text, global_step=trainer.global_step)
+            writer.add_text(self.TAG, text, global_step=trainer.global_step)
 
 
 class EveryNValidations(Callback):
-    """Base for callbacks that act at the end of every ``every_n_validations``-th validation
-    (sanity checks not counted), on the global-zero process only. ``key`` names the callback in
-    conf/callbacks/, for error messages."""
+    """Base for callbacks that show the model on ``prompt`` at the end of every
+    ``every_n_validations``-th validation (sanity checks not counted), on the global-zero process
+    only. ``key`` names the callback in conf/callbacks/, for error messages."""
 
-    def __init__(self, every_n_validations: int, key: str) -> None:
-        n = every_n_validations
+    def __init__(self, key: str, prompt: str, every_n_validations: int) -> None:
         require(
-            type(n) is int and n >= 1,
-            f"{key}.every_n_validations must be an integer >= 1, got {n!r}",
+            isinstance(prompt, str) and prompt != "",
+            f"callbacks.{key}.prompt must be non-empty text, got {prompt!r}",
         )
+        self.prompt = prompt
+        n = check_int(f"callbacks.{key}.every_n_validations", every_n_validations, 1)
         self.every_n_validations = n
         self._validations = 0
 
@@ -167,10 +152,7 @@ class AttentionHeatmapCallback(EveryNValidations):
     IMAGE_TAG = "attention/heatmaps"
 
     def __init__(self, prompt: str = "First Citizen:\n", every_n_validations: int = 1) -> None:
-        key = "callbacks.attention_heatmap"
-        super().__init__(every_n_validations, key)
-        require(isinstance(prompt, str) and prompt != "", f"{key}.prompt must not be empty")
-        self.prompt = prompt
+        super().__init__("attention_heatmap", prompt, every_n_validations)
 
     def resolve_prompt(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
         """The prompt to show: the configured one if the vocabulary covers it, else val text."""
@@ -219,13 +201,8 @@ class SampleText(EveryNValidations):
         seed: int = 1,
         every_n_validations: int = 1,
     ) -> None:
+        super().__init__("sample_text", prompt, every_n_validations)
         key = "callbacks.sample_text"
-        super().__init__(every_n_validations, key)
-        require(
-            isinstance(prompt, str) and prompt != "",
-            f"{key}.prompt must be non-empty text, got {prompt!r}",
-        )
-        self.prompt = prompt
         self.max_new_tokens = check_int(
             f"{key}.max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT
         )
@@ -249,10 +226,8 @@ class SampleText(EveryNValidations):
         )
         step = trainer.global_step
         heading = f"step {step}, temperature {self.temperature:g}, seed {self.seed}:"
-        # Indented by four spaces: a Markdown code block keeps the line breaks and spacing.
-        body = "\n".join("    " + line for line in self.last_text.split("\n"))
         for writer in writers:
-            writer.add_text(self.TAG, f"{heading}\n\n{body}", global_step=step)
+            writer.add_text(self.TAG, f"{heading}\n\n{code_block(self.last_text)}", step)
 
 
 Layout = dict[str, dict[str, list]]
@@ -301,19 +276,20 @@ class CustomScalarsLayout(Callback):
 class MetricPlots(Callback):
     """At the end of training, writes PNG plots of the logged metrics (loss, val ppl, lr, ...).
 
-    The plots are read back from the logger's files (:func:`metrics_dir`, read by
-    :mod:`tinygpt.analysis.plots`), so they show exactly what TensorBoard, or the CSV file,
-    shows. Nothing without such a logger. ``dirpath`` defaults to ``<default_root_dir>/plots``.
+    The plots are read back from the logger's files (the first TensorBoard logger's event
+    directory, else the first CSV logger's directory, by :mod:`tinygpt.analysis.plots`), so they
+    show exactly what TensorBoard, or the CSV file, shows. Nothing without such a logger.
+    ``dirpath`` defaults to ``<default_root_dir>/plots``.
     """
 
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
-        self.written: list[Path] = []
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        log_dir = metrics_dir(trainer)
+        csv = [Path(lg.root_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+        log_dir = tensorboard_dir(trainer) or (csv[0] if csv else None)
         if log_dir is None:
             return
         # Loggers buffer (TensorBoard's writer, the CSV logger's rows); the plots must see the
@@ -321,7 +297,7 @@ class MetricPlots(Callback):
         for logger in trainer.loggers:
             logger.save()
         out_dir = Path(self.dirpath or Path(trainer.default_root_dir) / "plots")
-        self.written = plot_run(log_dir, out_dir)
+        plot_run(log_dir, out_dir)
 
 
 class MoEDashboard(Callback):
@@ -358,8 +334,6 @@ class MoEDashboard(Callback):
         if pl_module.model.config.ffn != "moe" or not trainer.is_global_zero:
             return
         out_dir = Path(self.dirpath or Path(trainer.default_root_dir) / "plots")
-        load_fig, special_fig = self._figures(trainer, pl_module)
-        figures = {"expert_load.png": load_fig, "expert_specialisation.png": special_fig}
-        for name, fig in figures.items():
-            with atomic_write(out_dir / name) as f:
-                fig.savefig(f, format="png")
+        names = ("expert_load.png", "expert_specialisation.png")
+        for name, fig in zip(names, self._figures(trainer, pl_module), strict=True):
+            save_figure(fig, out_dir / name)

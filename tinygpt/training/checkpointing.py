@@ -16,8 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tinygpt.checkpoint import load_checkpoint
-from tinygpt.errors import require
 from tinygpt.files import atomic_write
+from tinygpt.generation.sampling import check_int
 
 # Signals that stop a run with a checkpoint: `kill`, a scheduler's time limit, Ctrl-C.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -68,11 +68,7 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str, every_n_steps: int = 250) -> None:
-        n = every_n_steps
-        require(
-            type(n) is int and n >= 1,
-            f"callbacks.last_checkpoint.every_n_steps must be an integer >= 1, got {n!r}",
-        )
+        check_int("callbacks.last_checkpoint.every_n_steps", every_n_steps, 1)
         super().__init__(
             dirpath=dirpath,
             save_last=True,

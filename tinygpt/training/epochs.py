@@ -18,19 +18,15 @@ from lightning.pytorch.callbacks import Callback
 
 from tinygpt.analysis.plots import TRAIN_TAG, VAL_TAG
 from tinygpt.errors import require
-
-
-def _positive_int(name: str, value: object) -> int:
-    require(type(value) is int and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
-    return value
+from tinygpt.generation.sampling import check_int
 
 
 def steps_per_epoch(train_tokens: int, batch_size: int, block_size: int) -> int:
     """Steps of ``batch_size`` windows of ``block_size`` characters that draw ``train_tokens``
     characters, rounded up: 90,000 characters in batches of 64 x 32 take 44 steps."""
-    _positive_int("the training split's length", train_tokens)
-    tokens_per_step = _positive_int("data.batch_size", batch_size) * _positive_int(
-        "model.block_size", block_size
+    check_int("the training split's length", train_tokens, 1)
+    tokens_per_step = check_int("data.batch_size", batch_size, 1) * check_int(
+        "model.block_size", block_size, 1
     )
     return math.ceil(train_tokens / tokens_per_step)
 
@@ -48,8 +44,8 @@ def epoch_steps(
     require(
         max_chars is not None, "epochs are counted in data.max_chars characters; set it, got null"
     )
-    train_tokens = int(train_fraction * _positive_int("data.max_chars", max_chars))
-    return _positive_int("epochs", epochs) * steps_per_epoch(train_tokens, batch_size, block_size)
+    train_tokens = int(train_fraction * check_int("data.max_chars", max_chars, 1))
+    return check_int("epochs", epochs, 1) * steps_per_epoch(train_tokens, batch_size, block_size)
 
 
 class EpochLoss(Callback):
@@ -63,9 +59,7 @@ class EpochLoss(Callback):
     """
 
     def __init__(self, steps_per_epoch: int) -> None:
-        self.steps_per_epoch = _positive_int(
-            "callbacks.epoch_loss.steps_per_epoch", steps_per_epoch
-        )
+        self.steps_per_epoch = check_int("callbacks.epoch_loss.steps_per_epoch", steps_per_epoch, 1)
         self._sum = 0.0
         self._count = 0
         self.epochs: list[tuple[int, float, float]] = []

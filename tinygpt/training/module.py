@@ -74,8 +74,11 @@ class TinyGPTModule(L.LightningModule):
         logging_step = self._logging_step()
         # On CPU the check is free; on an accelerator it would stall the pipeline every step,
         # so there it runs at logging steps (and before every checkpoint, below).
-        if loss.device.type == "cpu" or logging_step:
-            self._check_finite(loss)
+        if (loss.device.type == "cpu" or logging_step) and not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at step {self.global_step}; stopped, keeping "
+                "the last good checkpoint (try a lower optim.lr)"
+            )
         self.log("train/loss", loss, prog_bar=True)
         if self.model.config.ffn == "moe":
             aux_loss = self.model.aux_loss()
@@ -106,13 +109,6 @@ class TinyGPTModule(L.LightningModule):
         # step makes it validate there too, so every run ends with an exact final val/loss.
         if self.global_step >= self.trainer.max_steps:
             self.trainer.should_stop = True
-
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss became {loss.item()} at step {self.global_step}; stopped, keeping "
-                "the last good checkpoint (try a lower optim.lr)"
-            )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         inputs, targets = batch
@@ -213,19 +209,15 @@ class TinyGPTModule(L.LightningModule):
         if differing:
             shown = ", ".join(f"model.{k}={theirs.get(k)!r}" for k in differing)
             raise CheckpointError(f"the checkpoint's model differs from this run's: {shown}")
-        self._check_same_text(entry.get("data_fingerprint"))
+        # Same vocabulary, other text: the batches after the resume would come from it.
+        theirs, ours = entry.get("data_fingerprint"), self.data_fingerprint
+        if None not in (theirs, ours) and theirs != ours and not self.allow_data_change:
+            raise CheckpointError(
+                f"the checkpoint was trained on another text than this run's data (same "
+                f"vocabulary; sha256 {theirs[:12]}..., this text {ours[:12]}...); add "
+                "resume_data_change=allow to continue training on this text anyway"
+            )
         self._check_same_schedule(entry.get("config") or {})
-
-    def _check_same_text(self, theirs: str | None) -> None:
-        """Same vocabulary, other text: the batches after the resume would come from it."""
-        ours = self.data_fingerprint
-        if theirs is None or ours is None or theirs == ours or self.allow_data_change:
-            return
-        raise CheckpointError(
-            f"the checkpoint was trained on another text than this run's data (same "
-            f"vocabulary; sha256 {theirs[:12]}..., this text {ours[:12]}...); add "
-            "resume_data_change=allow to continue training on this text anyway"
-        )
 
     def _check_same_schedule(self, saved: dict[str, Any]) -> None:
         """Another trainer.max_steps or optimizer setting: the restored optimizer and cosine

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, SequentialLR
+from torch.optim.lr_scheduler import LambdaLR
 
 from tinygpt.errors import require
 from tinygpt.training.muon import MuonWithAdamW
@@ -63,6 +63,7 @@ def build_optimizer(
     """The optimizer ``optim.name`` names over ``named_parameters`` (``module.named_parameters()``),
     and its per-step warmup + cosine schedule."""
     named = [(name, p) for name, p in named_parameters if p.requires_grad]
+    adamw = {"lr": optim.lr, "betas": optim.betas, "fused": fused}
     if optim.name == "muon":
         hidden, rest = [], []
         for name, p in named:
@@ -73,19 +74,10 @@ def build_optimizer(
             "weight_decay": optim.weight_decay,
             "momentum": optim.muon_momentum,
         }
-        adamw = {"lr": optim.lr, "betas": optim.betas, "fused": fused}
         optimizer = MuonWithAdamW(muon_groups, _adamw_groups(rest, optim), muon, adamw)
-        return optimizer, LambdaLR(optimizer, _warmup_cosine(optim, max_steps))
-    params = [p for _, p in named]
-    optimizer = torch.optim.AdamW(
-        _adamw_groups(params, optim), lr=optim.lr, betas=optim.betas, fused=fused
-    )
-    warmup = min(optim.warmup_steps, max_steps - 1)
-    cosine = CosineAnnealingLR(optimizer, T_max=max_steps - warmup, eta_min=optim.min_lr)
-    if warmup == 0:
-        return optimizer, cosine
-    ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
-    return optimizer, SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+    else:
+        optimizer = torch.optim.AdamW(_adamw_groups([p for _, p in named], optim), **adamw)
+    return optimizer, LambdaLR(optimizer, _warmup_cosine(optim, max_steps))
 
 
 def _is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
@@ -108,8 +100,8 @@ def _adamw_groups(params: list[torch.Tensor], optim: OptimConfig) -> list[dict]:
 
 
 def _warmup_cosine(optim: OptimConfig, max_steps: int):
-    """The AdamW schedule's shape as a factor of each group's peak lr (LinearLR's ramp, then
-    the cosine to min_lr / lr), for optimizers whose groups peak at different rates."""
+    """The schedule as a factor of each group's peak lr: a linear ramp over the warmup, then the
+    cosine to min_lr / lr (one factor, so groups that peak at different rates follow it alike)."""
     warmup = min(optim.warmup_steps, max_steps - 1)
     floor = optim.min_lr / optim.lr
 
