@@ -2,10 +2,12 @@ import math
 
 import pytest
 import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from tinygpt.errors import ConfigError
 from tinygpt.models import TinyGPT, TinyGPTConfig
 from tinygpt.training.module import OptimConfig, build_optimizer
+from tinygpt.training.optim import adopt_older_schedule
 
 
 def lrs_over(optim: OptimConfig, max_steps: int) -> list[float]:
@@ -28,6 +30,31 @@ def test_linear_warmup_then_cosine_to_min_lr():
     assert lrs[60] == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4), rel=1e-6)
     assert lrs[-1] == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 99 / 100)))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+@pytest.mark.parametrize("warmup", [10, 0])
+def test_a_schedule_saved_before_it_was_one_lambda_resumes_on_the_same_curve(warmup):
+    # Until this round: a SequentialLR of LinearLR then CosineAnnealingLR (the cosine alone
+    # without warmup), as checkpoints of earlier runs hold it.
+    optim, max_steps, saved_at = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=warmup), 60, 25
+    model = TinyGPT(TinyGPTConfig())
+    old_optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr)
+    cosine = CosineAnnealingLR(old_optimizer, T_max=max_steps - warmup, eta_min=optim.min_lr)
+    old = cosine
+    if warmup:
+        ramp = LinearLR(old_optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
+        old = SequentialLR(old_optimizer, [ramp, cosine], milestones=[warmup])
+    for _ in range(saved_at):
+        old_optimizer.step()
+        old.step()
+    optimizer, scheduler = build_optimizer(model.named_parameters(), optim, max_steps)
+    scheduler.load_state_dict(adopt_older_schedule(old.state_dict()))
+    resumed = []
+    for _ in range(max_steps - saved_at):
+        resumed.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert resumed == pytest.approx(lrs_over(optim, max_steps)[saved_at:], rel=1e-6)
 
 
 def test_weight_decay_on_matrices_only():

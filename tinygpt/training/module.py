@@ -15,7 +15,12 @@ from tinygpt.data.tokenizer import CharTokenizer
 from tinygpt.data.windows import batch_seed
 from tinygpt.errors import CheckpointError, TinyGPTError, require
 from tinygpt.models import TinyGPT, TinyGPTConfig
-from tinygpt.training.optim import OptimConfig, build_optimizer, fused_adamw
+from tinygpt.training.optim import (
+    OptimConfig,
+    adopt_older_schedule,
+    build_optimizer,
+    fused_adamw,
+)
 
 
 class NonFiniteLossError(TinyGPTError):
@@ -218,6 +223,8 @@ class TinyGPTModule(L.LightningModule):
                 "resume_data_change=allow to continue training on this text anyway"
             )
         self._check_same_schedule(entry.get("config") or {})
+        schedules = checkpoint.get("lr_schedulers", [])
+        schedules[:] = [adopt_older_schedule(state) for state in schedules]
 
     def _check_same_schedule(self, saved: dict[str, Any]) -> None:
         """Another trainer.max_steps or optimizer setting: the restored optimizer and cosine

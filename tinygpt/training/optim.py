@@ -112,3 +112,13 @@ def _warmup_cosine(optim: OptimConfig, max_steps: int):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def adopt_older_schedule(state: dict) -> dict:
+    """A scheduler state saved before the schedule was one LambdaLR (a SequentialLR of LinearLR
+    and CosineAnnealingLR, or the cosine alone), as LambdaLR loads it: it follows the same curve
+    from the step it reached, so runs saved then resume."""
+    if "lr_lambdas" in state:
+        return state
+    lrs = state["_last_lr"]
+    return {"last_epoch": state["last_epoch"], "_last_lr": lrs, "lr_lambdas": [None] * len(lrs)}
