@@ -72,11 +72,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def model_config_from(entry: dict[str, Any]) -> TinyGPTConfig:
-    known = {f.name for f in fields(TinyGPTConfig)}
-    return TinyGPTConfig(**{k: v for k, v in entry["model_config"].items() if k in known})
-
-
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> TinyGPT:
     """Rebuild the trained model, in eval mode, with its tokenizer attached as ``.tokenizer``."""
     return model_from_checkpoint(load_checkpoint(path), path).to(device)
@@ -86,7 +81,8 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> TinyG
     """The model of a loaded checkpoint (:func:`load_checkpoint`), on the CPU, in eval mode,
     with its tokenizer; ``path`` names the checkpoint in errors."""
     entry = checkpoint[CHECKPOINT_KEY]
-    model = TinyGPT(model_config_from(entry))
+    known = {f.name for f in fields(TinyGPTConfig)}  # an older checkpoint's extra keys: ignored
+    model = TinyGPT(TinyGPTConfig(**{k: v for k, v in entry["model_config"].items() if k in known}))
     state = {
         key.removeprefix(MODEL_PREFIX): value
         for key, value in checkpoint["state_dict"].items()

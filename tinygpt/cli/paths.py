@@ -9,7 +9,6 @@ A run is a directory whose ``checkpoints/`` holds ``best.ckpt`` (lowest val loss
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tinygpt.cli.run_dir import read_summary
 from tinygpt.errors import CheckpointError, ConfigError
 
 # A checkout of the repository holds this package, conf/, train.py and generate.py side by side;
@@ -100,30 +100,20 @@ def recorded_progress(path: Path) -> tuple[int | None, float | None]:
     properly by the loader that follows.
     """
     best = path.name == PREFERRED[0]
-    step = val_loss = None
     try:  # weights-only (runs no code); mmap reads the small entries without the weights
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # any unreadable file: the loader that follows names the problem
         checkpoint = {}
-    if isinstance(checkpoint, dict):
-        step = checkpoint.get("global_step")
-        for key, state in (checkpoint.get("callbacks") or {}).items():
-            if not (str(key).startswith("ModelCheckpoint") and isinstance(state, dict)):
-                continue
-            if state.get("monitor") == "val/loss":
-                val_loss = _finite(state.get("best_model_score" if best else "current_score"))
+    checkpoint = checkpoint if isinstance(checkpoint, dict) else {}
+    val_loss = None
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and state.get("monitor") == "val/loss":
+            val_loss = _finite(state.get("best_model_score" if best else "current_score"))
     if val_loss is None:
-        summary = _read_summary(path.parent.parent / "summary.json")
+        summary = read_summary(path.parent.parent)
         val_loss = _finite(summary.get("best_val_loss" if best else "final_val_loss"))
+    step = checkpoint.get("global_step")
     return (step if isinstance(step, int) else None), val_loss
-
-
-def _read_summary(path: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def _finite(value: Any) -> float | None:

@@ -14,6 +14,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,73 +50,61 @@ def new_run_dir(parent: str) -> str:
         raise write_error(exc.filename or parent, exc) from None
 
 
-class RunDirLock:
+@contextmanager
+def run_dir_lock(run_dir: str | Path) -> Iterator[None]:
     """An exclusive lock on a run directory for as long as one process (train.py, generate.py,
-    eval.py) writes into it.
+    eval.py) writes into it, or :class:`RunDirInUseError` naming the process that holds it.
 
-    It is an ``flock`` on ``<run>/.train.lock``, which the kernel drops when the process ends,
+    It is an ``flock`` on ``<run>/.run.lock``, which the kernel drops when the process ends,
     however it ends: a lock left by a killed run never blocks. The file names its holder (pid
-    and command line) for the message a second process is refused with.
+    and command line) for the message a second process is refused with; it stays when the lock
+    is dropped, naming its last holder.
     """
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
-        self._file = None
-
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`RunDirInUseError` naming the process that holds it."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - the lock lasts while open
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+", encoding="utf-8") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "a process that has not written its pid yet"
-            f.close()
             raise RunDirInUseError(
-                f"{self.run_dir} is in use by another process ({holder}); wait for it to end, "
+                f"{run_dir} is in use by another process ({holder}); wait for it to end, "
                 "or give this run another directory"
             ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()}: {' '.join(sys.argv)}\n")
         f.flush()
-        self._file = f
+        yield
 
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()  # closing drops the flock; the file stays, naming its last holder
-            self._file = None
 
-    def held_elsewhere(self) -> bool:
-        """Whether another open of the lock file holds it now (another live process)."""
-        if not self.path.exists():
-            return False
-        with open(self.path, encoding="utf-8") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
+def lock_held_elsewhere(run_dir: str | Path) -> bool:
+    """Whether another open of the run directory's lock file holds it now (a live process)."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.exists():
         return False
+    with open(path, encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
 
-    def __enter__(self) -> RunDirLock:
-        self.acquire()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The run's summary.json, or an empty dict where there is none to read."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def finished_summary(run_dir: str | Path, max_steps: int) -> dict[str, Any] | None:
     """The run's summary.json if it finished training for ``max_steps`` steps, else None."""
-    try:
-        summary = json.loads((Path(run_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if isinstance(summary, dict) and summary.get("steps") == max_steps:
-        return summary
-    return None
+    summary = read_summary(run_dir)
+    return summary if summary.get("steps") == max_steps else None
 
 
 def job_config_subdir(
@@ -138,7 +128,7 @@ def job_config_subdir(
             return subdir
         if finished_summary(run_dir, max_steps) is not None:
             return None
-    if RunDirLock(run_dir).held_elsewhere():
+    if lock_held_elsewhere(run_dir):
         return None
     return subdir
 

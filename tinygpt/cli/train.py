@@ -13,10 +13,10 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -32,10 +32,10 @@ import tinygpt.cli.quiet  # noqa: F401  (on import: Lightning's needless notices
 from tinygpt.analysis.hparams import expert_load_balance, log_training_session
 from tinygpt.cli import hydra_ddp
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import PROJECT_ROOT, config_dir, recorded_progress
+from tinygpt.cli.paths import PROJECT_ROOT, recorded_progress
 from tinygpt.cli.quoting import hydra_value, shell_word
 from tinygpt.cli.resolvers import register_resolvers, register_schemas
-from tinygpt.cli.run_dir import SUMMARY_FILE, RunDirLock, finished_summary, resolve_ckpt_path
+from tinygpt.cli.run_dir import SUMMARY_FILE, finished_summary, resolve_ckpt_path, run_dir_lock
 from tinygpt.data.datamodule import CharDataModule
 from tinygpt.errors import require
 from tinygpt.files import write_text_atomic
@@ -76,13 +76,9 @@ def train(cfg: DictConfig) -> float:
             return finished["best_val_loss"]
     check_trainer_switches(cfg.trainer)
     allow_data_change = data_change_allowed(cfg.resume_data_change)
-    lock = RunDirLock(run_dir)
-    if rank_zero_only.rank == 0:  # DDP ranks > 0 are this job's own processes
-        lock.acquire()
-    try:
+    # DDP ranks > 0 are this job's own processes: rank 0 holds the lock.
+    with run_dir_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
         return _fit(cfg, run_dir, started, allow_data_change)
-    finally:
-        lock.release()
 
 
 def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool) -> float:
@@ -238,9 +234,6 @@ def main(argv: Sequence[str] | None = None, launched: float | None = None) -> No
     """``python train.py ARGV`` (``argv`` None: this process's command line). ``launched``: when
     the command started, for the first job's wall time (default: now)."""
     _unclaimed_launch[:] = [(os.getpid(), time.time() if launched is None else launched)]
-    with user_errors():
-        configs = config_dir()
     register_resolvers()
     register_schemas()
-    app = hydra.main(version_base="1.3", config_path=str(configs), config_name="train")
-    run_hydra_app(app(_job), argv, TRAIN_SCRIPT)
+    run_hydra_app("train", _job, argv)
