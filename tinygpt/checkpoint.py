@@ -4,8 +4,6 @@ A checkpoint is a Lightning checkpoint whose ``"tinygpt"`` entry holds the model
 tokenizer and the resolved run config as plain Python types, so it alone rebuilds the model.
 """
 
-from __future__ import annotations
-
 import pickle
 import re
 import zipfile

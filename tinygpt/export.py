@@ -11,8 +11,6 @@ which compute the same function; ``Conv1D`` stores weights (in, out), the transp
 ``nn.Linear``. MoE checkpoints are refused (:data:`MOE_REFUSAL`).
 """
 
-from __future__ import annotations
-
 import json
 import os
 import shutil
@@ -85,7 +83,8 @@ def gpt2_state_dict(model: TinyGPT) -> dict[str, torch.Tensor]:
 
 
 def gpt2_config(config: TinyGPTConfig) -> dict[str, Any]:
-    """GPT2Config's fields, as config.json holds them, for a model of this shape."""
+    """config.json for a model of this shape: GPT2Config's fields where GPT-2's defaults differ
+    (its defaults match ours in the rest: 4x MLP, LayerNorm eps 1e-5, tied embeddings)."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -94,14 +93,10 @@ def gpt2_config(config: TinyGPTConfig) -> dict[str, Any]:
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": 4 * config.n_embd,
         "activation_function": "gelu",  # exact GELU, as F.gelu; GPT-2's gelu_new is the tanh one
-        "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
         "resid_pdrop": config.dropout,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
         # A character vocabulary has no special tokens: generation stops at max_new_tokens.
         "bos_token_id": None,
         "eos_token_id": None,
@@ -121,17 +116,13 @@ def tokenizer_files(tokenizer: CharTokenizer, block_size: int) -> dict[str, dict
     """
     definition = {
         "version": "1.0",
-        "truncation": None,
-        "padding": None,
         "added_tokens": [],
-        "normalizer": None,
         "pre_tokenizer": {
             "type": "Split",
             "pattern": {"Regex": "[\\s\\S]"},
             "behavior": "Isolated",
             "invert": False,
         },
-        "post_processor": None,
         "decoder": {"type": "Fuse"},
         "model": {
             "type": "WordLevel",

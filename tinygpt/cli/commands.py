@@ -8,8 +8,6 @@ finished (a ``summary.json`` from the same overrides) and reruns a started one w
 ``ckpt_path=last``: finished jobs kept, interrupted ones resumed, missing ones started.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import math

@@ -5,8 +5,6 @@ unless HYDRA_FULL_ERROR is set; Lightning refuses a bad Trainer setting with a t
 Their own words are kept, on one line; an override Hydra cannot parse ends with how to quote it.
 """
 
-from __future__ import annotations
-
 import errno
 import logging
 import os

@@ -12,8 +12,6 @@ eval.json into the run directory, ``outputs/eval/<date_time>/``.
 :func:`main` is the command; tests compose a config and call :func:`evaluate` in-process.
 """
 
-from __future__ import annotations
-
 import json
 import math
 from collections.abc import Sequence

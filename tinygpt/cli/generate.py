@@ -13,8 +13,6 @@ writes summary.json and summary.md into the sweep directory.
 :func:`main` is the command; tests compose a config and call :func:`generate` in-process.
 """
 
-from __future__ import annotations
-
 import json
 import sys
 import time

@@ -7,12 +7,9 @@ A run is a directory whose ``checkpoints/`` holds ``best.ckpt`` (lowest val loss
 ``best.ckpt`` just because it was touched later.
 """
 
-from __future__ import annotations
-
 import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,30 +48,16 @@ def root_dir() -> str:
 PREFERRED = ("best.ckpt", "last.ckpt")
 
 
-@dataclass(frozen=True)
-class ChosenCheckpoint:
-    path: Path
-    step: int | None  # the training step it was saved at
-    val_loss: float | None  # best.ckpt: its val loss; last.ckpt: the latest validation's
-
-    def describe(self) -> str:
-        """One line for stderr: which checkpoint of which run, its step and val loss."""
-        step = "step unknown" if self.step is None else f"step {self.step}"
-        loss = "no val loss recorded" if self.val_loss is None else f"val loss {self.val_loss:.4f}"
-        why = "" if self.path.name == PREFERRED[0] else f"no {PREFERRED[0]}; "
-        return f"using the newest run's {self.path.name} ({why}{step}, {loss}): {self.path}"
-
-
 def checkpoint_to_use(ckpt_path: str | None, root: str | Path) -> Path:
     """``ckpt_path``, or where it is None the newest run's under ``root``, named on stderr."""
     if ckpt_path is not None:
         return Path(str(ckpt_path))
-    chosen = newest_run_checkpoint(root)
-    print(chosen.describe(), file=sys.stderr, flush=True)
-    return chosen.path
+    path = newest_run_checkpoint(root)
+    print(describe_choice(path), file=sys.stderr, flush=True)
+    return path
 
 
-def newest_run_checkpoint(root: str | Path) -> ChosenCheckpoint:
+def newest_run_checkpoint(root: str | Path) -> Path:
     """The best.ckpt (else last.ckpt) of the run under ``root`` that wrote a checkpoint last."""
     root = Path(root)
     runs: dict[Path, list[Path]] = {}
@@ -88,9 +71,16 @@ def newest_run_checkpoint(root: str | Path) -> ChosenCheckpoint:
             "last.ckpt; give one with ckpt_path=PATH"
         )
     newest = max(runs.values(), key=lambda paths: max(p.stat().st_mtime for p in paths))
-    path = newest[0]  # best.ckpt where there is one: PREFERRED's order
+    return newest[0]  # best.ckpt where there is one: PREFERRED's order
+
+
+def describe_choice(path: Path) -> str:
+    """One line for stderr: which checkpoint of the newest run, its step and val loss."""
     step, val_loss = recorded_progress(path)
-    return ChosenCheckpoint(path, step, val_loss)
+    step_text = "step unknown" if step is None else f"step {step}"
+    loss = "no val loss recorded" if val_loss is None else f"val loss {val_loss:.4f}"
+    why = "" if path.name == PREFERRED[0] else f"no {PREFERRED[0]}; "
+    return f"using the newest run's {path.name} ({why}{step_text}, {loss}): {path}"
 
 
 def recorded_progress(path: Path) -> tuple[int | None, float | None]:

@@ -2,8 +2,6 @@
 the Hydra callbacks that act before a sweep's first job: a check of its launcher settings, and
 what a sweep rerun with ``ckpt_path=last`` will do."""
 
-from __future__ import annotations
-
 import os
 import re
 from dataclasses import make_dataclass
@@ -90,7 +88,7 @@ class SweepResumeNotice(Callback):
             "interrupted ones resume from their last.ckpt, the others start",
             flush=True,
         )
-        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
         if (
             "optuna" in sweeper.lower()
             and OmegaConf.select(config, "hydra.sweeper.storage") is None

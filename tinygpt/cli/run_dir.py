@@ -6,8 +6,6 @@ the same ``hydra.sweep.dir`` plus ``ckpt_path=last``, and each job directory dec
 (finished: left alone; interrupted: resumed from its last.ckpt; never started: from scratch).
 """
 
-from __future__ import annotations
-
 import fcntl
 import itertools
 import json

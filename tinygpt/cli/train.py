@@ -7,8 +7,6 @@
 sweep, through :func:`train`); tests compose a config and call :func:`train` in-process.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import time
@@ -33,7 +31,7 @@ from tinygpt.analysis.hparams import expert_load_balance, log_training_session
 from tinygpt.cli import hydra_ddp
 from tinygpt.cli.errors import run_hydra_app, user_errors
 from tinygpt.cli.paths import PROJECT_ROOT, recorded_progress
-from tinygpt.cli.quoting import hydra_value, shell_word
+from tinygpt.cli.quoting import resume_overrides, shell_word
 from tinygpt.cli.resolvers import register_resolvers, register_schemas
 from tinygpt.cli.run_dir import SUMMARY_FILE, finished_summary, resolve_ckpt_path, run_dir_lock
 from tinygpt.data.datamodule import CharDataModule
@@ -207,18 +205,11 @@ def run_summary(
 
 def resume_command(run_dir: Path) -> str:
     """The command line that continues this run from its last.ckpt, to paste into a shell."""
-    kept = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
     script = TRAIN_SCRIPT
     if script.is_relative_to(Path.cwd().resolve()):
         script = script.relative_to(Path.cwd().resolve())
-    words = [
-        "python",
-        str(script),
-        *kept,
-        f"hydra.run.dir={hydra_value(str(run_dir))}",
-        "ckpt_path=last",
-    ]
-    return " ".join(shell_word(word) for word in words)
+    overrides = resume_overrides(HydraConfig.get().overrides.task, run_dir)
+    return " ".join(shell_word(word) for word in ["python", str(script), *overrides])
 
 
 def _number(value: object) -> float | None:
