@@ -30,10 +30,12 @@ def checkpoint_entry(
     """What a training checkpoint stores under ``"tinygpt"`` besides Lightning's own state;
     ``data_fingerprint`` (:func:`tinygpt.data.download.sha256_of` the training text) lets a
     resume notice another text with the same vocabulary."""
-    entry = {"model_config": asdict(config), "tokenizer": tokenizer.to_dict(), "config": run_config}
-    if data_fingerprint is not None:
-        entry["data_fingerprint"] = data_fingerprint
-    return entry
+    return {
+        "model_config": asdict(config),
+        "tokenizer": tokenizer.to_dict(),
+        "config": run_config,
+        "data_fingerprint": data_fingerprint,  # None: not known, nothing to compare on resume
+    }
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -34,13 +34,11 @@ from tinygpt.files import os_error_behind, write_error
 USER_ERROR_EXIT_CODE = 2
 GRAMMAR_DOCS = "https://hydra.cc/docs/1.2/advanced/override_grammar/basic"
 LEXER_ERROR = "LexerNoViableAltException: "
-# Configs that Hydra's sweep plugins provide, and the plugin: the `sweeps` extra of pyproject.toml.
-SWEEP_PLUGINS = {
-    "hydra/launcher/joblib": "hydra-joblib-launcher",
-    "hydra/launcher/submitit_local": "hydra-submitit-launcher",
-    "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
-    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
-}
+# A config that one of Hydra's sweep plugins provides (the `sweeps` extra of pyproject.toml):
+# hydra/launcher/joblib is hydra-joblib-launcher's, hydra/sweeper/optuna hydra-optuna-sweeper's.
+PLUGIN_CONFIG = re.compile(
+    r"Could not (?:find|load) '(hydra/(launcher|sweeper)/(joblib|submitit|optuna)\w*)'"
+)
 TRAINER_TARGET = "'lightning.pytorch.trainer.trainer.Trainer'"  # in Hydra's InstantiationException
 NO_GPU_HINT = " (no GPU is visible: use trainer=cpu, or trainer=default, which picks the device)"
 # The OS's refusals to write: a read-only file system, no permission, a full disk or quota.
@@ -57,11 +55,11 @@ def one_line(message: object) -> str:
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
-def user_error(exc: BaseException | None) -> TinyGPTError | None:
+def user_error(exc: BaseException) -> TinyGPTError | None:
     """The user error behind ``exc`` (None for a bug): a TinyGPTError, or Lightning's refusal of
     a setting (any error of the Trainer's constructor) as a ConfigError naming the trainer,
-    which Hydra wraps when a ``_target_`` raises it, and OmegaConf when a resolver does; or a
-    place the OS refuses to write, as a WriteError."""
+    which Hydra wraps when a ``_target_`` raises it, and OmegaConf when a resolver does; a
+    place the OS refuses to write; Hydra's refusal of the overrides, as one line."""
     # Lightning's exception, if Lightning is loaded: generate.py never imports it.
     lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
     trainer = False
@@ -76,7 +74,8 @@ def user_error(exc: BaseException | None) -> TinyGPTError | None:
     os_error = os_error_behind(exc)
     if os_error is not None and os_error.errno in UNWRITABLE and os_error.filename:
         return write_error(os_error.filename, os_error)
-    return None
+    hydra_message = hydra_error_message(exc)
+    return None if hydra_message is None else ConfigError(one_line(hydra_message))
 
 
 @contextmanager
@@ -105,17 +104,19 @@ def hydra_error_message(exc: BaseException) -> str | None:
         ambiguous = re.match(r"Ambiguous value for argument '(.*)'$", message, re.MULTILINE)
         if ambiguous:
             message += f"; {quoting_hint(ambiguous.group(1))}"
-        missing = re.search(r"Could not (?:find|load) '([\w/]+)'", message)
-        if missing and missing.group(1) in SWEEP_PLUGINS:
+        missing = PLUGIN_CONFIG.search(message)
+        if missing:
+            config, kind, plugin = missing.groups()
             return (
-                f"Hydra's sweep plugin {SWEEP_PLUGINS[missing.group(1)]} is not installed (no "
-                f'{missing.group(1)} config): install the sweeps extra, pip install -e ".[sweeps]"'
+                f"Hydra's sweep plugin hydra-{plugin}-{kind} is not installed (no {config} "
+                'config): install the sweeps extra, pip install -e ".[sweeps]"'
             )
         return message
     # Hydra's defaults list refuses e.g. `logger=null` with a bare ValueError.
-    frames = traceback.extract_tb(exc.__traceback__)
-    if isinstance(exc, ValueError) and frames and f"{os.sep}hydra{os.sep}" in frames[-1].filename:
-        return f"{exc} (a config group takes one of its options; ~GROUP drops it)"
+    if isinstance(exc, ValueError):
+        raised_in = traceback.extract_tb(exc.__traceback__)[-1].filename
+        if f"{os.sep}hydra{os.sep}" in raised_in:
+            return f"{exc} (a config group takes one of its options; ~GROUP drops it)"
     return None
 
 
@@ -166,13 +167,8 @@ def run_hydra_app(
     if argv is not None:
         sys.argv = [str(PROJECT_ROOT / f"{name}.py"), *argv]
     try:
-        with hydra_scope(), user_errors():  # user_errors: a resolver's, a run directory's mkdir
+        with hydra_scope(), user_errors():
             app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=name)
             app(job)()
-    except Exception as exc:
-        message = hydra_error_message(exc)
-        if message is None:
-            raise
-        exit_with_user_error(message)
     finally:
         sys.argv = saved_argv

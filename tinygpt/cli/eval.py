@@ -25,9 +25,8 @@ from omegaconf import DictConfig
 import tinygpt.cli.quiet  # noqa: F401  (on import: Lightning's needless notices off)
 from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, model_from_checkpoint
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import checkpoint_to_use, root_dir
+from tinygpt.cli.paths import checkpoint_to_use, root_dir, run_dir_lock
 from tinygpt.cli.resolvers import register_resolvers
-from tinygpt.cli.run_dir import run_dir_lock
 from tinygpt.data.datamodule import CharDataModule
 from tinygpt.data.tokenizer import UnknownCharactersError
 from tinygpt.errors import DataError, require

@@ -28,9 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from tinygpt.analysis.generation_dashboard import log_generation_run
 from tinygpt.checkpoint import load_model
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import checkpoint_to_use
+from tinygpt.cli.paths import checkpoint_to_use, run_dir_lock
 from tinygpt.cli.resolvers import register_resolvers
-from tinygpt.cli.run_dir import run_dir_lock
 from tinygpt.errors import ConfigError, DataError, require
 from tinygpt.generation import stream_generate
 from tinygpt.generation.compiled import can_compile, package_dir

@@ -21,7 +21,7 @@ from omegaconf import open_dict
 
 from tinygpt.analysis.runs import Run, load_run
 from tinygpt.cli import train as train_command
-from tinygpt.cli.errors import hydra_error_message, hydra_scope, one_line, user_error
+from tinygpt.cli.errors import hydra_scope, user_error
 from tinygpt.cli.paths import config_dir
 from tinygpt.cli.quoting import resume_overrides
 from tinygpt.cli.resolvers import register_resolvers, register_schemas
@@ -70,9 +70,6 @@ def train(overrides: Sequence[str] = ()) -> Run:
             ) from None
         raise ConfigError(f"training stopped with exit status {stop.code}") from None
     except Exception as exc:
-        message = hydra_error_message(exc)
-        if message is not None:
-            raise ConfigError(one_line(message)) from None
         cause = user_error(exc)
         if cause is None:
             raise

@@ -13,8 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.cli.errors import exit_with_user_error
-from tinygpt.cli.paths import root_dir
-from tinygpt.cli.run_dir import job_config_subdir, new_run_dir
+from tinygpt.cli.paths import job_config_subdir, new_run_dir, root_dir
 from tinygpt.generation.sampling import DECODERS, Decoder
 from tinygpt.models import TinyGPTConfig
 

@@ -28,12 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import tinygpt.cli.quiet  # noqa: F401  (on import: Lightning's needless notices off)
 from tinygpt.analysis.hparams import expert_load_balance, log_training_session
-from tinygpt.cli import hydra_ddp
+from tinygpt.cli import hydra_ddp, paths
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import PROJECT_ROOT, recorded_progress
 from tinygpt.cli.quoting import resume_overrides, shell_word
 from tinygpt.cli.resolvers import register_resolvers, register_schemas
-from tinygpt.cli.run_dir import SUMMARY_FILE, finished_summary, resolve_ckpt_path, run_dir_lock
 from tinygpt.data.datamodule import CharDataModule
 from tinygpt.errors import require
 from tinygpt.files import write_text_atomic
@@ -42,7 +40,7 @@ from tinygpt.training.callbacks import TokenThroughput, tensorboard_dir
 from tinygpt.training.checkpointing import LastCheckpoint
 
 # The entry script next to conf/: what DDP ranks re-run, and what the resume command names.
-TRAIN_SCRIPT = PROJECT_ROOT / "train.py"
+TRAIN_SCRIPT = paths.PROJECT_ROOT / "train.py"
 
 # The first job of the launching process counts its wall time from launch (main's `launched`);
 # later jobs of a multirun, which share the process, from their own start. So do jobs in a
@@ -68,14 +66,14 @@ def train(cfg: DictConfig) -> float:
     started = job_start_time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.ckpt_path == "last":
-        finished = finished_summary(run_dir, cfg.trainer.max_steps)
+        finished = paths.finished_summary(run_dir, cfg.trainer.max_steps)
         if finished is not None:
             print(f"{run_dir}: finished ({cfg.trainer.max_steps} steps); left as it is", flush=True)
             return finished["best_val_loss"]
     check_trainer_switches(cfg.trainer)
     allow_data_change = data_change_allowed(cfg.resume_data_change)
     # DDP ranks > 0 are this job's own processes: rank 0 holds the lock.
-    with run_dir_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
+    with paths.run_dir_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
         return _fit(cfg, run_dir, started, allow_data_change)
 
 
@@ -95,7 +93,7 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
         allow_data_change=allow_data_change,
     )
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir, in_sweep, requeued=slurm_requeued())
+    ckpt_path = paths.resolve_ckpt_path(cfg.ckpt_path, run_dir, in_sweep, requeued=slurm_requeued())
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     for callback in callbacks:
         if isinstance(callback, LastCheckpoint):
@@ -104,7 +102,7 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
     # then hide what an interrupted attempt logged from there on (TensorBoard's Python reader
     # ignores the first purge of a run, hence 0 for a fresh one). CSV rows need nothing: the
     # project's reader keeps a step's last value (tinygpt.analysis.plots.read_scalars).
-    start_step = recorded_progress(Path(ckpt_path))[0] if ckpt_path else 0
+    start_step = paths.recorded_progress(Path(ckpt_path))[0] if ckpt_path else 0
     loggers = [_logger(lg, start_step) for lg in (cfg.get("logger") or {}).values() if lg]
     if not loggers:  # ~logger (no logger): nothing for the learning-rate monitor to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -120,7 +118,7 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
             tensorboard_dir(trainer), module.run_config, overrides, summary, start=started
         )
         # Last: a summary.json for trainer.max_steps marks the job finished (ckpt_path=last).
-        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(run_dir / paths.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary))
     return summary["best_val_loss"]
 
@@ -182,7 +180,7 @@ def run_summary(
     if final_val is None and trainer.ckpt_path:
         # Resumed from a checkpoint of the last step (stopped before its summary was written):
         # nothing left to train or validate; the last validation's loss is in the checkpoint.
-        _, final_val = recorded_progress(Path(trainer.ckpt_path))
+        _, final_val = paths.recorded_progress(Path(trainer.ckpt_path))
     trained = throughput.train_seconds > 0  # not so when resumed at the last step
     return {
         "best_val_loss": _number(best.best_model_score if best else final_val),
