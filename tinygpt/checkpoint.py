@@ -72,14 +72,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def run_config_of(path: str | Path) -> dict[str, Any]:
+    """The resolved config of the run that saved the checkpoint (empty where it has none)."""
+    return load_checkpoint(path)[CHECKPOINT_KEY].get("config") or {}
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> TinyGPT:
     """Rebuild the trained model, in eval mode, with its tokenizer attached as ``.tokenizer``."""
-    return model_from_checkpoint(load_checkpoint(path), path).to(device)
-
-
-def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> TinyGPT:
-    """The model of a loaded checkpoint (:func:`load_checkpoint`), on the CPU, in eval mode,
-    with its tokenizer; ``path`` names the checkpoint in errors."""
+    checkpoint = load_checkpoint(path)
     entry = checkpoint[CHECKPOINT_KEY]
     known = {f.name for f in fields(TinyGPTConfig)}  # an older checkpoint's extra keys: ignored
     model = TinyGPT(TinyGPTConfig(**{k: v for k, v in entry["model_config"].items() if k in known}))
@@ -95,4 +95,4 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> TinyG
             f"{path}: weights do not fit the stored model config ({exc})"
         ) from None
     model.tokenizer = CharTokenizer.from_dict(entry["tokenizer"])
-    return model.eval()
+    return model.eval().to(device)

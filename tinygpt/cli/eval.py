@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import tinygpt.cli.quiet  # noqa: F401  (on import: Lightning's needless notices off)
-from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, model_from_checkpoint
+from tinygpt.checkpoint import load_model, run_config_of
 from tinygpt.cli.errors import run_hydra_app, user_errors
 from tinygpt.cli.paths import checkpoint_to_use, root_dir, run_dir_lock
 from tinygpt.cli.resolvers import register_resolvers
@@ -85,9 +85,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write eval.json into the run directory and print it as one line; returns the record."""
     check_config(cfg)
     ckpt_path = checkpoint_to_use(cfg.ckpt_path, cfg.paths.log_dir)
-    checkpoint = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(checkpoint, ckpt_path)
-    run_config = checkpoint[CHECKPOINT_KEY].get("config") or {}
+    model = load_model(ckpt_path)
+    run_config = run_config_of(ckpt_path)
     trained_on = run_config.get("data") or {}
     datamodule = CharDataModule(
         **text_source(cfg, trained_on),

@@ -182,15 +182,12 @@ def run_summary(
         # nothing left to train or validate; the last validation's loss is in the checkpoint.
         _, final_val = paths.recorded_progress(Path(trainer.ckpt_path))
     trained = throughput.train_seconds > 0  # not so when resumed at the last step
+    step_tokens = trainer.accumulate_grad_batches * trainer.world_size * datamodule.batch_size
     return {
         "best_val_loss": _number(best.best_model_score if best else final_val),
         "final_val_loss": _number(final_val),
         "steps": trainer.global_step,
-        "tokens_seen": trainer.global_step
-        * trainer.accumulate_grad_batches
-        * trainer.world_size
-        * datamodule.batch_size
-        * datamodule.block_size,
+        "tokens_seen": trainer.global_step * step_tokens * datamodule.block_size,
         "wall_seconds": round(time.time() - started, 2),
         "train_tokens_per_second": (
             round(throughput.tokens / throughput.train_seconds) if trained else None
