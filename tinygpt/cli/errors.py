@@ -123,16 +123,11 @@ def hydra_error_message(exc: BaseException) -> str | None:
 def _parse_error(exc: OverrideParseException) -> str:
     """Hydra's parse error on one line, naming the override; its lexer's error points at a
     column with a caret on the next line, which here becomes the character there."""
-    lines = [
-        line
-        for line in exc.message.splitlines()
-        if line.strip() and not line.startswith(("See ", "Error parsing override"))
-    ]
-    detail = lines[0] if lines else "not an override"
-    if detail.startswith(LEXER_ERROR) and len(lines) > 1:
-        column = len(lines[1]) - 1 - len(LEXER_ERROR)  # of the caret under the override
-        detail = f"a character it cannot read here: {exc.override[column : column + 1]!r}"
-    return f"Hydra cannot parse {exc.override!r}: {detail} (grammar: {GRAMMAR_DOCS})"
+    reason, *more = exc.message.splitlines()
+    if reason.startswith(LEXER_ERROR):
+        column = more[0].index("^") - len(LEXER_ERROR)
+        reason = f"a character it cannot read here: {exc.override[column : column + 1]!r}"
+    return f"Hydra cannot parse {exc.override!r}: {reason} (grammar: {GRAMMAR_DOCS})"
 
 
 @contextmanager
