@@ -84,7 +84,7 @@ def gpt2_state_dict(model: TinyGPT) -> dict[str, torch.Tensor]:
 
 def gpt2_config(config: TinyGPTConfig) -> dict[str, Any]:
     """config.json for a model of this shape: GPT2Config's fields where GPT-2's defaults differ
-    (its defaults match ours in the rest: 4x MLP, LayerNorm eps 1e-5, tied embeddings)."""
+    (its defaults match ours in the rest: a 4x MLP, tied embeddings)."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -94,6 +94,7 @@ def gpt2_config(config: TinyGPTConfig) -> dict[str, Any]:
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "activation_function": "gelu",  # exact GELU, as F.gelu; GPT-2's gelu_new is the tanh one
+        "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's (GPT-2's default too, written as the docs say)
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
         "resid_pdrop": config.dropout,

@@ -70,14 +70,13 @@ def train(cfg: DictConfig) -> float:
         if finished is not None:
             print(f"{run_dir}: finished ({cfg.trainer.max_steps} steps); left as it is", flush=True)
             return finished["best_val_loss"]
-    check_trainer_switches(cfg.trainer)
-    allow_data_change = data_change_allowed(cfg.resume_data_change)
+    check_settings(cfg)
     # DDP ranks > 0 are this job's own processes: rank 0 holds the lock.
     with paths.run_dir_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
-        return _fit(cfg, run_dir, started, allow_data_change)
+        return _fit(cfg, run_dir, started)
 
 
-def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool) -> float:
+def _fit(cfg: DictConfig, run_dir: Path, started: float) -> float:
     hydra_ddp.install(str(TRAIN_SCRIPT))
     L.seed_everything(cfg.seed, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
@@ -90,7 +89,7 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
         optim=instantiate(cfg.optim),
         run_config=OmegaConf.to_container(cfg, resolve=True),
         data_fingerprint=datamodule.fingerprint,  # the token cache's: the text is hashed once
-        allow_data_change=allow_data_change,
+        allow_data_change=cfg.resume_data_change == "allow",
     )
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     ckpt_path = paths.resolve_ckpt_path(cfg.ckpt_path, run_dir, in_sweep, requeued=slurm_requeued())
@@ -128,11 +127,18 @@ def _logger(config: DictConfig, start_step: int | None) -> Logger:
     return instantiate(config, **({"purge_step": start_step} if tensorboard else {}))
 
 
-def check_trainer_switches(trainer: DictConfig) -> None:
-    """The debugging switches that Lightning takes silently (limit_train_batches=0), refuses
-    naming another key (overfit_batches=0.1), or fails on with a traceback (detect_anomaly=yes,
-    accumulate_grad_batches=0). It refuses a bad fast_dev_run, limit_val_batches or profiler in
-    one line itself. Training is an endless stream of batches: no fraction of it means a thing."""
+def check_settings(cfg: DictConfig) -> None:
+    """``resume_data_change``, and the debugging switches that Lightning takes silently
+    (limit_train_batches=0), refuses naming another key (overfit_batches=0.1), or fails on with
+    a traceback (detect_anomaly=yes, accumulate_grad_batches=0). Lightning refuses a bad
+    fast_dev_run, limit_val_batches or profiler in one line itself. Training is an endless
+    stream of batches: no fraction of it means a thing."""
+    data_change = cfg.resume_data_change  # refuse: a resume on another text than the checkpoint's
+    require(
+        data_change in ("refuse", "allow"),
+        f"resume_data_change must be refuse or allow, got {data_change!r}",
+    )
+    trainer = cfg.trainer
     limit, overfit = trainer.get("limit_train_batches"), trainer.get("overfit_batches", 0)
     require(
         limit in (None, 1.0) or (type(limit) is int and limit >= 1),
@@ -153,16 +159,6 @@ def check_trainer_switches(trainer: DictConfig) -> None:
         type(accumulate) is int and accumulate >= 1,
         f"trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate!r}",
     )
-
-
-def data_change_allowed(setting: str) -> bool:
-    """``resume_data_change``: ``refuse`` (a resume on another text than the checkpoint's is
-    refused) or ``allow``."""
-    require(
-        setting in ("refuse", "allow"),
-        f"resume_data_change must be refuse or allow, got {setting!r}",
-    )
-    return setting == "allow"
 
 
 def slurm_requeued() -> bool:
