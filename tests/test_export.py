@@ -13,7 +13,7 @@ from tinygpt import export as export_module
 from tinygpt.checkpoint import checkpoint_entry
 from tinygpt.cli.commands import main
 from tinygpt.data import CharTokenizer
-from tinygpt.export import export, tokenizer_config, tokenizer_json
+from tinygpt.export import export, tokenizer_files
 from tinygpt.generation import generate_greedy
 from tinygpt.models import TinyGPT, TinyGPTConfig
 
@@ -110,8 +110,8 @@ def test_the_tokenizer_gives_our_ids(tmp_path, vocabulary, request):
         text = "a\tb\r\nc \u00a0\u2028\u2029e\u0301 é 😀 中 \x00 \\ \" ' <unk> [UNK] ##"
         passage = text * 3
     ours = CharTokenizer.from_text(text)
-    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer_json(ours)))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(64)))
+    for name, content in tokenizer_files(ours, 64).items():
+        (tmp_path / name).write_text(json.dumps(content))
     theirs = AutoTokenizer.from_pretrained(tmp_path)
 
     assert theirs.encode(ours.chars) == list(range(ours.vocab_size))  # every character, in order

@@ -4,8 +4,6 @@ A checkpoint is a Lightning checkpoint whose ``"tinygpt"`` entry holds the model
 tokenizer and the resolved run config as plain Python types, so it alone rebuilds the model.
 """
 
-from __future__ import annotations
-
 import pickle
 import re
 import zipfile
@@ -32,10 +30,12 @@ def checkpoint_entry(
     """What a training checkpoint stores under ``"tinygpt"`` besides Lightning's own state;
     ``data_fingerprint`` (:func:`tinygpt.data.download.sha256_of` the training text) lets a
     resume notice another text with the same vocabulary."""
-    entry = {"model_config": asdict(config), "tokenizer": tokenizer.to_dict(), "config": run_config}
-    if data_fingerprint is not None:
-        entry["data_fingerprint"] = data_fingerprint
-    return entry
+    return {
+        "model_config": asdict(config),
+        "tokenizer": tokenizer.to_dict(),
+        "config": run_config,
+        "data_fingerprint": data_fingerprint,  # None: not known, nothing to compare on resume
+    }
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -72,21 +72,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def model_config_from(entry: dict[str, Any]) -> TinyGPTConfig:
-    known = {f.name for f in fields(TinyGPTConfig)}
-    return TinyGPTConfig(**{k: v for k, v in entry["model_config"].items() if k in known})
+def run_config_of(path: str | Path) -> dict[str, Any]:
+    """The resolved config of the run that saved the checkpoint (empty where it has none)."""
+    return load_checkpoint(path)[CHECKPOINT_KEY].get("config") or {}
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> TinyGPT:
     """Rebuild the trained model, in eval mode, with its tokenizer attached as ``.tokenizer``."""
-    return model_from_checkpoint(load_checkpoint(path), path).to(device)
-
-
-def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> TinyGPT:
-    """The model of a loaded checkpoint (:func:`load_checkpoint`), on the CPU, in eval mode,
-    with its tokenizer; ``path`` names the checkpoint in errors."""
+    checkpoint = load_checkpoint(path)
     entry = checkpoint[CHECKPOINT_KEY]
-    model = TinyGPT(model_config_from(entry))
+    known = {f.name for f in fields(TinyGPTConfig)}  # an older checkpoint's extra keys: ignored
+    model = TinyGPT(TinyGPTConfig(**{k: v for k, v in entry["model_config"].items() if k in known}))
     state = {
         key.removeprefix(MODEL_PREFIX): value
         for key, value in checkpoint["state_dict"].items()
@@ -99,4 +95,4 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> TinyG
             f"{path}: weights do not fit the stored model config ({exc})"
         ) from None
     model.tokenizer = CharTokenizer.from_dict(entry["tokenizer"])
-    return model.eval()
+    return model.eval().to(device)

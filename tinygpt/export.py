@@ -11,8 +11,6 @@ which compute the same function; ``Conv1D`` stores weights (in, out), the transp
 ``nn.Linear``. MoE checkpoints are refused (:data:`MOE_REFUSAL`).
 """
 
-from __future__ import annotations
-
 import json
 import os
 import shutil
@@ -85,7 +83,8 @@ def gpt2_state_dict(model: TinyGPT) -> dict[str, torch.Tensor]:
 
 
 def gpt2_config(config: TinyGPTConfig) -> dict[str, Any]:
-    """GPT2Config's fields, as config.json holds them, for a model of this shape."""
+    """config.json for a model of this shape: GPT2Config's fields where GPT-2's defaults differ
+    (its defaults match ours in the rest: a 4x MLP, tied embeddings)."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -94,14 +93,11 @@ def gpt2_config(config: TinyGPTConfig) -> dict[str, Any]:
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": 4 * config.n_embd,
         "activation_function": "gelu",  # exact GELU, as F.gelu; GPT-2's gelu_new is the tanh one
-        "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's
+        "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's (GPT-2's default too, written as the docs say)
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
         "resid_pdrop": config.dropout,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
         # A character vocabulary has no special tokens: generation stops at max_new_tokens.
         "bos_token_id": None,
         "eos_token_id": None,
@@ -110,27 +106,24 @@ def gpt2_config(config: TinyGPTConfig) -> dict[str, Any]:
     }
 
 
-def tokenizer_json(tokenizer: CharTokenizer) -> dict[str, Any]:
-    """A ``tokenizers`` definition that splits text into single characters and gives each its
-    id in our vocabulary; decoding joins them with nothing between.
+def tokenizer_files(tokenizer: CharTokenizer, block_size: int) -> dict[str, dict[str, Any]]:
+    """tokenizer.json, a ``tokenizers`` definition that splits text into single characters and
+    gives each its id in our vocabulary (decoding joins them with nothing between), and
+    tokenizer_config.json.
 
     The split pattern ``[\\s\\S]`` matches any one character, line breaks included (``.`` would
     not). A character outside the vocabulary is an error when encoding, as in ours: the
     ``unk_token`` names no token of the vocabulary.
     """
-    return {
+    definition = {
         "version": "1.0",
-        "truncation": None,
-        "padding": None,
         "added_tokens": [],
-        "normalizer": None,
         "pre_tokenizer": {
             "type": "Split",
             "pattern": {"Regex": "[\\s\\S]"},
             "behavior": "Isolated",
             "invert": False,
         },
-        "post_processor": None,
         "decoder": {"type": "Fuse"},
         "model": {
             "type": "WordLevel",
@@ -138,15 +131,13 @@ def tokenizer_json(tokenizer: CharTokenizer) -> dict[str, Any]:
             "unk_token": "<unk>",
         },
     }
-
-
-def tokenizer_config(block_size: int) -> dict[str, Any]:
-    return {
+    settings = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         # transformers' clean-up would turn " ." into "." on decoding: every character counts.
         "clean_up_tokenization_spaces": False,
         "model_max_length": block_size,
     }
+    return {"tokenizer.json": definition, "tokenizer_config.json": settings}
 
 
 def write_model_dir(
@@ -160,8 +151,7 @@ def write_model_dir(
     (out_dir / WEIGHTS_FILE).write_bytes(save(weights, metadata={"format": "pt"}))
     files = {
         "config.json": gpt2_config(config),
-        "tokenizer.json": tokenizer_json(tokenizer),
-        "tokenizer_config.json": tokenizer_config(config.block_size),
+        **tokenizer_files(tokenizer, config.block_size),
         # GPT-2 has no positions past the window: default generate() calls stop there.
         "generation_config.json": {"max_length": config.block_size},
     }
@@ -174,9 +164,9 @@ def export(ckpt_path: str | Path, out_dir: str | Path, force: bool = False) -> P
     """Export the checkpoint to ``out_dir``; returns it.
 
     Refuses an existing non-empty ``out_dir`` unless ``force`` (then it is replaced, if it is a
-    model directory: one holding a config.json). The files
-    are written into a new directory beside ``out_dir`` and renamed into place at the end, so an
-    export that fails leaves nothing behind, and a replaced directory is whole until then.
+    model directory: one holding a config.json). The files are written into a new directory
+    beside ``out_dir`` and renamed into place at the end, so an export that fails leaves nothing
+    behind, and a replaced directory stays whole until the new one is complete.
     """
     out_dir = Path(out_dir).resolve()  # "." or "a/.." has no name to make siblings from
     if out_dir.exists() and not out_dir.is_dir():
@@ -192,34 +182,16 @@ def export(ckpt_path: str | Path, out_dir: str | Path, force: bool = False) -> P
             )
     model = load_model(ckpt_path)
     weights = gpt2_state_dict(model)  # refuses an MoE model
+    # A hidden sibling of out_dir: the same file system, so the rename is atomic.
+    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        _write_in_place(out_dir, weights, model)
+        staging.mkdir(parents=True)
+        write_model_dir(staging, weights, model.config, model.tokenizer)
+        if out_dir.exists():  # --force; a directory cannot be renamed onto a non-empty one
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
     except OSError as exc:  # disk full, permission denied: one line naming the directory
         raise write_error(out_dir, exc) from None
-    return out_dir
-
-
-def _write_in_place(out_dir: Path, weights: dict[str, torch.Tensor], model: TinyGPT) -> None:
-    """Write the model directory into a hidden sibling of ``out_dir``, then rename it into place
-    (an existing ``out_dir`` is moved aside first and removed last)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Hidden siblings of out_dir: the same file system, so renames are atomic.
-    hidden = f".{out_dir.name}.{uuid.uuid4().hex[:8]}"
-    staging, aside = out_dir.parent / f"{hidden}.tmp", out_dir.parent / f"{hidden}.old"
-    staging.mkdir()
-    try:
-        write_model_dir(staging, weights, model.config, model.tokenizer)
-        if out_dir.exists():
-            # Moved aside first (a directory cannot be renamed onto a non-empty one), and put
-            # back if the new one cannot take its place.
-            os.replace(out_dir, aside)
-            try:
-                os.replace(staging, out_dir)
-            except OSError:
-                os.replace(aside, out_dir)
-                raise
-            shutil.rmtree(aside)
-        else:
-            os.replace(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return out_dir

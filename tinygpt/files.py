@@ -6,8 +6,6 @@ process at any moment leaves the old file or the new one, never a truncated one,
 write removes its temporary file. An OS error becomes one :class:`WriteError` naming the target.
 """
 
-from __future__ import annotations
-
 import os
 import tempfile
 from collections.abc import Iterator

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinygpt.cli.paths import newest_run_checkpoint
+from tinygpt.cli.paths import describe_choice, newest_run_checkpoint, recorded_progress
 from tinygpt.errors import CheckpointError
 
 # Lightning stores each callback's state under a key naming the callback and its settings.
@@ -48,11 +48,11 @@ def test_a_short_sweeps_last_ckpt_no_longer_wins_over_best(tmp_path):
     assert newest_file.name == "last.ckpt"
 
     chosen = newest_run_checkpoint(outputs)
-    assert chosen.path == sweep / "2_model.num_experts-8" / "checkpoints" / "best.ckpt"
-    assert (chosen.step, chosen.val_loss) == (200, pytest.approx(2.2))
+    assert chosen == sweep / "2_model.num_experts-8" / "checkpoints" / "best.ckpt"
+    assert recorded_progress(chosen) == (200, pytest.approx(2.2))
     # What the user reads on stderr: which checkpoint of which run, its step and val loss.
-    assert chosen.describe() == (
-        f"using the newest run's best.ckpt (step 200, val loss 2.2000): {chosen.path}"
+    assert describe_choice(chosen) == (
+        f"using the newest run's best.ckpt (step 200, val loss 2.2000): {chosen}"
     )
 
 
@@ -63,8 +63,8 @@ def test_the_newest_run_is_the_one_that_wrote_a_checkpoint_last(tmp_path):
     write_run(tmp_path / "multirun" / "s" / "0_seed-1", 200, 2.3, written=2000)
     os.utime(long_last, (3000, 3000))
     chosen = newest_run_checkpoint(tmp_path)
-    assert chosen.path == long_best
-    assert (chosen.step, chosen.val_loss) == (2000, pytest.approx(1.9195))
+    assert chosen == long_best
+    assert recorded_progress(chosen) == (2000, pytest.approx(1.9195))
 
 
 def test_a_run_without_best_ckpt_falls_back_to_last_ckpt(tmp_path):
@@ -72,8 +72,8 @@ def test_a_run_without_best_ckpt_falls_back_to_last_ckpt(tmp_path):
     # Killed before its first validation: only last.ckpt, and no val loss anywhere.
     last = write_checkpoint(tmp_path / "runs" / "new" / "checkpoints" / "last.ckpt", 40, 2000)
     chosen = newest_run_checkpoint(tmp_path)
-    assert (chosen.path, chosen.step, chosen.val_loss) == (last, 40, None)
-    assert chosen.describe() == (
+    assert (chosen, *recorded_progress(chosen)) == (last, 40, None)
+    assert describe_choice(chosen) == (
         f"using the newest run's last.ckpt (no best.ckpt; step 40, no val loss recorded): {last}"
     )
 
@@ -85,8 +85,7 @@ def test_the_val_loss_falls_back_to_the_runs_summary(tmp_path):
     path.parent.mkdir(parents=True)
     torch.save({"global_step": 300}, path)
     (run / "summary.json").write_text(json.dumps({"best_val_loss": 2.125}))
-    chosen = newest_run_checkpoint(tmp_path)
-    assert (chosen.step, chosen.val_loss) == (300, 2.125)
+    assert recorded_progress(newest_run_checkpoint(tmp_path)) == (300, 2.125)
 
 
 def test_unreadable_checkpoint_is_still_chosen_for_the_loader_to_report(tmp_path):
@@ -94,8 +93,8 @@ def test_unreadable_checkpoint_is_still_chosen_for_the_loader_to_report(tmp_path
     path.parent.mkdir(parents=True)
     path.write_text("not a checkpoint\n")
     chosen = newest_run_checkpoint(tmp_path)
-    assert (chosen.path, chosen.step, chosen.val_loss) == (path, None, None)
-    assert "step unknown, no val loss recorded" in chosen.describe()
+    assert (chosen, *recorded_progress(chosen)) == (path, None, None)
+    assert "step unknown, no val loss recorded" in describe_choice(chosen)
 
 
 @pytest.mark.parametrize("layout", ["empty", "missing", "loose checkpoints"])

@@ -263,8 +263,8 @@ def test_a_prompt_file_drops_a_byte_order_mark_and_windows_line_breaks(tmp_path)
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["prompt_file={missing}"], "error: prompt_file {missing} not found"),
-        (["prompt_file={tmp}"], "error: prompt_file {tmp} is a directory, not a text file"),
+        (["prompt_file={missing}"], "error: cannot read prompt_file {missing}: No such file"),
+        (["prompt_file={tmp}"], "error: cannot read prompt_file {tmp}: Is a directory"),
         (["prompt_file={file}/x"], "error: cannot read prompt_file {file}/x: Not a directory"),
         (["prompt_file={empty}"], "error: prompt_file {empty} is empty; to start from a line"),
         (["prompt_file={latin1}"], "error: prompt_file {latin1} is not UTF-8 text: byte 0xe9 on "),

@@ -29,7 +29,7 @@ from helpers import (
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.cli import generate as generate_cli
 from tinygpt.cli import train as train_cli
-from tinygpt.cli.run_dir import new_run_dir, resolve_ckpt_path
+from tinygpt.cli.paths import new_run_dir, resolve_ckpt_path
 from tinygpt.errors import CheckpointError, WriteError
 
 # Small jobs, validated every ten steps and checkpointed every five, with dropout (a resume must

@@ -33,7 +33,7 @@ def outputs_listing() -> set[str]:
 
 def assert_written_once(job_dir: Path) -> None:
     names = sorted(p.name for p in job_dir.iterdir())
-    # .run.lock: rank 0's run-directory lock (tinygpt.cli.run_dir), one per job, not per rank
+    # .run.lock: rank 0's run-directory lock (tinygpt.cli.paths), one per job, not per rank
     expected = [".hydra", ".run.lock", "checkpoints", "plots", "summary.json", "tb", "train.log"]
     assert names == expected, names
     # Rank 0's only: its logger's events and its HParams session's (a second writer, one run).

@@ -8,8 +8,6 @@ finished (a ``summary.json`` from the same overrides) and reruns a started one w
 ``ckpt_path=last``: finished jobs kept, interrupted ones resumed, missing ones started.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import math
@@ -19,6 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from tinygpt.analysis.claims import KINDS, write_results
 from tinygpt.analysis.decoding import (
@@ -31,9 +32,9 @@ from tinygpt.analysis.decoding import (
 from tinygpt.analysis.report import write_report
 from tinygpt.analysis.runs import load_run, training_text
 from tinygpt.analysis.writing import START_MARKER
-from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, load_model
+from tinygpt.checkpoint import load_model, run_config_of
 from tinygpt.cli.errors import exit_with_user_error, user_errors
-from tinygpt.cli.paths import root_dir
+from tinygpt.cli.paths import config_dir, root_dir
 from tinygpt.cli.quoting import hydra_value
 from tinygpt.errors import ConfigError, DataError
 from tinygpt.export import export
@@ -68,10 +69,6 @@ class _Parser(argparse.ArgumentParser):
 def train_sweep(sweep: Path, overrides: Sequence[str]) -> float:
     """``python train.py -m OVERRIDES hydra.sweep.dir=SWEEP``, in this process; its seconds. A
     user error in the sweep is train.py's one ``error:`` line and exit 2."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    from tinygpt.cli.paths import config_dir
     from tinygpt.cli.train import main as train  # Lightning is imported only to train
 
     # Job directories named after the swept keys only (0_model-moe+seed-1): the settings every
@@ -103,23 +100,13 @@ def report(args: argparse.Namespace) -> dict[str, Path]:
         train_sweep(Path(args.sweep), shlex.split(args.run))
     command = f"{PROG} report " + (f"--sweep {args.sweep}" if args.sweep else " ".join(args.runs))
     command += "" if Path(args.out) == DEFAULT_REPORT else f" --out {args.out}"
-    return write_report(
-        paths,
-        args.out,
-        command,
-        results=args.results,
-        readme=args.readme,
-        train_text=args.train_text,
-        max_new_tokens=args.max_new_tokens,
-        decoding=not args.no_decoding,
-        tb_dir=args.tb_dir,
-    )
+    options = ("results", "readme", "train_text", "max_new_tokens", "decoding", "tb_dir")
+    return write_report(paths, args.out, command, **{key: getattr(args, key) for key in options})
 
 
 def decoding_report(args: argparse.Namespace) -> dict[str, Path]:
     model = load_model(args.checkpoint)
-    config = load_checkpoint(args.checkpoint)[CHECKPOINT_KEY].get("config") or {}
-    text = training_text(config, args.train_text)
+    text = training_text(run_config_of(args.checkpoint), args.train_text)
     results = compare_decoding(
         model, text, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens
     )
@@ -222,7 +209,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--readme", help="rewrite this README's section between the results markers")
     r.add_argument("--train-text", help="the training text file (default: from the run config)")
     r.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    r.add_argument("--no-decoding", action="store_true", help="skip the decoding comparison")
+    r.add_argument(
+        "--no-decoding", dest="decoding", action="store_false", help="skip the decoding comparison"
+    )
     r.add_argument("--tb-dir", help="also log the decoding samples as text to this TensorBoard dir")
     r.add_argument(
         "--run",

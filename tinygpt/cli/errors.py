@@ -5,8 +5,6 @@ unless HYDRA_FULL_ERROR is set; Lightning refuses a bad Trainer setting with a t
 Their own words are kept, on one line; an override Hydra cannot parse ends with how to quote it.
 """
 
-from __future__ import annotations
-
 import errno
 import logging
 import os
@@ -15,17 +13,20 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import NoReturn
 
+import hydra
+import torch
 from hydra.errors import (
     ConfigCompositionException,
     InstantiationException,
     MissingConfigException,
     OverrideParseException,
 )
+from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError
 
+from tinygpt.cli.paths import PROJECT_ROOT, config_dir
 from tinygpt.cli.quoting import quoting_hint
 from tinygpt.errors import ConfigError, TinyGPTError
 from tinygpt.files import os_error_behind, write_error
@@ -33,39 +34,15 @@ from tinygpt.files import os_error_behind, write_error
 USER_ERROR_EXIT_CODE = 2
 GRAMMAR_DOCS = "https://hydra.cc/docs/1.2/advanced/override_grammar/basic"
 LEXER_ERROR = "LexerNoViableAltException: "
-# Configs that Hydra's sweep plugins provide, and the plugin: the `sweeps` extra of pyproject.toml.
-SWEEP_PLUGINS = {
-    "hydra/launcher/joblib": "hydra-joblib-launcher",
-    "hydra/launcher/submitit_local": "hydra-submitit-launcher",
-    "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
-    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
-}
-SWEEPS_EXTRA = 'pip install -e ".[sweeps]"'
+# A config that one of Hydra's sweep plugins provides (the `sweeps` extra of pyproject.toml):
+# hydra/launcher/joblib is hydra-joblib-launcher's, hydra/sweeper/optuna hydra-optuna-sweeper's.
+PLUGIN_CONFIG = re.compile(
+    r"Could not (?:find|load) '(hydra/(launcher|sweeper)/(joblib|submitit|optuna)\w*)'"
+)
 TRAINER_TARGET = "'lightning.pytorch.trainer.trainer.Trainer'"  # in Hydra's InstantiationException
 NO_GPU_HINT = " (no GPU is visible: use trainer=cpu, or trainer=default, which picks the device)"
 # The OS's refusals to write: a read-only file system, no permission, a full disk or quota.
 UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
-
-
-def _user_error(exc: BaseException | None) -> BaseException | None:
-    """The user error behind ``exc``: a TinyGPTError or Lightning's refusal of a setting (any
-    error of the Trainer's constructor), which Hydra wraps when a ``_target_`` raises it, and
-    OmegaConf when a resolver does; or a place the OS refuses to write, as a WriteError."""
-    # Lightning's exception, if Lightning is loaded: generate.py never imports it.
-    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
-    trainer = False
-    while isinstance(exc, (InstantiationException, InterpolationResolutionError)):
-        trainer = trainer or TRAINER_TARGET in str(exc)
-        # OmegaConf drops the cause (unless OC_CAUSE is set), but the context keeps it.
-        exc = exc.__cause__ or exc.__context__
-    if isinstance(exc, TinyGPTError):
-        return exc
-    if trainer or (lightning and isinstance(exc, lightning.MisconfigurationException)):
-        return exc
-    os_error = os_error_behind(exc)
-    if os_error is not None and os_error.errno in UNWRITABLE and os_error.filename:
-        return write_error(os_error.filename, os_error)
-    return None
 
 
 def exit_with_user_error(message: object, code: int = USER_ERROR_EXIT_CODE) -> NoReturn:
@@ -78,6 +55,29 @@ def one_line(message: object) -> str:
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
+def user_error(exc: BaseException) -> TinyGPTError | None:
+    """The user error behind ``exc`` (None for a bug): a TinyGPTError, or Lightning's refusal of
+    a setting (any error of the Trainer's constructor) as a ConfigError naming the trainer,
+    which Hydra wraps when a ``_target_`` raises it, and OmegaConf when a resolver does; a
+    place the OS refuses to write; Hydra's refusal of the overrides, as one line."""
+    # Lightning's exception, if Lightning is loaded: generate.py never imports it.
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    trainer = False
+    while isinstance(exc, (InstantiationException, InterpolationResolutionError)):
+        trainer = trainer or TRAINER_TARGET in str(exc)
+        # OmegaConf drops the cause (unless OC_CAUSE is set), but the context keeps it.
+        exc = exc.__cause__ or exc.__context__
+    if isinstance(exc, TinyGPTError):
+        return exc
+    if trainer or (lightning and isinstance(exc, lightning.MisconfigurationException)):
+        return ConfigError(f"trainer: {exc}{'' if torch.cuda.is_available() else NO_GPU_HINT}")
+    os_error = os_error_behind(exc)
+    if os_error is not None and os_error.errno in UNWRITABLE and os_error.filename:
+        return write_error(os_error.filename, os_error)
+    hydra_message = hydra_error_message(exc)
+    return None if hydra_message is None else ConfigError(one_line(hydra_message))
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Print a user error as ``error: ...`` on stderr and exit non-zero, without a traceback."""
@@ -88,17 +88,6 @@ def user_errors() -> Iterator[None]:
         if cause is None:
             raise
         exit_with_user_error(cause, cause.exit_code)
-
-
-def user_error(exc: BaseException) -> TinyGPTError | None:
-    """The user error behind ``exc``, as a TinyGPTError (Lightning's refusal of a Trainer setting
-    becomes a ConfigError naming the trainer); None for a bug."""
-    cause = _user_error(exc)
-    if cause is None or isinstance(cause, TinyGPTError):
-        return cause
-    torch = sys.modules.get("torch")
-    no_gpu = torch is not None and not torch.cuda.is_available()
-    return ConfigError(f"trainer: {cause}{NO_GPU_HINT if no_gpu else ''}")
 
 
 def hydra_error_message(exc: BaseException) -> str | None:
@@ -115,12 +104,30 @@ def hydra_error_message(exc: BaseException) -> str | None:
         ambiguous = re.match(r"Ambiguous value for argument '(.*)'$", message, re.MULTILINE)
         if ambiguous:
             message += f"; {quoting_hint(ambiguous.group(1))}"
-        return _missing_plugin(message) or message
+        missing = PLUGIN_CONFIG.search(message)
+        if missing:
+            config, kind, plugin = missing.groups()
+            return (
+                f"Hydra's sweep plugin hydra-{plugin}-{kind} is not installed (no {config} "
+                'config): install the sweeps extra, pip install -e ".[sweeps]"'
+            )
+        return message
     # Hydra's defaults list refuses e.g. `logger=null` with a bare ValueError.
-    frames = traceback.extract_tb(exc.__traceback__)
-    if isinstance(exc, ValueError) and frames and f"{os.sep}hydra{os.sep}" in frames[-1].filename:
-        return f"{exc} (a config group takes one of its options; ~GROUP drops it)"
+    if isinstance(exc, ValueError):
+        raised_in = traceback.extract_tb(exc.__traceback__)[-1].filename
+        if f"{os.sep}hydra{os.sep}" in raised_in:
+            return f"{exc} (a config group takes one of its options; ~GROUP drops it)"
     return None
+
+
+def _parse_error(exc: OverrideParseException) -> str:
+    """Hydra's parse error on one line, naming the override; its lexer's error points at a
+    column with a caret on the next line, which here becomes the character there."""
+    reason, *more = exc.message.splitlines()
+    if reason.startswith(LEXER_ERROR):
+        column = more[0].index("^") - len(LEXER_ERROR)
+        reason = f"a character it cannot read here: {exc.override[column : column + 1]!r}"
+    return f"Hydra cannot parse {exc.override!r}: {reason} (grammar: {GRAMMAR_DOCS})"
 
 
 @contextmanager
@@ -134,9 +141,8 @@ def hydra_scope() -> Iterator[None]:
     try:
         yield
     finally:
-        if saved_env is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
+        os.environ.pop("HYDRA_FULL_ERROR")
+        if saved_env is not None:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
         for handler in set(root.handlers) - set(handlers):
             handler.close()
@@ -145,52 +151,19 @@ def hydra_scope() -> Iterator[None]:
 
 
 def run_hydra_app(
-    main: Callable[[], object], argv: Sequence[str] | None = None, script: Path | None = None
+    name: str, job: Callable[[DictConfig], object], argv: Sequence[str] | None
 ) -> None:
-    """Run a ``@hydra.main`` function, turning Hydra's own composition errors into one line.
+    """Run ``job`` as ``@hydra.main`` over conf/NAME.yaml, Hydra's composition errors as one line.
 
-    With ``argv``, it runs as ``python SCRIPT ARGV`` would (Hydra reads ``sys.argv``, restored
+    With ``argv``, it runs as ``python NAME.py ARGV`` would (Hydra reads ``sys.argv``, restored
     afterwards), else with this process's command line; bugs keep their traceback.
     """
     saved_argv = sys.argv
     if argv is not None:
-        sys.argv = [str(script or saved_argv[0]), *argv]
+        sys.argv = [str(PROJECT_ROOT / f"{name}.py"), *argv]
     try:
-        with hydra_scope(), user_errors():  # user_errors: a resolver's, a run directory's mkdir
-            main()
-    except (
-        OverrideParseException,
-        ConfigCompositionException,
-        MissingConfigException,
-        ValueError,
-    ) as exc:
-        message = hydra_error_message(exc)
-        if message is None:
-            raise
-        exit_with_user_error(message)
+        with hydra_scope(), user_errors():
+            app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=name)
+            app(job)()
     finally:
         sys.argv = saved_argv
-
-
-def _missing_plugin(message: str) -> str | None:
-    """What to install, where Hydra could not find a config that a sweep plugin provides."""
-    found = re.search(r"Could not (?:find|load) '([\w/]+)'", message)
-    if not found or found.group(1) not in SWEEP_PLUGINS:
-        return None
-    return (
-        f"Hydra's sweep plugin {SWEEP_PLUGINS[found.group(1)]} is not installed (no "
-        f"{found.group(1)} config): install the sweeps extra, {SWEEPS_EXTRA}"
-    )
-
-
-def _parse_error(exc: OverrideParseException) -> str:
-    """Hydra's parse error on one line, naming the override; its lexer's error points at a
-    column with a caret on the next line, which here becomes the character there."""
-    lines = [ln for ln in exc.message.splitlines() if ln.strip() and not ln.startswith("See ")]
-    details = [ln for ln in lines if not ln.startswith("Error parsing override")]
-    detail = details[0] if details else "not an override"
-    if detail.startswith(LEXER_ERROR) and len(details) > 1:
-        column = len(details[1]) - 1 - len(LEXER_ERROR)  # of the caret under the override
-        bad = exc.override[column] if 0 <= column < len(exc.override) else ""
-        detail = f"a character it cannot read here: {bad!r}" if bad else "an unreadable character"
-    return f"Hydra cannot parse {exc.override!r}: {detail} (grammar: {GRAMMAR_DOCS})"

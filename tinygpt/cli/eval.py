@@ -12,32 +12,27 @@ eval.json into the run directory, ``outputs/eval/<date_time>/``.
 :func:`main` is the command; tests compose a config and call :func:`evaluate` in-process.
 """
 
-from __future__ import annotations
-
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import tinygpt.cli.quiet  # noqa: F401  (on import: Lightning's needless notices off)
-from tinygpt.checkpoint import CHECKPOINT_KEY, load_checkpoint, model_from_checkpoint
+from tinygpt.checkpoint import load_model, run_config_of
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import PROJECT_ROOT, checkpoint_to_use, config_dir, root_dir
+from tinygpt.cli.paths import checkpoint_to_use, root_dir, run_dir_lock
 from tinygpt.cli.resolvers import register_resolvers
-from tinygpt.cli.run_dir import RunDirLock
 from tinygpt.data.datamodule import CharDataModule
 from tinygpt.data.tokenizer import UnknownCharactersError
 from tinygpt.errors import DataError, require
 from tinygpt.files import write_text_atomic
 from tinygpt.training import TinyGPTModule
 
-EVAL_SCRIPT = PROJECT_ROOT / "eval.py"
 SHAKESPEARE_FILE = "tinyshakespeare.txt"
 
 
@@ -64,24 +59,25 @@ def text_source(cfg: DictConfig, trained_on: dict[str, Any]) -> dict[str, Any]:
     not cached) cut to the training's ``data.max_chars``, so its splits are the training's."""
     if cfg.data.path is not None:
         return {"path": str(cfg.data.path), "cache_dir": cfg.paths.data_dir, "max_chars": None}
-    max_chars = trained_on.get("max_chars")
+    source = {
+        "path": None,
+        "cache_dir": cfg.paths.data_dir,
+        "max_chars": trained_on.get("max_chars"),
+    }
     if trained_on.get("path"):
         path = Path(trained_on["path"])
         # A relative path was given from the training's working directory, or the project root.
-        for candidate in (path, Path(root_dir()) / path):
-            if candidate.is_file():
-                return {
-                    "path": str(candidate),
-                    "cache_dir": cfg.paths.data_dir,
-                    "max_chars": max_chars,
-                }
-        raise DataError(
-            f"the checkpoint's training text {path} was not found; give the text as data.path=FILE"
-        )
+        found = [p for p in (path, Path(root_dir()) / path) if p.is_file()]
+        if not found:
+            raise DataError(
+                f"the checkpoint's training text {path} was not found; give the text as "
+                "data.path=FILE"
+            )
+        return {**source, "path": str(found[0])}
     cache_dir = trained_on.get("cache_dir")
-    if not cache_dir or not (Path(cache_dir) / SHAKESPEARE_FILE).is_file():
-        cache_dir = cfg.paths.data_dir
-    return {"path": None, "cache_dir": str(cache_dir), "max_chars": max_chars}
+    if cache_dir and (Path(cache_dir) / SHAKESPEARE_FILE).is_file():
+        source["cache_dir"] = str(cache_dir)
+    return source
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -89,9 +85,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write eval.json into the run directory and print it as one line; returns the record."""
     check_config(cfg)
     ckpt_path = checkpoint_to_use(cfg.ckpt_path, cfg.paths.log_dir)
-    checkpoint = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(checkpoint, ckpt_path)
-    run_config = checkpoint[CHECKPOINT_KEY].get("config") or {}
+    model = load_model(ckpt_path)
+    run_config = run_config_of(ckpt_path)
     trained_on = run_config.get("data") or {}
     datamodule = CharDataModule(
         **text_source(cfg, trained_on),
@@ -133,14 +128,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _job(cfg: DictConfig) -> None:
-    with user_errors(), RunDirLock(HydraConfig.get().runtime.output_dir):
+    with user_errors(), run_dir_lock(HydraConfig.get().runtime.output_dir):
         evaluate(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python eval.py ARGV`` (``argv`` None: this process's command line)."""
-    with user_errors():
-        configs = config_dir()
     register_resolvers()
-    app = hydra.main(version_base="1.3", config_path=str(configs), config_name="eval")
-    run_hydra_app(app(_job), argv, EVAL_SCRIPT)
+    run_hydra_app("eval", _job, argv)

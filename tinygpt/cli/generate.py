@@ -13,8 +13,6 @@ writes summary.json and summary.md into the sweep directory.
 :func:`main` is the command; tests compose a config and call :func:`generate` in-process.
 """
 
-from __future__ import annotations
-
 import json
 import sys
 import time
@@ -23,7 +21,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -31,16 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 from tinygpt.analysis.generation_dashboard import log_generation_run
 from tinygpt.checkpoint import load_model
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import PROJECT_ROOT, checkpoint_to_use, config_dir
+from tinygpt.cli.paths import checkpoint_to_use, run_dir_lock
 from tinygpt.cli.resolvers import register_resolvers
-from tinygpt.cli.run_dir import RunDirLock
 from tinygpt.errors import ConfigError, DataError, require
 from tinygpt.generation import stream_generate
 from tinygpt.generation.compiled import can_compile, package_dir
 from tinygpt.generation.sampling import Decoder, named_decoder
 from tinygpt.generation.text import check_stop
-
-GENERATE_SCRIPT = PROJECT_ROOT / "generate.py"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,11 +54,7 @@ def read_prompt_file(path: Path) -> str:
     """
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"prompt_file {path} not found") from None
-    except IsADirectoryError:
-        raise DataError(f"prompt_file {path} is a directory, not a text file") from None
-    except OSError as exc:
+    except OSError as exc:  # the OS's reason: No such file or directory, Is a directory, ...
         raise DataError(f"cannot read prompt_file {path}: {exc.strerror}") from None
     try:
         text = data.decode("utf-8")
@@ -185,14 +175,11 @@ def generate(cfg: DictConfig) -> None:
 
 
 def _job(cfg: DictConfig) -> None:
-    with user_errors(), RunDirLock(HydraConfig.get().runtime.output_dir):
+    with user_errors(), run_dir_lock(HydraConfig.get().runtime.output_dir):
         generate(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python generate.py ARGV`` (``argv`` None: this process's command line)."""
-    with user_errors():
-        configs = config_dir()
     register_resolvers()
-    app = hydra.main(version_base="1.3", config_path=str(configs), config_name="generate")
-    run_hydra_app(app(_job), argv, GENERATE_SCRIPT)
+    run_hydra_app("generate", _job, argv)

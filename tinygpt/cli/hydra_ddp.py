@@ -7,8 +7,6 @@ its own log file. The command built here re-runs only this job: its own override
 directory, and no Hydra output or logging of its own, so only rank 0 writes anything.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from collections.abc import Iterator, Sequence

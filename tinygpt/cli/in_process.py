@@ -7,8 +7,6 @@ one process, errors are exceptions (never ``SystemExit``), and an interrupted ke
 run at a safe point with ``last.ckpt`` saved, then raises ``KeyboardInterrupt``.
 """
 
-from __future__ import annotations
-
 import signal
 import threading
 from collections.abc import Sequence
@@ -23,9 +21,9 @@ from omegaconf import open_dict
 
 from tinygpt.analysis.runs import Run, load_run
 from tinygpt.cli import train as train_command
-from tinygpt.cli.errors import hydra_error_message, hydra_scope, one_line, user_error
+from tinygpt.cli.errors import hydra_scope, user_error
 from tinygpt.cli.paths import config_dir
-from tinygpt.cli.quoting import hydra_value
+from tinygpt.cli.quoting import resume_overrides
 from tinygpt.cli.resolvers import register_resolvers, register_schemas
 from tinygpt.errors import ConfigError
 from tinygpt.training.checkpointing import STOP_SIGNALS
@@ -65,17 +63,13 @@ def train(overrides: Sequence[str] = ()) -> Run:
                 raise job._return_value  # what the job raised (return_value logs it first)
     except SystemExit as stop:
         if stop.code == INTERRUPTED:
-            run_dir = cfg.hydra.runtime.output_dir  # run_job sets it in place
-            kept = [o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
-            resume = [*kept, f"hydra.run.dir={hydra_value(run_dir)}", "ckpt_path=last"]
+            # run_job sets the run directory in place
+            resume = resume_overrides(overrides, cfg.hydra.runtime.output_dir)
             raise KeyboardInterrupt(
                 f"last.ckpt saved; resume with tinygpt.train({resume!r})"
             ) from None
         raise ConfigError(f"training stopped with exit status {stop.code}") from None
     except Exception as exc:
-        message = hydra_error_message(exc)
-        if message is not None:
-            raise ConfigError(one_line(message)) from None
         cause = user_error(exc)
         if cause is None:
             raise

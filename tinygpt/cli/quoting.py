@@ -1,9 +1,9 @@
 """Values written for a user to paste back: quoted for Hydra's override grammar and the shell."""
 
-from __future__ import annotations
-
 import re
 import shlex
+from collections.abc import Sequence
+from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -49,3 +49,9 @@ def shell_word(text: str) -> str:
     if not re.search(r'["$`\\!]', text):
         return f'"{text}"'
     return shlex.quote(text)
+
+
+def resume_overrides(overrides: Sequence[str], run_dir: str | Path) -> list[str]:
+    """``overrides`` changed to continue the run in ``run_dir`` from its last.ckpt."""
+    kept = [o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    return [*kept, f"hydra.run.dir={hydra_value(str(run_dir))}", "ckpt_path=last"]

@@ -2,8 +2,6 @@
 the Hydra callbacks that act before a sweep's first job: a check of its launcher settings, and
 what a sweep rerun with ``ckpt_path=last`` will do."""
 
-from __future__ import annotations
-
 import os
 import re
 from dataclasses import make_dataclass
@@ -15,8 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from tinygpt.cli.errors import exit_with_user_error
-from tinygpt.cli.paths import root_dir
-from tinygpt.cli.run_dir import job_config_subdir, new_run_dir
+from tinygpt.cli.paths import job_config_subdir, new_run_dir, root_dir
 from tinygpt.generation.sampling import DECODERS, Decoder
 from tinygpt.models import TinyGPTConfig
 
@@ -57,8 +54,9 @@ def parallel_jobs(n_jobs: int | None) -> int:
     return max(1, n_jobs)
 
 
-class ParallelJobsCheck(Callback):
-    """Refuses ``hydra.launcher.n_jobs=0`` (joblib's own error is a traceback), before any job.
+class SweepStart(Callback):
+    """Before a sweep's first job: refuses ``hydra.launcher.n_jobs=0`` (joblib's own error is a
+    traceback), and says how a sweep rerun with ``ckpt_path=last`` continues.
 
     It exits itself: Hydra turns exceptions raised in callbacks into warnings and goes on.
     """
@@ -69,12 +67,6 @@ class ParallelJobsCheck(Callback):
                 "hydra.launcher.n_jobs must be the number of jobs at once (>= 1) or -1 for "
                 "every core (-2 all but one, ...), got 0"
             )
-
-
-class SweepResumeNotice(Callback):
-    """Says, before any job starts, how a sweep rerun with ``ckpt_path=last`` continues."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         if OmegaConf.select(config, "ckpt_path") != "last":
             return
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -90,11 +82,8 @@ class SweepResumeNotice(Callback):
             "interrupted ones resume from their last.ckpt, the others start",
             flush=True,
         )
-        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
-        if (
-            "optuna" in sweeper.lower()
-            and OmegaConf.select(config, "hydra.sweeper.storage") is None
-        ):
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
+        if "optuna" in sweeper and OmegaConf.select(config, "hydra.sweeper.storage") is None:
             print(
                 "the Optuna study is not stored (hydra.sweeper.storage=null), so it starts "
                 "again: its seeded sampler asks the same trials in the same order, and the "

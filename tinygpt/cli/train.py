@@ -7,16 +7,14 @@
 sweep, through :func:`train`); tests compose a config and call :func:`train` in-process.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -30,12 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import tinygpt.cli.quiet  # noqa: F401  (on import: Lightning's needless notices off)
 from tinygpt.analysis.hparams import expert_load_balance, log_training_session
-from tinygpt.cli import hydra_ddp
+from tinygpt.cli import hydra_ddp, paths
 from tinygpt.cli.errors import run_hydra_app, user_errors
-from tinygpt.cli.paths import PROJECT_ROOT, config_dir, recorded_progress
-from tinygpt.cli.quoting import hydra_value, shell_word
+from tinygpt.cli.quoting import resume_overrides, shell_word
 from tinygpt.cli.resolvers import register_resolvers, register_schemas
-from tinygpt.cli.run_dir import SUMMARY_FILE, RunDirLock, finished_summary, resolve_ckpt_path
 from tinygpt.data.datamodule import CharDataModule
 from tinygpt.errors import require
 from tinygpt.files import write_text_atomic
@@ -44,7 +40,7 @@ from tinygpt.training.callbacks import TokenThroughput, tensorboard_dir
 from tinygpt.training.checkpointing import LastCheckpoint
 
 # The entry script next to conf/: what DDP ranks re-run, and what the resume command names.
-TRAIN_SCRIPT = PROJECT_ROOT / "train.py"
+TRAIN_SCRIPT = paths.PROJECT_ROOT / "train.py"
 
 # The first job of the launching process counts its wall time from launch (main's `launched`);
 # later jobs of a multirun, which share the process, from their own start. So do jobs in a
@@ -70,22 +66,17 @@ def train(cfg: DictConfig) -> float:
     started = job_start_time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.ckpt_path == "last":
-        finished = finished_summary(run_dir, cfg.trainer.max_steps)
+        finished = paths.finished_summary(run_dir, cfg.trainer.max_steps)
         if finished is not None:
             print(f"{run_dir}: finished ({cfg.trainer.max_steps} steps); left as it is", flush=True)
             return finished["best_val_loss"]
-    check_trainer_switches(cfg.trainer)
-    allow_data_change = data_change_allowed(cfg.resume_data_change)
-    lock = RunDirLock(run_dir)
-    if rank_zero_only.rank == 0:  # DDP ranks > 0 are this job's own processes
-        lock.acquire()
-    try:
-        return _fit(cfg, run_dir, started, allow_data_change)
-    finally:
-        lock.release()
+    check_settings(cfg)
+    # DDP ranks > 0 are this job's own processes: rank 0 holds the lock.
+    with paths.run_dir_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
+        return _fit(cfg, run_dir, started)
 
 
-def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool) -> float:
+def _fit(cfg: DictConfig, run_dir: Path, started: float) -> float:
     hydra_ddp.install(str(TRAIN_SCRIPT))
     L.seed_everything(cfg.seed, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
@@ -98,10 +89,10 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
         optim=instantiate(cfg.optim),
         run_config=OmegaConf.to_container(cfg, resolve=True),
         data_fingerprint=datamodule.fingerprint,  # the token cache's: the text is hashed once
-        allow_data_change=allow_data_change,
+        allow_data_change=cfg.resume_data_change == "allow",
     )
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir, in_sweep, requeued=slurm_requeued())
+    ckpt_path = paths.resolve_ckpt_path(cfg.ckpt_path, run_dir, in_sweep, requeued=slurm_requeued())
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     for callback in callbacks:
         if isinstance(callback, LastCheckpoint):
@@ -110,7 +101,7 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
     # then hide what an interrupted attempt logged from there on (TensorBoard's Python reader
     # ignores the first purge of a run, hence 0 for a fresh one). CSV rows need nothing: the
     # project's reader keeps a step's last value (tinygpt.analysis.plots.read_scalars).
-    start_step = recorded_progress(Path(ckpt_path))[0] if ckpt_path else 0
+    start_step = paths.recorded_progress(Path(ckpt_path))[0] if ckpt_path else 0
     loggers = [_logger(lg, start_step) for lg in (cfg.get("logger") or {}).values() if lg]
     if not loggers:  # ~logger (no logger): nothing for the learning-rate monitor to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -126,7 +117,7 @@ def _fit(cfg: DictConfig, run_dir: Path, started: float, allow_data_change: bool
             tensorboard_dir(trainer), module.run_config, overrides, summary, start=started
         )
         # Last: a summary.json for trainer.max_steps marks the job finished (ckpt_path=last).
-        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(run_dir / paths.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary))
     return summary["best_val_loss"]
 
@@ -136,11 +127,18 @@ def _logger(config: DictConfig, start_step: int | None) -> Logger:
     return instantiate(config, **({"purge_step": start_step} if tensorboard else {}))
 
 
-def check_trainer_switches(trainer: DictConfig) -> None:
-    """The debugging switches that Lightning takes silently (limit_train_batches=0), refuses
-    naming another key (overfit_batches=0.1), or fails on with a traceback (detect_anomaly=yes,
-    accumulate_grad_batches=0). It refuses a bad fast_dev_run, limit_val_batches or profiler in
-    one line itself. Training is an endless stream of batches: no fraction of it means a thing."""
+def check_settings(cfg: DictConfig) -> None:
+    """``resume_data_change``, and the debugging switches that Lightning takes silently
+    (limit_train_batches=0), refuses naming another key (overfit_batches=0.1), or fails on with
+    a traceback (detect_anomaly=yes, accumulate_grad_batches=0). Lightning refuses a bad
+    fast_dev_run, limit_val_batches or profiler in one line itself. Training is an endless
+    stream of batches: no fraction of it means a thing."""
+    data_change = cfg.resume_data_change  # refuse: a resume on another text than the checkpoint's
+    require(
+        data_change in ("refuse", "allow"),
+        f"resume_data_change must be refuse or allow, got {data_change!r}",
+    )
+    trainer = cfg.trainer
     limit, overfit = trainer.get("limit_train_batches"), trainer.get("overfit_batches", 0)
     require(
         limit in (None, 1.0) or (type(limit) is int and limit >= 1),
@@ -163,16 +161,6 @@ def check_trainer_switches(trainer: DictConfig) -> None:
     )
 
 
-def data_change_allowed(setting: str) -> bool:
-    """``resume_data_change``: ``refuse`` (a resume on another text than the checkpoint's is
-    refused) or ``allow``."""
-    require(
-        setting in ("refuse", "allow"),
-        f"resume_data_change must be refuse or allow, got {setting!r}",
-    )
-    return setting == "allow"
-
-
 def slurm_requeued() -> bool:
     """Whether this is a SLURM job that SLURM requeued (preempted, or ``scontrol requeue``)."""
     return SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
@@ -188,17 +176,14 @@ def run_summary(
     if final_val is None and trainer.ckpt_path:
         # Resumed from a checkpoint of the last step (stopped before its summary was written):
         # nothing left to train or validate; the last validation's loss is in the checkpoint.
-        _, final_val = recorded_progress(Path(trainer.ckpt_path))
+        _, final_val = paths.recorded_progress(Path(trainer.ckpt_path))
     trained = throughput.train_seconds > 0  # not so when resumed at the last step
+    step_tokens = trainer.accumulate_grad_batches * trainer.world_size * datamodule.batch_size
     return {
         "best_val_loss": _number(best.best_model_score if best else final_val),
         "final_val_loss": _number(final_val),
         "steps": trainer.global_step,
-        "tokens_seen": trainer.global_step
-        * trainer.accumulate_grad_batches
-        * trainer.world_size
-        * datamodule.batch_size
-        * datamodule.block_size,
+        "tokens_seen": trainer.global_step * step_tokens * datamodule.block_size,
         "wall_seconds": round(time.time() - started, 2),
         "train_tokens_per_second": (
             round(throughput.tokens / throughput.train_seconds) if trained else None
@@ -211,18 +196,11 @@ def run_summary(
 
 def resume_command(run_dir: Path) -> str:
     """The command line that continues this run from its last.ckpt, to paste into a shell."""
-    kept = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
     script = TRAIN_SCRIPT
     if script.is_relative_to(Path.cwd().resolve()):
         script = script.relative_to(Path.cwd().resolve())
-    words = [
-        "python",
-        str(script),
-        *kept,
-        f"hydra.run.dir={hydra_value(str(run_dir))}",
-        "ckpt_path=last",
-    ]
-    return " ".join(shell_word(word) for word in words)
+    overrides = resume_overrides(HydraConfig.get().overrides.task, run_dir)
+    return " ".join(shell_word(word) for word in ["python", str(script), *overrides])
 
 
 def _number(value: object) -> float | None:
@@ -238,9 +216,6 @@ def main(argv: Sequence[str] | None = None, launched: float | None = None) -> No
     """``python train.py ARGV`` (``argv`` None: this process's command line). ``launched``: when
     the command started, for the first job's wall time (default: now)."""
     _unclaimed_launch[:] = [(os.getpid(), time.time() if launched is None else launched)]
-    with user_errors():
-        configs = config_dir()
     register_resolvers()
     register_schemas()
-    app = hydra.main(version_base="1.3", config_path=str(configs), config_name="train")
-    run_hydra_app(app(_job), argv, TRAIN_SCRIPT)
+    run_hydra_app("train", _job, argv)
