@@ -49,7 +49,16 @@ def test_a_bad_override_raises_the_line_train_py_prints(root, tiny_text_file):
         tinygpt.train("model=moe")
 
 
-def test_an_interrupt_saves_last_ckpt_and_the_run_resumes(root, tiny_text_file):
+@pytest.fixture
+def kernel_sigint():
+    """A kernel's Ctrl-C handler, also where pytest started with SIGINT ignored (as a shell's
+    background job: Python then installs none)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_an_interrupt_saves_last_ckpt_and_the_run_resumes(root, tiny_text_file, kernel_sigint):
     settings = [*TINY_RUN, f"data.path={tiny_text_file}"]
     interrupt = ["+callbacks.probe._target_=probes.SignalProbe", "+callbacks.probe.name=SIGINT"]
     with pytest.raises(KeyboardInterrupt, match="ckpt_path=last") as raised:
