@@ -13,8 +13,11 @@
    not two), so it does 1.5x our expert arithmetic: the comparison is of the two layers as
    shipped.
 
-Models are timed side by side: warm-up, then repeats that alternate between them, and the
-median per-step time of each. Prints a table and writes benchmarks/results/moe.json.
+Models are timed side by side, on the same batch: warm-up, then rounds that alternate between
+them (dense, MoE, dense, MoE, ...), each round a few steps of each. A ratio is the median of the
+per-round ratios, with their spread (min-max): on a shared machine only ratios measured in the
+same round mean anything, so the load average is recorded too. Prints a table and writes
+benchmarks/results/moe.json.
 """
 
 from __future__ import annotations
@@ -75,8 +78,8 @@ def time_side_by_side(
     warmup: int,
     repeats: int,
     steps: int,
-) -> dict[str, float]:
-    """Median seconds per call of each function, repeats alternating between them."""
+) -> dict[str, list[float]]:
+    """Seconds per call of each function in each round, the rounds alternating between them."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -89,7 +92,18 @@ def time_side_by_side(
                 fn()
             synchronize(device)
             times[name].append((time.perf_counter() - start) / steps)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def ratio(times: dict[str, list[float]], num: str, den: str) -> dict:
+    """Median and spread of the per-round ratios ``num / den``."""
+    ratios = [a / b for a, b in zip(times[num], times[den], strict=True)]
+    return {
+        "ratio": statistics.median(ratios),
+        "ratio_spread": [min(ratios), max(ratios)],
+        "ratio_of": f"{num} / {den}",
+        "rounds": len(ratios),
+    }
 
 
 def train_step_fn(
@@ -125,13 +139,14 @@ def bench_train_steps(
     dense, dense_params, dense_opt = train_step_fn(TinyGPTConfig(**size), batch, device, fused)
     moe, moe_params, moe_opt = train_step_fn(TinyGPTConfig(**size, ffn="moe"), batch, device, fused)
     small = label == "notebook size"
-    t = time_side_by_side(
+    times = time_side_by_side(
         {"dense": dense, "moe": moe},
         device,
         args.warmup if small else 1,
         args.repeats if small else args.baby_repeats,
         args.steps if small else 1,
     )
+    t = {name: statistics.median(v) for name, v in times.items()}
     adamw = f"adamw_{'fused' if fused else 'foreach'}"
     return {
         "name": f"train step, {label}",
@@ -144,8 +159,7 @@ def bench_train_steps(
             f"dense: {adamw} step": statistics.median(dense_opt) * 1e3,
             f"moe: {adamw} step": statistics.median(moe_opt) * 1e3,
         },
-        "ratio": t["moe"] / t["dense"],
-        "ratio_of": "moe / dense",
+        **ratio(times, "moe", "dense"),
     }
 
 
@@ -206,26 +220,25 @@ def bench_layers(
             print(f"skipping HF Mixtral {implementation}: {type(exc).__name__}: {exc}")
             continue
         fns[f"hf_mixtral_{implementation}"] = run
-    t = time_side_by_side(fns, device, args.warmup, args.repeats, args.layer_steps)
+    times = time_side_by_side(fns, device, args.warmup, args.repeats, args.layer_steps)
+    t = {name: statistics.median(v) for name, v in times.items()}
     result = {
         "name": f"MoE layer fwd+bwd, {label}",
         "shape": {"tokens": list(tokens), "n_embd": n_embd, "num_experts": 4, "top_k": 1},
         "ms": {name: v * 1e3 for name, v in t.items()},
     }
     hf = {name: v for name, v in t.items() if name.startswith("hf_")}
-    if hf:
-        fastest = min(hf, key=hf.get)
-        result["ratio"] = t["tinygpt_moe"] / hf[fastest]
-        result["ratio_of"] = f"tinygpt_moe / {fastest} (fastest HF)"
+    if hf:  # against the fastest HF implementation
+        result |= ratio(times, "tinygpt_moe", min(hf, key=hf.get))
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=31)
+    parser.add_argument("--repeats", type=int, default=15, help="alternating rounds")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3, help="steps per repeat, notebook size")
+    parser.add_argument("--steps", type=int, default=5, help="steps per round, notebook size")
     parser.add_argument("--layer-steps", type=int, default=3)
     parser.add_argument("--baby-batch", type=int, default=None, help="default 4 on CPU, 64 on GPU")
     parser.add_argument("--baby-repeats", type=int, default=5)
@@ -237,6 +250,7 @@ def main() -> None:
     device = torch.device(args.device)
     baby_batch = args.baby_batch or (64 if device.type == "cuda" else 4)
 
+    load_before = os.getloadavg()
     results = [
         bench_train_steps("notebook size", NOTEBOOK_SIZE, 64, device, args),
         bench_train_steps("baby size", BABY_SIZE, baby_batch, device, args),
@@ -247,15 +261,18 @@ def main() -> None:
         "device": device_name(device),
         "torch": torch.__version__,
         "adamw": "foreach" if args.foreach_adamw or not fused_adamw(device) else "fused",
+        # 1, 5 and 15-minute load averages; a 2-core machine at load 2 is already fully busy.
+        "load_average": {"before": load_before, "after": os.getloadavg()},
         "results": results,
     }
 
-    print(f"device: {report['device']}, torch {report['torch']}")
-    print(f"{'benchmark':<32} {'variant':<28} {'median ms':>10} {'ratio':>8}")
+    print(f"device: {report['device']}, torch {report['torch']}, load {report['load_average']}")
+    print(f"{'benchmark':<32} {'variant':<28} {'median ms':>10} {'ratio':>8} {'spread':>13}")
     for r in results:
+        lo, hi = r.get("ratio_spread", (float("nan"),) * 2)
         print(
             f"{r['name']:<32} {'':<28} {'':>10} {r.get('ratio', float('nan')):>8.3f}"
-            f"  {r.get('ratio_of', '')}"
+            f" {lo:>6.3f}-{hi:<6.3f} {r.get('ratio_of', '')}, {r.get('rounds', 0)} rounds"
         )
         for variant, ms in r["ms"].items():
             print(f"{'':<32} {variant:<28} {ms:>10.2f}")
