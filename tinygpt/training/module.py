@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -85,12 +84,7 @@ class TinyGPTModule(L.LightningModule):
                 f"training loss became {loss.item()} at step {self.global_step}; stopped, keeping "
                 "the last good checkpoint (try a lower optim.lr)"
             )
-        # Lightning's self.log costs about 0.25 ms (it walks its result objects), a percent or two
-        # of a small model's step: the loss is logged where it is read, at the loggers' steps and
-        # the progress bar's refreshes.
-        bar = getattr(self.trainer.progress_bar_callback, "refresh_rate", 0)
-        if (self.global_step + 1) % (math.gcd(self.trainer.log_every_n_steps, bar) or 1) == 0:
-            self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True)
         if self.model.config.ffn == "moe":
             aux_loss = self.model.aux_loss()
             if logging_step:
