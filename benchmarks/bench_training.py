@@ -207,46 +207,49 @@ def bare_process(steps: int) -> list[tuple[float, int]]:
 TAX_STEPS = 300  # validated only at the end: five 50-step windows from step 49 to 299
 
 
-def versus_bare(rounds: int) -> dict:
+def versus_bare(rounds: int, baseline: str | None) -> dict:
     """``python train.py`` (notebook size, defaults, TAX_STEPS steps) against its bare loop,
-    alternating; per round, the ratio of the two median 50-step rates over the same windows."""
+    alternating; per round, the ratio of the two median 50-step rates over the same windows.
+    ``baseline``: another checkout whose train.py runs in the same rounds (before and after)."""
     args = [f"trainer.max_steps={TAX_STEPS}", f"trainer.val_check_interval={TAX_STEPS}"]
+    roots = {"train.py": ROOT, **({"baseline": Path(baseline)} if baseline else {})}
     rounds_out = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(rounds):
             row = {"load": os.getloadavg()[0]}
-            for side in ("train.py", "bare") if n % 2 == 0 else ("bare", "train.py"):
+            sides = ["bare", *roots]
+            for side in sides if n % 2 == 0 else sides[::-1]:
                 if side == "bare":
                     row["bare"] = window_rate(bare_process(TAX_STEPS), TAX_STEPS)
                     continue
                 launched = time.time()
-                run_tinygpt(args, Path(tmp) / f"r{n}")
-                points = tensorboard_scalars(Path(tmp) / f"r{n}", "train/loss")
-                row["train.py"] = rate = window_rate([(t, s) for t, s, _ in points], TAX_STEPS)
+                run_tinygpt(args, Path(tmp) / f"{side}{n}", roots[side])
+                points = tensorboard_scalars(Path(tmp) / f"{side}{n}", "train/loss")
+                row[side] = rate = window_rate([(t, s) for t, s, _ in points], TAX_STEPS)
                 # Launch to the first step: the first point, less its steps at the median rate.
                 t0, s0, _ = points[0]
-                row["first_step_s"] = t0 - launched - (s0 + 1) * PEER_BATCH * PEER_BLOCK / rate
-            row["ratio"] = row["train.py"] / row["bare"]
+                row[f"{side} first step s"] = (
+                    t0 - launched - (s0 + 1) * PEER_BATCH * PEER_BLOCK / rate
+                )
+            for side in roots:
+                row[f"{side} ratio"] = row[side] / row["bare"]
             rounds_out.append(row)
+            print(f"round {n}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    summary = {"train.py": " ".join(args), "baseline": baseline}
+    for side in roots:
+        for key in (f"{side} ratio", f"{side} first step s"):
+            values = [r[key] for r in rounds_out]
+            summary[key] = {
+                "median": round(statistics.median(values), 3),
+                "min": round(min(values), 3),
+                "max": round(max(values), 3),
+            }
             print(
-                f"round {n}: load {row['load']:.1f}, train.py {row['train.py'] / 1e3:.1f}k, bare "
-                f"{row['bare'] / 1e3:.1f}k tokens/s, ratio {row['ratio']:.3f}, first step "
-                f"{row['first_step_s']:.2f} s",
-                flush=True,
+                f"{key}: median {statistics.median(values):.3f} over {rounds} alternating "
+                f"rounds (min {min(values):.3f}, max {max(values):.3f})"
             )
-    ratios = [r["ratio"] for r in rounds_out]
-    print(
-        f"train.py / bare loop: median {statistics.median(ratios):.3f} over {rounds} alternating "
-        f"rounds (min {min(ratios):.3f}, max {max(ratios):.3f})"
-    )
-    return {
-        "train.py": " ".join(args),
-        "ratio_median": round(statistics.median(ratios), 3),
-        "ratio_min": round(min(ratios), 3),
-        "ratio_max": round(max(ratios), 3),
-        "first_step_s_median": round(statistics.median(r["first_step_s"] for r in rounds_out), 2),
-        "rounds": [{k: round(v, 3) for k, v in r.items()} for r in rounds_out],
-    }
+    summary["rounds"] = [{k: round(v, 3) for k, v in r.items()} for r in rounds_out]
+    return summary
 
 
 def nanogpt_tokens_per_second(step_ms: list[tuple[int, float]]) -> float:
@@ -311,6 +314,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each loop")
     parser.add_argument("--peer-rounds", type=int, default=3, help="0: skip nanoGPT")
     parser.add_argument("--tax-rounds", type=int, default=7, help="train.py vs bare; 0: skip")
+    parser.add_argument("--baseline", help="another checkout's train.py in the same rounds")
     parser.add_argument("--nanogpt", default=DEFAULT_NANOGPT, help="nanoGPT checkout")
     parser.add_argument("--out", default="training", help="name of the JSON file in results/")
     args = parser.parse_args()
@@ -318,7 +322,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    tax = versus_bare(args.tax_rounds) if args.tax_rounds else None
+    tax = versus_bare(args.tax_rounds, args.baseline) if args.tax_rounds else None
     peer = None
     if args.peer_rounds:
         peer = versus_nanogpt(check_nanogpt(args.nanogpt), args.device, args.peer_rounds)
