@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import os
 import statistics
 import tempfile
 import time
@@ -34,6 +35,7 @@ import torch
 from common import machine_name, print_table, write_json
 from peers import (
     DEFAULT_NANOGPT,
+    ROOT,
     check_nanogpt,
     run_nanogpt,
     run_tinygpt,
@@ -41,6 +43,7 @@ from peers import (
 )
 
 from tinygpt.data import CharTokenizer
+from tinygpt.data.datamodule import CharDataModule
 from tinygpt.data.windows import RandomWindows
 from tinygpt.models import TinyGPTConfig
 from tinygpt.training import OptimConfig, TinyGPTModule
@@ -161,14 +164,92 @@ NANOGPT_NOTEBOOK = {
 }
 
 
-def tinygpt_tokens_per_second(run_dir: Path) -> float:
-    """Median rate over the run's train/loss logging intervals that hold no evaluation."""
-    points = tensorboard_scalars(run_dir, "train/loss")
+def window_rate(points: list[tuple[float, int]], interval: int = PEER_EVAL_INTERVAL) -> float:
+    """Median tokens/s over the intervals between (wall time, step) points that hold no
+    evaluation (an interval that crosses a multiple of ``interval``)."""
     rates = []
-    for (t0, s0, _), (t1, s1, _) in itertools.pairwise(points):
-        if s1 // PEER_EVAL_INTERVAL == s0 // PEER_EVAL_INTERVAL and s1 > s0:
+    for (t0, s0), (t1, s1) in itertools.pairwise(points):
+        if s1 // interval == s0 // interval and s1 > s0:
             rates.append((s1 - s0) * PEER_BATCH * PEER_BLOCK / (t1 - t0))
     return statistics.median(rates)
+
+
+def tinygpt_tokens_per_second(run_dir: Path) -> float:
+    """Median rate over the run's train/loss logging intervals that hold no evaluation."""
+    return window_rate([(t, s) for t, s, _ in tensorboard_scalars(run_dir, "train/loss")])
+
+
+def bare_process(steps: int) -> list[tuple[float, int]]:
+    """The bare loop of ``python train.py``'s defaults (data, seed, model, AdamW, schedule,
+    clipping): (wall time, step) at the steps where train.py logs train/loss, as TensorBoard
+    numbers them (the 50th step is step 49)."""
+    data = CharDataModule(cache_dir=str(ROOT / "data"))
+    data.prepare_data()
+    data.setup()
+    module = TinyGPTModule(TinyGPTConfig(vocab_size=data.tokenizer.vocab_size), data.tokenizer)
+    optimizer, scheduler = build_optimizer(module.named_parameters(), OptimConfig(), steps, True)
+    stream = iter(RandomWindows(data.train_data, 32, PEER_BATCH, data.seed, 0, 0))
+    points = []
+    for step in range(steps):
+        x, y = next(stream)
+        _, loss = module.model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        if (step + 1) % 50 == 0:
+            loss.item()
+            points.append((time.time(), step))
+    return points
+
+
+TAX_STEPS = 300  # validated only at the end: five 50-step windows from step 49 to 299
+
+
+def versus_bare(rounds: int, baseline: str | None) -> dict:
+    """``python train.py`` (notebook size, defaults, TAX_STEPS steps) against its bare loop,
+    alternating; per round, the ratio of the two median 50-step rates over the same windows.
+    ``baseline``: another checkout whose train.py runs in the same rounds (before and after)."""
+    args = [f"trainer.max_steps={TAX_STEPS}", f"trainer.val_check_interval={TAX_STEPS}"]
+    roots = {"train.py": ROOT, **({"baseline": Path(baseline)} if baseline else {})}
+    rounds_out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(rounds):
+            row = {"load": os.getloadavg()[0]}
+            sides = ["bare", *roots]
+            for side in sides if n % 2 == 0 else sides[::-1]:
+                if side == "bare":
+                    row["bare"] = window_rate(bare_process(TAX_STEPS), TAX_STEPS)
+                    continue
+                launched = time.time()
+                run_tinygpt(args, Path(tmp) / f"{side}{n}", roots[side])
+                points = tensorboard_scalars(Path(tmp) / f"{side}{n}", "train/loss")
+                row[side] = rate = window_rate([(t, s) for t, s, _ in points], TAX_STEPS)
+                # Launch to the first step: the first point, less its steps at the median rate.
+                t0, s0, _ = points[0]
+                row[f"{side} first step s"] = (
+                    t0 - launched - (s0 + 1) * PEER_BATCH * PEER_BLOCK / rate
+                )
+            for side in roots:
+                row[f"{side} ratio"] = row[side] / row["bare"]
+            rounds_out.append(row)
+            print(f"round {n}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    summary = {"train.py": " ".join(args), "baseline": baseline}
+    for side in roots:
+        for key in (f"{side} ratio", f"{side} first step s"):
+            values = [r[key] for r in rounds_out]
+            summary[key] = {
+                "median": round(statistics.median(values), 3),
+                "min": round(min(values), 3),
+                "max": round(max(values), 3),
+            }
+            print(
+                f"{key}: median {statistics.median(values):.3f} over {rounds} alternating "
+                f"rounds (min {min(values):.3f}, max {max(values):.3f})"
+            )
+    summary["rounds"] = [{k: round(v, 3) for k, v in r.items()} for r in rounds_out]
+    return summary
 
 
 def nanogpt_tokens_per_second(step_ms: list[tuple[int, float]]) -> float:
@@ -232,6 +313,8 @@ def main() -> None:
     parser.add_argument("--baby-batch", type=int, default=None, help="batch at the baby size")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each loop")
     parser.add_argument("--peer-rounds", type=int, default=3, help="0: skip nanoGPT")
+    parser.add_argument("--tax-rounds", type=int, default=7, help="train.py vs bare; 0: skip")
+    parser.add_argument("--baseline", help="another checkout's train.py in the same rounds")
     parser.add_argument("--nanogpt", default=DEFAULT_NANOGPT, help="nanoGPT checkout")
     parser.add_argument("--out", default="training", help="name of the JSON file in results/")
     args = parser.parse_args()
@@ -239,6 +322,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    tax = versus_bare(args.tax_rounds, args.baseline) if args.tax_rounds else None
     peer = None
     if args.peer_rounds:
         peer = versus_nanogpt(check_nanogpt(args.nanogpt), args.device, args.peer_rounds)
@@ -256,6 +340,8 @@ def main() -> None:
             # Rounds alternate the loops, so a load swing on a shared machine hits all three;
             # each loop's step time is the median over its rounds' medians.
             timings = {name: [] for name in LOOPS}
+            if not args.rounds:
+                continue
             for _ in range(args.rounds):
                 for name in LOOPS:
                     times = run_loop(name, config, batch_size, args)
@@ -302,6 +388,7 @@ def main() -> None:
             "rounds": args.rounds,
             "results": results,
             "vs_nanogpt": peer,
+            "train_py_vs_bare": tax,
         },
     )
     print(f"wrote {path}")

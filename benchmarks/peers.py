@@ -81,11 +81,12 @@ def run_nanogpt(root: Path, args: dict[str, object], out_dir: Path) -> ProcessRu
     return ProcessRun(seconds, val_points, step_ms)
 
 
-def run_tinygpt(overrides: list[str], run_dir: Path) -> ProcessRun:
-    """``python train.py overrides``; evaluations read from the run's TensorBoard events."""
-    command = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
+def run_tinygpt(overrides: list[str], run_dir: Path, root: Path = ROOT) -> ProcessRun:
+    """``python train.py overrides`` (of the checkout ``root``); evaluations read from the run's
+    TensorBoard events."""
+    command = [sys.executable, str(root / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
     launched = time.time()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, cwd=root, check=True, stdout=subprocess.DEVNULL)
     seconds = time.time() - launched
     events = tensorboard_scalars(run_dir, "val/loss")
     return ProcessRun(seconds, [(t - launched, s, v) for t, s, v in events], [])

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tinygpt.analysis.writing import save_figure
 
@@ -82,6 +81,9 @@ def read_scalars(run_dir: str | Path, logger: str | None = None) -> dict[str, Se
 
 
 def _read_events(directory: Path) -> dict[str, Series]:
+    # Imported here: a tenth of a second of a training run's start, for plots drawn at its end.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     # size_guidance 0 keeps every event: the default samples scalars down to 10,000 points.
     accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0})
     # The reader logs routine file-watching at INFO, which would land in the run's train.log.
