@@ -56,7 +56,7 @@ print("ok: compiled and eager greedy decoding agree on 100 tokens")
 PY
 
 echo "== 3. training throughput and MFU"
-python benchmarks/bench_training.py --device cuda --steps 100 --warmup 20 --peer-rounds 0 \
+python benchmarks/bench_training.py --device cuda --steps 100 --warmup 20 --peer-rounds 0 --tax-rounds 0 \
   --out training_gpu
 
 echo "== 4. MoE vs dense"

@@ -10,7 +10,7 @@ python benchmarks/time_to_target.py experiment=cpu_fast --target 1.88
 echo "== training throughput, the TinyGPT notebook's size"
 python benchmarks/bench_training.py --sizes notebook --steps 200 --warmup 40 --out training_notebook
 echo "== training throughput, baby size (batch 4 on CPU)"
-python benchmarks/bench_training.py --sizes baby --steps 30 --warmup 8 --peer-rounds 0 \
+python benchmarks/bench_training.py --sizes baby --steps 30 --warmup 8 --peer-rounds 0 --tax-rounds 0 \
   --out training_baby
 echo "== MoE"
 python benchmarks/bench_moe.py
