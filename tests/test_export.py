@@ -2,6 +2,7 @@
 what TinyGPT computes (logits, greedy text, token ids); bad inputs are one line, nothing left."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,22 @@ def test_a_failed_export_leaves_the_earlier_one_and_nothing_else(tmp_path, monke
     assert error == f"error: cannot write {tmp_path / 'hf'}: No space left on device"
     assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "hf"]  # no staging left
+
+
+def test_force_over_an_export_that_cannot_be_removed_still_puts_the_new_one_in_whole(tmp_path):
+    # The old directory is moved aside whole before the new one takes its place, so a file in it
+    # that cannot be deleted (chattr +i) costs a leftover, never a half-deleted export.
+    spread_checkpoint(tmp_path / "a.ckpt")
+    export(tmp_path / "a.ckpt", tmp_path / "hf")
+    stuck = tmp_path / "hf" / "stuck.bin"
+    stuck.write_bytes(b"from before")
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode:
+        pytest.skip("chattr +i is refused here")
+    try:
+        save_checkpoint(tmp_path / "b.ckpt", n_embd=48)
+        assert main(["export", str(tmp_path / "b.ckpt"), str(tmp_path / "hf"), "--force"]) == 0
+        assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_embd"] == 48
+        assert not (tmp_path / "hf" / "stuck.bin").exists()
+    finally:
+        for path in tmp_path.glob("**/stuck.bin"):
+            subprocess.run(["chattr", "-i", str(path)])

@@ -187,9 +187,13 @@ def export(ckpt_path: str | Path, out_dir: str | Path, force: bool = False) -> P
     try:
         staging.mkdir(parents=True)
         write_model_dir(staging, weights, model.config, model.tokenizer)
-        if out_dir.exists():  # --force; a directory cannot be renamed onto a non-empty one
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        if out_dir.exists():  # --force: a directory cannot be renamed onto a non-empty one,
+            # so the old one is moved aside whole (atomic) and removed once the new one is in
+            os.replace(out_dir, aside := staging.with_suffix(".old"))
+            os.replace(staging, out_dir)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
     except OSError as exc:  # disk full, permission denied: one line naming the directory
         raise write_error(out_dir, exc) from None
     finally:
